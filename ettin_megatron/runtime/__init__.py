@@ -1,0 +1,14 @@
+"""Where the model runs: process groups, devices, seeding, and the CPU emulation of CUDA."""
+
+from .cpu import cpu_emulation_enabled, enable_cpu_emulation
+from .distributed import ParallelLayout, destroy, device, initialize, seed_everything
+
+__all__ = [
+    "ParallelLayout",
+    "cpu_emulation_enabled",
+    "destroy",
+    "device",
+    "enable_cpu_emulation",
+    "initialize",
+    "seed_everything",
+]

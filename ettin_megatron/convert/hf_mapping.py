@@ -1,0 +1,203 @@
+"""The correspondence between EttinModel and Hugging Face's ModernBERT classes, both directions.
+
+Encoders map to ``ModernBertForMaskedLM`` (model_type ``modernbert``), decoders to
+``ModernBertDecoderForCausalLM`` (``modernbert-decoder``). This module works on full (TP=PP=1) state
+dicts and on configs; sharded checkpoints are gathered / re-sharded by dist_checkpointing around it.
+
+Two layouts differ:
+
+* QKV: Megatron's ``linear_qkv`` rows are grouped per head ([q_h, k_h, v_h] for each head h);
+  ModernBERT's ``Wqkv`` is [Q of all heads | K | V]; the decoder has separate q/k/v projections.
+* The decoder's local window: Ettin's causal window sees ``w + 1`` keys (j in [i - w, i], with
+  ``w = local_attention // 2``), HF's ``sliding_window`` counts the keys it sees, so we write
+  ``local_attention = 2 * (w + 1)`` (HF derives ``sliding_window = w + 1``) and read it back the same way.
+
+Written configs name ``layer_types`` and both RoPE thetas explicitly, since their defaults changed
+between transformers versions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ConfigError, EttinConfig
+
+MODEL_TYPES = {"mlm": "modernbert", "clm": "modernbert-decoder"}
+ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "clm": "ModernBertDecoderForCausalLM"}
+MODERNBERT_SPECIAL_IDS = {"cls_token_id": 50281, "sep_token_id": 50282, "pad_token_id": 50283}
+
+
+def _layer_types(config: EttinConfig) -> list[str]:
+    return [
+        "full_attention" if config.is_global_layer(i) else "sliding_attention"
+        for i in range(config.num_layers)
+    ]
+
+
+def hf_config_dict(config: EttinConfig, special_ids: dict | None = None) -> dict:
+    """The Hugging Face config (as keyword arguments) of an Ettin model.
+
+    ``special_ids`` holds cls/sep/pad token ids; ModernBERT's are the default. [CLS] doubles as BOS
+    and [SEP] as EOS, as in Ettin's decoders.
+    """
+    ids = {**MODERNBERT_SPECIAL_IDS, **(special_ids or {})}
+    if max(ids.values()) >= config.vocab_size:
+        raise ConfigError(
+            f"special token ids {ids} do not fit the vocabulary of {config.vocab_size}; pass the "
+            "tokenizer's ids."
+        )
+    window = config.local_attention_window
+    rope = {
+        "full_attention": {"rope_type": "default", "rope_theta": float(config.global_rope_theta)},
+        "sliding_attention": {"rope_type": "default", "rope_theta": float(config.local_rope_theta)},
+    }
+    return dict(
+        model_type=MODEL_TYPES[config.objective],
+        architectures=[ARCHITECTURES[config.objective]],
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.ffn_hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_attention_heads,
+        hidden_activation="gelu",
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.init_method_std,
+        initializer_cutoff_factor=config.init_cutoff_factor,
+        norm_eps=config.layernorm_epsilon,
+        norm_bias=False,
+        attention_bias=False,
+        mlp_bias=False,
+        decoder_bias=True,
+        classifier_activation="gelu",
+        classifier_bias=False,
+        attention_dropout=0.0,
+        embedding_dropout=0.0,
+        mlp_dropout=0.0,
+        tie_word_embeddings=True,
+        layer_types=_layer_types(config),
+        rope_parameters=rope,
+        local_attention=window if not config.causal else 2 * (window // 2 + 1),
+        bos_token_id=ids["cls_token_id"],
+        eos_token_id=ids["sep_token_id"],
+        **ids,
+    )
+
+
+def hf_config(config: EttinConfig, special_ids: dict | None = None):
+    """A transformers config object for ``config`` (ModernBertConfig or ModernBertDecoderConfig)."""
+    from transformers import AutoConfig
+
+    kwargs = hf_config_dict(config, special_ids)
+    return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+
+
+def _global_every(layer_types: list[str]) -> int:
+    """The n of ``i % n == 0 -> global`` that reproduces ``layer_types``; error if none does."""
+    for n in range(1, len(layer_types) + 1):
+        if all((t == "full_attention") == (i % n == 0) for i, t in enumerate(layer_types)):
+            return n
+    raise ConfigError(
+        "this checkpoint's layer_types are not 'global every n-th layer from layer 0'; Ettin models "
+        "cannot represent it."
+    )
+
+
+def ettin_overrides_from_hf(hf) -> dict:
+    """EttinConfig fields (for ``ettin_config(None, **fields)``) that reproduce a HF ModernBERT config."""
+    objective = {v: k for k, v in MODEL_TYPES.items()}.get(hf.model_type)
+    if objective is None:
+        raise ConfigError(
+            f"model type {hf.model_type!r} is not a ModernBERT encoder or decoder; expected one of "
+            f"{', '.join(MODEL_TYPES.values())}."
+        )
+    if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False) or getattr(hf, "norm_bias", False):
+        raise ConfigError("checkpoints with attention, MLP or norm biases are not Ettin models.")
+    if objective == "clm":
+        window = 2 * (hf.sliding_window - 1)
+    else:
+        window = hf.local_attention
+    return dict(
+        objective=objective,
+        vocab_size=hf.vocab_size,
+        hidden_size=hf.hidden_size,
+        ffn_hidden_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers,
+        num_attention_heads=hf.num_attention_heads,
+        max_position_embeddings=hf.max_position_embeddings,
+        layernorm_epsilon=hf.norm_eps,
+        init_method_std=hf.initializer_range,
+        global_attn_every_n_layers=_global_every(list(hf.layer_types)),
+        local_attention_window=window,
+        global_rope_theta=hf.rope_parameters["full_attention"]["rope_theta"],
+        local_rope_theta=hf.rope_parameters["sliding_attention"]["rope_theta"],
+    )
+
+
+def _names(config: EttinConfig, i: int) -> list[tuple[str, str]]:
+    """(Megatron, HF) names of layer i's tensors that map one to one."""
+    m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
+    pairs = [
+        (m + "self_attention.linear_proj.weight", h + "attn.Wo.weight"),
+        (m + "pre_mlp_layernorm.weight", h + "mlp_norm.weight"),
+        (m + "mlp.linear_fc1.weight", h + "mlp.Wi.weight"),
+        (m + "mlp.linear_fc2.weight", h + "mlp.Wo.weight"),
+    ]
+    if i > 0:
+        pairs.append((m + "input_layernorm.weight", h + "attn_norm.weight"))
+    return pairs
+
+
+def _model_names(config: EttinConfig) -> list[tuple[str, str]]:
+    head = "lm_head" if config.causal else "head"
+    pairs = [
+        ("embedding.word_embeddings.weight", "model.embeddings.tok_embeddings.weight"),
+        ("embedding_norm.weight", "model.embeddings.norm.weight"),
+        ("decoder.final_layernorm.weight", "model.final_norm.weight"),
+        ("head.dense.weight", f"{head}.dense.weight"),
+        ("head.norm.weight", f"{head}.norm.weight"),
+        ("output_layer.bias", "decoder.bias"),
+    ]
+    for i in range(config.num_layers):
+        pairs += _names(config, i)
+    return pairs
+
+
+def _qkv_view(weight: torch.Tensor, config: EttinConfig) -> torch.Tensor:
+    return weight.view(config.num_attention_heads, 3, config.kv_channels, config.hidden_size)
+
+
+def to_hf_state_dict(state_dict: dict, config: EttinConfig) -> dict[str, torch.Tensor]:
+    """Full Megatron state dict -> HF state dict (without the tied ``decoder.weight``)."""
+    out = {hf: state_dict[m] for m, hf in _model_names(config)}
+    for i in range(config.num_layers):
+        q, k, v = _qkv_view(state_dict[f"decoder.layers.{i}.self_attention.linear_qkv.weight"], config).unbind(1)
+        q, k, v = (x.reshape(-1, config.hidden_size) for x in (q, k, v))
+        prefix = f"model.layers.{i}.attn."
+        if config.causal:
+            out.update({prefix + "q_proj.weight": q, prefix + "k_proj.weight": k, prefix + "v_proj.weight": v})
+        else:
+            out[prefix + "Wqkv.weight"] = torch.cat([q, k, v])
+    return {name: tensor.contiguous() for name, tensor in out.items()}
+
+
+def from_hf_state_dict(hf_state_dict: dict, config: EttinConfig) -> dict[str, torch.Tensor]:
+    """HF state dict -> full Megatron state dict; every tensor is checked for presence and shape."""
+
+    def get(name: str) -> torch.Tensor:
+        if name not in hf_state_dict:
+            raise ConfigError(f"tensor {name!r} is missing from the Hugging Face checkpoint.")
+        return hf_state_dict[name]
+
+    out = {m: get(hf) for m, hf in _model_names(config)}
+    heads, dim, hidden = config.num_attention_heads, config.kv_channels, config.hidden_size
+    for i in range(config.num_layers):
+        prefix = f"model.layers.{i}.attn."
+        if config.causal:
+            qkv = torch.stack([get(prefix + f"{x}_proj.weight") for x in "qkv"])
+        else:
+            qkv = get(prefix + "Wqkv.weight")
+        if qkv.numel() != 3 * heads * dim * hidden:
+            raise ConfigError(f"layer {i}'s attention weights have shape {tuple(qkv.shape)}, not 3 x {heads * dim} x {hidden}.")
+        qkv = qkv.reshape(3, heads, dim, hidden).transpose(0, 1).reshape(3 * heads * dim, hidden)
+        out[f"decoder.layers.{i}.self_attention.linear_qkv.weight"] = qkv.contiguous()
+    return out
