@@ -164,6 +164,8 @@ _ETTIN_FIXED = dict(
     persist_layer_norm=False,
     variable_seq_lengths=True,
     moe_token_dispatcher_type="alltoall",  # megatron rejects variable_seq_lengths with the default
+    # Layer 0 has no attention norm, so layers are not stackable: checkpoint them one key per layer.
+    hetereogenous_dist_checkpoint=True,
 )
 
 
@@ -190,3 +192,17 @@ def ettin_config(size: str | None = "tiny", **overrides) -> EttinConfig:
     if seq_length is not None:
         config.check_sequence_length(seq_length)
     return config
+
+
+# The fields that define a trained model's function (what a checkpoint must remember to be rebuilt);
+# parallelism, precision and dropout are properties of a run, not of the model.
+MODEL_FIELDS = (
+    "objective", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
+    "max_position_embeddings", "global_attn_every_n_layers", "local_attention_window",
+    "global_rope_theta", "local_rope_theta", "layernorm_epsilon", "init_method_std", "init_cutoff_factor",
+)
+
+
+def model_fields(config: EttinConfig) -> dict:
+    """The JSON-able description of the model; ``ettin_config(None, **model_fields(c))`` rebuilds it."""
+    return {name: getattr(config, name) for name in MODEL_FIELDS}

@@ -1,0 +1,119 @@
+"""The on-disk checkpoint layout, shared by training and the conversion tools.
+
+Megatron-LM's layout, written with Megatron-Core's dist_checkpointing so that a checkpoint saved at
+one TP / PP / VPP loads at any other::
+
+    {root}/latest_checkpointed_iteration.txt     the iteration to resume from ("1200")
+    {root}/iter_0001200/                         a dist_checkpointing directory:
+        "model" (or "model0", "model1", ... per virtual pipeline chunk), plus whatever the caller adds
+        (optimizer, scheduler, RNG, data position)
+    {root}/iter_0001200/ettin_config.json        the model's defining fields (config.MODEL_FIELDS)
+                                                 and the tokenizer it was trained with
+
+A save goes to ``iter_N.tmp`` and is renamed once every rank has finished; only then does the
+``latest`` file move (written to a temp file and renamed). A save killed midway leaves the previous
+checkpoint loadable and selected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing
+
+from .config import ConfigError, EttinConfig, model_fields
+
+LATEST = "latest_checkpointed_iteration.txt"
+CONFIG_FILE = "ettin_config.json"
+
+
+def iteration_dir(root: str | os.PathLike, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def latest_iteration(root: str | os.PathLike) -> int | None:
+    """The iteration named by ``root``'s latest file, or None when ``root`` holds no checkpoint."""
+    marker = Path(root) / LATEST
+    if not marker.is_file():
+        return None
+    text = marker.read_text().strip()
+    if not text.isdigit():
+        raise ConfigError(f"{marker} does not name an iteration ({text!r}); fix or delete it.")
+    return int(text)
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """Accept either a checkpoint root (use its latest iteration) or an ``iter_N`` directory."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    iteration = latest_iteration(path)
+    if iteration is None:
+        raise ConfigError(f"{path} is not an ettin-megatron checkpoint (no {LATEST} and no {CONFIG_FILE}).")
+    return iteration_dir(path, iteration)
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """The ``ettin_config.json`` of a checkpoint (root or iteration directory)."""
+    return json.loads((resolve_checkpoint_dir(path) / CONFIG_FILE).read_text())
+
+
+def model_sharded_state_dict(model_chunks) -> dict:
+    """Megatron-LM's convention: "model" for one chunk, "model0", "model1", ... for virtual stages."""
+    if len(model_chunks) == 1:
+        return {"model": model_chunks[0].sharded_state_dict()}
+    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(model_chunks)}
+
+
+def _is_writer() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, extra: dict | None = None,
+                    tokenizer: str | None = None) -> Path:
+    """Save model chunks (+ ``extra`` sharded entries) as iteration ``iteration``; collective over all ranks."""
+    final = iteration_dir(root, iteration)
+    staging = final.with_name(final.name + ".tmp")
+    if _is_writer():
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    _barrier()
+    state = {**model_sharded_state_dict(model_chunks), **(extra or {})}
+    dist_checkpointing.save(state, str(staging))
+    if _is_writer():
+        description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration}
+        (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        marker = Path(root) / LATEST
+        marker_tmp = marker.with_name(marker.name + ".tmp")
+        marker_tmp.write_text(f"{iteration}\n")
+        os.replace(marker_tmp, marker)
+    _barrier()
+    return final
+
+
+def load_checkpoint(path, model_chunks, extra: dict | None = None, strict: bool = True) -> dict:
+    """Load model weights (and the ``extra`` sharded entries asked for) into the given chunks.
+
+    ``path`` is a root (its latest iteration) or an ``iter_N`` directory. Returns the loaded state dict
+    (its "model" entries already applied) so that callers can restore what they added to ``extra``.
+    """
+    directory = resolve_checkpoint_dir(path)
+    state = {**model_sharded_state_dict(model_chunks), **(extra or {})}
+    loaded = dist_checkpointing.load(state, str(directory))
+    if len(model_chunks) == 1:
+        model_chunks[0].load_state_dict(loaded["model"], strict=strict)
+    else:
+        for i, chunk in enumerate(model_chunks):
+            chunk.load_state_dict(loaded[f"model{i}"], strict=strict)
+    return loaded
