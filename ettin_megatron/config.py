@@ -188,6 +188,8 @@ def ettin_config(size: str | None = "tiny", **overrides) -> EttinConfig:
     shapes = vars(PRESETS[size]) if size is not None else {}
     values = {**_ETTIN_FIXED, **shapes, **overrides}
     values.setdefault("use_cpu_initialization", not torch.cuda.is_available())
+    # The dtype of activations sent between pipeline stages: the compute dtype.
+    values.setdefault("pipeline_dtype", torch.bfloat16 if values.get("bf16") else values.get("params_dtype", torch.float32))
     config = EttinConfig(**values)
     if seq_length is not None:
         config.check_sequence_length(seq_length)

@@ -119,7 +119,9 @@ class _FlexBackend:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         self._create_block_mask = create_block_mask
-        self._attend = torch.compile(flex_attention, dynamic=True)
+        # Compiled on GPU (the fast path). The CPU gets eager flex, forward only: enough to test the
+        # block mask, and inductor's CPU flex kernel does not compile in torch 2.13.
+        self._attend = torch.compile(flex_attention, dynamic=True) if torch.cuda.is_available() else flex_attention
         self._cached = None
 
     def block_mask(self, mask: AttentionMask, total: int):

@@ -30,6 +30,18 @@ from .layers import EttinLayerNorm
 from .rope import rotary_angles_by_kind
 
 
+def packed_seq_params(cu_seqlens: torch.Tensor, max_seqlen: int) -> PackedSeqParams:
+    """Megatron's description of a packed [1, t] batch whose documents end at ``cu_seqlens``."""
+    cu_seqlens = cu_seqlens.to(torch.int32)
+    return PackedSeqParams(
+        qkv_format="thd",
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_kv=cu_seqlens,
+        max_seqlen_q=int(max_seqlen),
+        max_seqlen_kv=int(max_seqlen),
+    )
+
+
 class EttinModel(LanguageModule):
     """An Ettin encoder or decoder (one pipeline stage of it when ``pre/post_process`` say so)."""
 

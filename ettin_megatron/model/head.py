@@ -17,7 +17,8 @@ class EttinLMHead(torch.nn.Module):
     def __init__(self, config):
         super().__init__()
         self.dense = torch.nn.Linear(config.hidden_size, config.hidden_size, bias=False, dtype=config.params_dtype)
-        config.output_layer_init_method(self.dense.weight)
+        if config.perform_initialization:
+            config.output_layer_init_method(self.dense.weight)
         self.dense.weight.sequence_parallel = config.sequence_parallel
         self.norm = EttinLayerNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
 

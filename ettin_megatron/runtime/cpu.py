@@ -54,8 +54,8 @@ class _CudaToCpuMode(TorchFunctionMode):
             return func(*args).replace("torch.", "torch.cuda.", 1)
         if _is_cuda_device(kwargs.get("device")):
             kwargs["device"] = _CPU
-        if func in (torch.Tensor.to, torch.Tensor.new_empty, torch.Tensor.new_zeros) and args:
-            args = tuple(_CPU if _is_cuda_device(a) else a for a in args)
+        if func is torch.Tensor.to:  # tensor.to("cuda") / tensor.to(0): the device is positional
+            args = (args[0], *(_CPU if _is_cuda_device(a) else a for a in args[1:]))
         return func(*args, **kwargs)
 
 
@@ -109,7 +109,9 @@ class _QuietForkFilter(logging.Filter):
 
 def _patch_torch_cuda() -> None:
     cuda = torch.cuda
-    cuda.current_device = lambda: 0
+    # A device rather than an index: it is mostly used as ``device=``, including in autograd
+    # backward functions, which run outside the TorchFunctionMode.
+    cuda.current_device = lambda: _CPU
     cuda.device_count = lambda: 1
     cuda.set_device = lambda *a, **k: None
     cuda.synchronize = lambda *a, **k: None
