@@ -1,0 +1,98 @@
+"""The packed (THD) micro-batch the model consumes, and conversions from/to HF-style padded batches.
+
+Contract: a micro-batch is ONE packed row of all its samples' attention segments, a dict of
+    tokens        LongTensor[1, T]
+    labels        LongTensor[1, T]    target id of each position, 0 where there is no label
+    loss_mask     FloatTensor[1, T]   1.0 where the label counts
+    position_ids  LongTensor[1, T]    restart at 0 at each attention segment (RoPE positions)
+    cu_seqlens    IntTensor[n_segments + 1], int32, 0 first, T last (varlen attention boundaries)
+    max_seqlen    int                 the longest segment
+No position holds a pad token unless `pad_to_multiple_of` asks for one (see collate), so no compute
+is spent on padding: this is the "unpadded" training of ModernBERT / Ettin.
+"""
+
+from typing import Dict, Mapping, Sequence, Union
+
+import numpy
+import torch
+
+Batch = Dict[str, Union[torch.Tensor, int]]
+
+
+def collate(
+    samples: Sequence[Mapping[str, numpy.ndarray]],
+    pad_to_multiple_of: int = 1,
+    pad_token_id: int = 50283,
+) -> Batch:
+    """Concatenate dataset samples (tokens, labels, loss_mask, segment_lengths) into one packed row.
+
+    When T must be a multiple of k (sequence parallelism splits T over TP ranks), pass
+    ``pad_to_multiple_of=k``: if T % k != 0, ONE extra segment of ``k - T % k`` pad tokens is
+    appended, with labels 0 and loss_mask 0. Being its own segment, it attends only to itself, so
+    the real tokens' outputs are exactly those of the unpadded batch. Nothing is added otherwise.
+    Extra keys (e.g. a blend's "dataset_id") are ignored.
+    """
+    tokens = torch.cat([torch.as_tensor(s["tokens"], dtype=torch.long) for s in samples])
+    labels = torch.cat([torch.as_tensor(s["labels"], dtype=torch.long) for s in samples])
+    loss_mask = torch.cat([torch.as_tensor(s["loss_mask"], dtype=torch.float32) for s in samples])
+    lengths = torch.cat([torch.as_tensor(s["segment_lengths"], dtype=torch.long) for s in samples])
+    if int(lengths.sum()) != tokens.numel():
+        raise ValueError(
+            f"segment_lengths sum to {int(lengths.sum())} but the samples hold {tokens.numel()} "
+            "tokens: every sample's segment_lengths must cover exactly its tokens."
+        )
+    padding = -tokens.numel() % pad_to_multiple_of
+    if padding:
+        tokens = torch.cat([tokens, torch.full((padding,), pad_token_id, dtype=torch.long)])
+        labels = torch.cat([labels, torch.zeros(padding, dtype=torch.long)])
+        loss_mask = torch.cat([loss_mask, torch.zeros(padding, dtype=torch.float32)])
+        lengths = torch.cat([lengths, torch.tensor([padding])])
+    lengths = lengths[lengths > 0]
+    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    segment_starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
+    return {
+        "tokens": tokens[None],
+        "labels": labels[None],
+        "loss_mask": loss_mask[None],
+        "position_ids": (torch.arange(tokens.numel()) - segment_starts)[None],
+        "cu_seqlens": cu_seqlens.to(torch.int32),
+        "max_seqlen": int(lengths.max()) if lengths.numel() else 0,
+    }
+
+
+def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Batch:
+    """Turn a padded HF-style batch [b, s] into the packed row: each row's attended tokens, in
+    order, become one segment (labels and loss_mask zero). Inverse of `repad` on positions."""
+    keep = attention_mask.bool()
+    samples = []
+    for row, row_keep in zip(input_ids, keep):
+        tokens = row[row_keep]
+        zeros = torch.zeros_like(tokens)
+        samples.append(
+            {
+                "tokens": tokens,
+                "labels": zeros,
+                "loss_mask": zeros,
+                "segment_lengths": [len(tokens)],
+            }
+        )
+    return collate(samples)
+
+
+def repad(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scatter packed per-token values [1, T, ...] back to the padded layout [b, s, ...] of
+    `attention_mask`, zeros at pad positions, so packed outputs compare with HF-style ones.
+
+    The first ``attention_mask.sum()`` positions are used; any further ones (a trailing padding
+    segment added by collate) are dropped.
+    """
+    keep = attention_mask.bool()
+    num_tokens = int(keep.sum())
+    if values.shape[0] != 1 or values.shape[1] < num_tokens:
+        raise ValueError(
+            f"repad needs values of shape [1, T >= {num_tokens}, ...] for this attention_mask, "
+            f"got {tuple(values.shape)}."
+        )
+    padded = values.new_zeros(keep.shape + values.shape[2:])
+    padded[keep] = values[0, :num_tokens]
+    return padded
