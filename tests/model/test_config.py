@@ -50,3 +50,20 @@ def test_invalid_configuration_fails_with_one_line(kwargs, message):
     text = str(error.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_initialisation_follows_the_recipe():
+    """Truncated normals (2 sigma) of std 0.02, output projections 0.02 / sqrt(2 x layers); norms 1, bias 0."""
+    torch.manual_seed(0)
+    config = ettin_config("17m")
+    model = EttinModel(config, spec="local")
+    out_std = 0.02 / (2 * config.num_layers) ** 0.5
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight") or "layernorm" in name:
+            assert torch.equal(param, torch.ones_like(param)), name
+        elif name == "output_layer.bias":
+            assert torch.equal(param, torch.zeros_like(param))
+        else:
+            std = out_std if ("linear_proj" in name or "linear_fc2" in name or name == "head.dense.weight") else 0.02
+            assert param.abs().max() <= 2 * std + 1e-7, name
+            assert abs(param.std().item() - 0.88 * std) < 0.05 * std, name  # std of a 2-sigma truncated normal
