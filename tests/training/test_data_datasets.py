@@ -9,6 +9,7 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets, pack_greedily
+from tests.ranks import run_ranks
 
 CLS, SEP, PAD, MASK = 1001, 1002, 1003, 1004
 SPECIAL_IDS = dict(
@@ -142,15 +143,19 @@ def test_samples_depend_only_on_seed_and_index(corpus, tmp_path):
     assert any(not same(a, b) for a, b in zip(reference, samples(reseeded, range(8))))
 
 
-def test_index_cache_is_written_and_reused_without_torch_distributed(corpus, tmp_path):
-    prefix, _ = corpus
+def _cache_without_torch_distributed(rank, prefix, cache_dir):
     assert not torch.distributed.is_initialized()
-    built = train(config(prefix, layout="packed", path_to_cache=str(tmp_path)))
-    files = sorted(os.listdir(tmp_path))
+    built = train(config(prefix, layout="packed", path_to_cache=cache_dir))
+    files = sorted(os.listdir(cache_dir))
     assert len(files) == 3 and all("EttinDataset-train" in f for f in files)
-    loaded = train(config(prefix, layout="packed", path_to_cache=str(tmp_path)))
+    loaded = train(config(prefix, layout="packed", path_to_cache=cache_dir))
     assert isinstance(loaded.sample_index, numpy.memmap)
     assert numpy.array_equal(built.sample_index, loaded.sample_index)
+
+
+def test_index_cache_is_written_and_reused_without_torch_distributed(corpus, tmp_path):
+    # A fresh process: other tests in this session may have initialized torch.distributed.
+    run_ranks(1, _cache_without_torch_distributed, corpus[0], str(tmp_path))
 
 
 def test_split_sizes_and_disjoint_documents(corpus):
@@ -207,17 +212,17 @@ def test_config_errors_say_what_to_change(corpus):
         config(prefix, eval_mask_rate=2.0)
 
 
+def _build_under_one_gloo_rank(rank, prefix, cache_dir):
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    built = train(config(prefix, layout="packed", path_to_cache=cache_dir), 30)
+    loaded = train(config(prefix, layout="packed", path_to_cache=cache_dir), 30)
+    return [samples(built), samples(loaded)]
+
+
 def test_build_under_torch_distributed(corpus, tmp_path):
     """The rank-0-builds-first path of megatron's builder (one gloo rank) gives the same samples."""
     prefix, _ = corpus
     reference = train(config(prefix, layout="packed"), 30)
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1
-    )
-    try:
-        built = train(config(prefix, layout="packed", path_to_cache=str(tmp_path / "cache")), 30)
-        loaded = train(config(prefix, layout="packed", path_to_cache=str(tmp_path / "cache")), 30)
-    finally:
-        torch.distributed.destroy_process_group()
-    for a, b, c in zip(*map(samples, (reference, built, loaded))):
+    built, loaded = run_ranks(1, _build_under_one_gloo_rank, prefix, str(tmp_path / "cache"))[0]
+    for a, b, c in zip(samples(reference), built, loaded):
         assert same(a, b) and same(a, c)
