@@ -1,0 +1,67 @@
+"""Merge indexed datasets: many prefixes into one, in the order given.
+
+Preprocessing shards in parallel jobs and merging afterwards must give the same bytes as preprocessing
+the concatenated input; megatron-core's IndexedDatasetBuilder.add_index does exactly that (it appends
+the token bytes and shifts the document index). Like preprocess, it writes under temporary names and
+renames at the end, so an interrupted merge leaves no complete-looking pair.
+"""
+
+import os
+from typing import List, Sequence
+
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+from ettin_megatron.data.preprocess import publish, remove_temps, temp_paths
+from ettin_megatron.data.readers import InputError
+
+
+def dataset_prefixes(inputs: Sequence[str]) -> List[str]:
+    """Expand --input: a dataset prefix stays as is; a directory gives all its prefixes, sorted
+    (Megatron-LM's merge tool takes a directory)."""
+    prefixes = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, name[: -len(".idx")])
+                for name in os.listdir(item)
+                if name.endswith(".idx") and IndexedDataset.exists(os.path.join(item, name[:-4]))
+            )
+            if not found:
+                raise InputError(f"{item}: directory holds no .bin/.idx pair")
+            prefixes.extend(found)
+        elif IndexedDataset.exists(item):
+            prefixes.append(item)
+        else:
+            raise InputError(f"{item}: no {item}.bin/{item}.idx pair (give prefixes without suffix)")
+    return prefixes
+
+
+def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
+    """Concatenate the datasets at `prefixes` into `output_prefix`; return counts of the result.
+
+    All inputs must share one token dtype (the same tokenizer), checked before writing anything.
+    """
+    if not prefixes:
+        raise InputError("nothing to merge")
+    if os.path.abspath(output_prefix) in {os.path.abspath(p) for p in prefixes}:
+        raise InputError(f"{output_prefix}: the output is also an input")
+    dtypes = {prefix: IndexedDataset(prefix).index.dtype for prefix in prefixes}
+    if len(set(dtypes.values())) > 1:
+        detail = ", ".join(f"{p}: {d.__name__}" for p, d in dtypes.items())
+        raise InputError(f"datasets have different token dtypes (different tokenizers?): {detail}")
+    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+    temp = temp_paths(output_prefix)
+    try:
+        builder = IndexedDatasetBuilder(temp[0], dtype=dtypes[prefixes[0]])
+        for prefix in prefixes:
+            builder.add_index(prefix)
+        builder.finalize(temp[1])
+        publish(temp, output_prefix)
+    finally:
+        remove_temps(temp)
+    return {
+        "datasets": len(prefixes),
+        "documents": len(builder.document_indices) - 1,
+        "sequences": len(builder.sequence_lengths),
+        "tokens": int(sum(builder.sequence_lengths)),
+    }

@@ -1,0 +1,320 @@
+"""Text shards -> Megatron indexed datasets ({prefix}_{key}_{document|sentence}.bin/.idx).
+
+The pipeline is: the main process cuts the input into bounded chunks of raw lines (readers.py),
+worker processes parse, validate and tokenize whole chunks with the Rust tokenizer's batch API, and the
+main process writes the results in input order with megatron-core's IndexedDatasetBuilder. Because
+chunks are cut independently of the worker count and results are consumed in submission order, the
+output bytes do not depend on --workers; because at most a few chunks are in flight, memory does not
+grow with the corpus (only the index, a few bytes per document, does, as in Megatron-LM).
+
+Rules the acceptance tests pin down:
+- A document whose text is empty or whitespace-only is skipped and counted ("empty"), per key, as
+  Megatron-LM drops documents without tokens. Other text is tokenized exactly as given (not stripped).
+- By default a document is wrapped by the tokenizer's own template ([CLS] ... [SEP] for ModernBERT);
+  `wrap=False` stores the bare tokens (Megatron-LM's layout), and `append_eod` then adds [SEP].
+- Sentence mode: each sentence is one sequence of the document; the template's prefix ([CLS]) goes on
+  the first sentence and its suffix ([SEP], then the EOD if asked) on the last.
+- Outputs are written under temporary names and renamed only after every file is finalized; on any
+  error they are removed, so an interrupted run never leaves a complete-looking .bin/.idx pair.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections import deque
+from itertools import chain
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Dict, List, Sequence
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+from tokenizers import Tokenizer
+
+from ettin_megatron.data import readers
+from ettin_megatron.data.readers import InputError
+from ettin_megatron.data.tokenizer import eod_id, load_tokenizer, sentence_splitter, wrap_ids
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreprocessConfig:
+    """What tools/preprocess_data.py passes; field names follow Megatron-LM's flags."""
+
+    input: str
+    output_prefix: str
+    tokenizer_model: str
+    json_keys: Sequence[str] = ("text",)
+    append_eod: bool = False
+    split_sentences: bool = False
+    keep_newlines: bool = False
+    wrap: bool = True
+    workers: int = 1
+    chunk_size: int = 1000
+    log_interval: int = 10000
+    skip_invalid: bool = False
+
+
+@dataclass
+class Summary:
+    """What a run did. `records` counts valid input records; `documents`, `sentences`, `tokens` and
+    `empty` are summed over the json keys; `outputs` maps each key to its dataset prefix."""
+
+    outputs: Dict[str, str] = field(default_factory=dict)
+    records: int = 0
+    documents: int = 0
+    sentences: int = 0
+    tokens: int = 0
+    empty: int = 0
+    invalid: int = 0
+    input_bytes: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        secs = max(self.seconds, 1e-9)
+        return (
+            f"{self.records} records -> {self.documents} documents, {self.tokens} tokens "
+            f"({self.tokens / secs:,.0f} tokens/s, {self.input_bytes / secs / 1e6:.2f} MB/s) "
+            f"in {self.seconds:.1f}s; skipped "
+            f"{self.empty} empty and {self.invalid} invalid; wrote "
+            + ", ".join(f"{p}.bin/.idx" for p in self.outputs.values())
+        )
+
+
+def output_prefix(config: PreprocessConfig, key: str) -> str:
+    """Megatron-LM's naming: {output_prefix}_{key}_{document|sentence}."""
+    level = "sentence" if config.split_sentences else "document"
+    return f"{config.output_prefix}_{key}_{level}"
+
+
+# ---------------------------------------------------------------- worker side (one per process)
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer: Tokenizer, config: PreprocessConfig, dtype: type) -> None:
+    """Set up a worker. Under fork the tokenizer is inherited, not reloaded (loading ModernBERT's
+    costs ~0.2 s a process); under spawn it travels pickled. The Rust tokenizer is single-threaded:
+    the parallelism is the worker processes, so --workers N uses N cores and runs stay comparable."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    prefix, suffix = wrap_ids(tokenizer) if config.wrap else ((), ())
+    if config.append_eod:
+        suffix = suffix + (eod_id(tokenizer),)
+    split = sentence_splitter(config.keep_newlines, quiet=True) if config.split_sentences else None
+    _WORKER.update(tokenizer=tokenizer, config=config, dtype=dtype, split=split,
+                   prefix=list(prefix), suffix=list(suffix))
+
+
+@dataclass
+class EncodedKey:
+    """One key's tokens for one chunk: flat tokens, the length of each sequence, sequences per doc."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    seqs_per_doc: np.ndarray
+    empty: int
+
+
+def encode_chunk(chunk: readers.Chunk) -> tuple:
+    """Parse, validate and tokenize one chunk.
+
+    Returns ({key: EncodedKey}, valid records, [(line, error)], input bytes)."""
+    docs, errors = readers.parse_chunk(chunk, _WORKER["config"].json_keys)
+    encoded = {}
+    for key in _WORKER["config"].json_keys:
+        texts = [texts[key] for _, texts in docs if texts[key].strip()]
+        encoded[key] = _encode_texts(texts, empty=len(docs) - len(texts))
+    return encoded, len(docs), errors, chunk.nbytes
+
+
+def _encode_texts(texts: List[str], empty: int) -> EncodedKey:
+    tokenizer, split = _WORKER["tokenizer"], _WORKER["split"]
+    prefix, suffix = _WORKER["prefix"], _WORKER["suffix"]
+    if split is None:
+        pieces, seqs_per_doc = texts, [1] * len(texts)
+    else:
+        per_doc = [split(text) or [text] for text in texts]
+        pieces = [s for sentences in per_doc for s in sentences]
+        seqs_per_doc = [len(sentences) for sentences in per_doc]
+    ids = [e.ids for e in tokenizer.encode_batch_fast(pieces, add_special_tokens=False)]
+    first = 0
+    for count in seqs_per_doc:
+        ids[first] = prefix + ids[first]
+        ids[first + count - 1] = ids[first + count - 1] + suffix
+        first += count
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    tokens = np.fromiter(chain.from_iterable(ids), dtype=_WORKER["dtype"], count=int(lengths.sum()))
+    return EncodedKey(tokens, lengths, np.asarray(seqs_per_doc, dtype=np.int64), empty)
+
+
+# ---------------------------------------------------------------- main process
+
+def preprocess(config: PreprocessConfig) -> Summary:
+    """Tokenize `config.input` into one indexed dataset per json key; return what was done.
+
+    Raises InputError (one line, `path:line: what is wrong (hint)`) for bad arguments, before any
+    work starts, and for bad data unless `skip_invalid`, in which case bad records are counted.
+    """
+    paths, tokenizer = _validate(config)
+    dtype = DType.optimal_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
+    if config.split_sentences:
+        sentence_splitter(config.keep_newlines)  # warns once here if punkt data is missing
+    summary = Summary(outputs={key: output_prefix(config, key) for key in config.json_keys})
+    temps = {key: temp_paths(prefix) for key, prefix in summary.outputs.items()}
+    progress = _Progress(config.log_interval, _plain_size(paths))
+    try:
+        builders = {key: IndexedDatasetBuilder(temps[key][0], dtype=dtype) for key in temps}
+        chunks = _encoded_chunks(config, paths, tokenizer, dtype)
+        with contextlib.closing(chunks):
+            for encoded, records, errors, nbytes in chunks:
+                _count_errors(errors, config.skip_invalid, summary)
+                for key, enc in encoded.items():
+                    _write(builders[key], enc, summary)
+                summary.records += records
+                summary.input_bytes += nbytes
+                progress.update(summary)
+        for key, builder in builders.items():
+            builder.finalize(temps[key][1])
+        for key, prefix in summary.outputs.items():
+            publish(temps[key], prefix)
+    except BrokenProcessPool as exc:
+        remove_temps(*temps.values())
+        raise InputError("a worker process died (killed, or out of memory); no output written") from exc
+    except BaseException:
+        remove_temps(*temps.values())
+        raise
+    summary.seconds = progress.elapsed()
+    return summary
+
+
+def _validate(config: PreprocessConfig):
+    """Every mistake a user can make in the arguments, reported before any work starts."""
+    if not config.json_keys:
+        raise InputError("--json-keys: give at least one key")
+    if config.workers < 1 or config.chunk_size < 1:
+        raise InputError("--workers and --chunk-size must be at least 1")
+    if config.append_eod and config.wrap:
+        raise InputError(
+            "--append-eod: documents already end with the template's [SEP]; add --no-wrap for "
+            "Megatron-LM's layout (bare tokens + EOD)"
+        )
+    paths = readers.expand_inputs(config.input)
+    for path in paths:
+        if path.endswith(readers.PARQUET_SUFFIXES):
+            readers.check_parquet_columns(path, config.json_keys)
+        elif path.endswith(".zst"):
+            readers.open_binary(path).close()  # fails early without zstandard
+    try:
+        tokenizer = load_tokenizer(config.tokenizer_model)
+        if config.wrap:
+            wrap_ids(tokenizer)
+        if config.append_eod:
+            eod_id(tokenizer)
+    except ValueError as exc:  # TokenizerNotFound, or a template wrap_ids cannot follow
+        raise InputError(f"--tokenizer-model {exc}") from exc
+    out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    return paths, tokenizer
+
+
+def _encoded_chunks(config: PreprocessConfig, paths: List[str], tokenizer: Tokenizer, dtype: type):
+    """Yield encode_chunk results in input order with at most ~2 chunks per worker in flight."""
+    context = get_context("fork" if sys.platform == "linux" else "spawn")
+    init = (tokenizer, config, dtype)
+    with ProcessPoolExecutor(config.workers, context, _init_worker, init) as pool:
+        pending = deque()
+        try:
+            for chunk in readers.iter_chunks(paths, config.json_keys, config.chunk_size):
+                pending.append(pool.submit(encode_chunk, chunk))
+                if len(pending) >= 2 * config.workers + 1:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _count_errors(errors: list, skip_invalid: bool, summary: Summary) -> None:
+    if errors and not skip_invalid:
+        raise InputError(f"{errors[0][1]} (fix the record or pass --skip-invalid)")
+    for _, message in errors[: max(0, 5 - summary.invalid)]:
+        log.warning("skipped %s", message)
+    summary.invalid += len(errors)
+
+
+def _write(builder: IndexedDatasetBuilder, enc: EncodedKey, summary: Summary) -> None:
+    """Append one chunk's documents, in order, to one key's dataset."""
+    summary.empty += enc.empty
+    summary.documents += len(enc.seqs_per_doc)
+    summary.tokens += len(enc.tokens)
+    summary.sentences += len(enc.lengths)
+    seq_ends = np.cumsum(enc.seqs_per_doc)
+    tok_ends = np.cumsum(enc.lengths)[seq_ends - 1] if len(seq_ends) else seq_ends
+    seq_start = tok_start = 0
+    for seq_end, tok_end in zip(seq_ends.tolist(), tok_ends.tolist()):
+        builder.add_document(enc.tokens[tok_start:tok_end], enc.lengths[seq_start:seq_end].tolist())
+        seq_start, tok_start = seq_end, tok_end
+
+
+def temp_paths(prefix: str) -> tuple:
+    """(bin, idx) names to write before `publish`; the pid keeps concurrent runs apart."""
+    tag = f".{os.getpid()}.tmp"
+    return prefix + ".bin" + tag, prefix + ".idx" + tag
+
+
+def publish(temp: tuple, prefix: str) -> None:
+    """Rename finished files into place: the old .idx goes first and the new .idx last, so a crash
+    in between leaves a .bin without .idx, which no reader mistakes for a dataset."""
+    if os.path.exists(prefix + ".idx"):
+        os.remove(prefix + ".idx")
+    os.replace(temp[0], prefix + ".bin")
+    os.replace(temp[1], prefix + ".idx")
+
+
+def remove_temps(*temps: tuple) -> None:
+    """Delete whatever temporary files exist (after an error)."""
+    for pair in temps:
+        for path in pair:
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _plain_size(paths: List[str]):
+    """Total input bytes when every file is uncompressed JSONL (then an ETA is exact), else None."""
+    if all(p.endswith((".jsonl", ".json")) for p in paths):
+        return sum(os.path.getsize(p) for p in paths)
+    return None
+
+
+class _Progress:
+    """Prints documents/s, tokens/s, MB/s (and an ETA when the input size is known) to stderr
+    every `interval` documents."""
+
+    def __init__(self, interval: int, total_bytes=None):
+        self.interval, self.start, self.next = interval, time.perf_counter(), interval
+        self.total_bytes = total_bytes
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def update(self, summary: Summary) -> None:
+        if self.interval <= 0 or summary.records < self.next:
+            return
+        self.next = (summary.records // self.interval + 1) * self.interval
+        secs = max(self.elapsed(), 1e-9)
+        rate = summary.input_bytes / secs
+        eta = ""
+        if self.total_bytes and rate:
+            eta = f" | ETA {max(0.0, self.total_bytes - summary.input_bytes) / rate:,.0f}s"
+        print(
+            f"[preprocess] {summary.records:,} docs | {summary.records / secs:,.0f} docs/s | "
+            f"{summary.tokens / secs:,.0f} tokens/s | {rate / 1e6:.2f} MB/s{eta}",
+            file=sys.stderr,
+            flush=True,
+        )

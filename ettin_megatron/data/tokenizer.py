@@ -1,0 +1,142 @@
+"""Loading the tokenizer and splitting text into sentences.
+
+Everything downstream (preprocessing, datasets, objectives, HF export) asks this module for the
+tokenizer and its special ids, so that there is exactly one place that decides how a path or hub name
+turns into a `tokenizers.Tokenizer` and which ids [CLS]/[SEP]/[PAD]/[MASK] have. We use the Rust
+`tokenizers` object directly (not a transformers wrapper) because it is picklable as JSON, fast in
+batches and identical on every rank.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, List
+
+from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+#: Special token names shared by the ModernBERT tokenizer and the small tokenizers we train.
+SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+
+
+class TokenizerNotFound(ValueError):
+    """The tokenizer path or name does not resolve to a tokenizer (raised before any work starts)."""
+
+
+def load_tokenizer(path_or_name: str) -> Tokenizer:
+    """Load a tokenizer from a directory holding tokenizer.json, a tokenizer.json file, or a hub name.
+
+    Truncation and padding are switched off: preprocessing must store every token of every document,
+    whatever a tokenizer.json was saved with. A hub name only works where the hub is reachable; we
+    never download implicitly anywhere else.
+    """
+    path = os.path.expanduser(path_or_name)
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise TokenizerNotFound(f"{path_or_name}: directory has no tokenizer.json")
+    if os.path.isfile(path):
+        try:
+            tokenizer = Tokenizer.from_file(path)
+        except Exception as exc:  # the Rust side raises a bare Exception for unreadable JSON
+            raise TokenizerNotFound(f"{path}: not a tokenizers JSON file ({exc})") from exc
+    elif path.endswith(".json") or os.path.isabs(path) or path.startswith("."):
+        raise TokenizerNotFound(f"{path_or_name}: no such tokenizer file or directory")
+    else:
+        try:
+            tokenizer = Tokenizer.from_pretrained(path_or_name)
+        except Exception as exc:  # the hub client raises many types; the user needs one sentence
+            raise TokenizerNotFound(
+                f"{path_or_name}: not a local tokenizer and the hub did not provide it ({exc}); "
+                "pass a directory with tokenizer.json"
+            ) from exc
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids the model and objectives need. `vocab_size` counts added tokens; `padded_vocab_size`
+    rounds it up to a multiple (64 by default, which keeps ModernBERT's 50368 unchanged) so the
+    embedding splits evenly under tensor parallelism."""
+
+    unk: int
+    cls: int
+    sep: int
+    pad: int
+    mask: int
+    vocab_size: int
+    padded_vocab_size: int
+
+
+def special_ids(tokenizer: Tokenizer, multiple: int = 64) -> SpecialIds:
+    """Return the ids of [UNK]/[CLS]/[SEP]/[PAD]/[MASK]; raise if the tokenizer lacks one."""
+    ids = {}
+    for token in SPECIAL_TOKENS:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is None:
+            raise TokenizerNotFound(f"tokenizer has no {token} token (Ettin needs {SPECIAL_TOKENS})")
+        ids[token.strip("[]").lower()] = token_id
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    padded = -(-size // multiple) * multiple
+    return SpecialIds(vocab_size=size, padded_vocab_size=padded, **ids)
+
+
+def eod_id(tokenizer: Tokenizer) -> int:
+    """The end-of-document id --append-eod adds: [SEP] (Ettin's EOS, and what Megatron-LM appends with
+    the ModernBERT tokenizer), else a GPT-style end-of-text token."""
+    for token in ("[SEP]", "<|endoftext|>", "</s>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    raise TokenizerNotFound("tokenizer has no end-of-document token ([SEP], <|endoftext|> or </s>)")
+
+
+def wrap_ids(tokenizer: Tokenizer) -> tuple:
+    """The ids the tokenizer's own post-processor puts before and after a single sequence.
+
+    Found by encoding a probe with and without special tokens, so it follows whatever template the
+    tokenizer carries (`[CLS] $A [SEP]` for ModernBERT, nothing for GPT-2 style tokenizers). Sentence
+    mode needs it to wrap a document whose sentences are tokenized separately.
+    """
+    bare = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a", add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return tuple(full[:start]), tuple(full[start + len(bare) :])
+    raise ValueError("the tokenizer's post-processor rewrites the sequence; use --no-wrap")
+
+
+def sentence_splitter(keep_newlines: bool, quiet: bool = False) -> Callable[[str], List[str]]:
+    """An nltk Punkt sentence splitter, as Megatron-LM's --split-sentences uses.
+
+    The trained English model (nltk's punkt_tab data) is used when nltk finds it locally; we never
+    download, so without it we fall back to an untrained Punkt (splits after ., ? and ! before a
+    capital) and warn unless `quiet` (workers pass it: the main process has already warned once).
+    With `keep_newlines` the whitespace after a sentence stays attached to it (Megatron-LM's
+    CustomLanguageVars), so newlines survive detokenization.
+    """
+    from nltk.tokenize import punkt
+
+    class KeepNewlines(punkt.PunktLanguageVars):
+        _period_context_fmt = r"""
+            \S*                          # some word material
+            %(SentEndChars)s             # a potential sentence ending
+            \s*                          # keep the following whitespace (newlines)
+            (?=(?P<after_tok>
+                %(NonWord)s              # either other punctuation
+                |
+                (?P<next_tok>\S+)        # or the next word
+            ))"""
+
+    splitter = punkt.PunktSentenceTokenizer(
+        lang_vars=KeepNewlines() if keep_newlines else punkt.PunktLanguageVars()
+    )
+    try:
+        splitter._params = punkt.PunktTokenizer("english")._params
+    except LookupError:
+        if not quiet:
+            log.warning("nltk punkt_tab data not found; splitting sentences with an untrained Punkt")
+    return splitter.tokenize

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small tokenizer trained once per session, and JSONL writing helpers."""
+
+import json
+import os
+
+import pytest
+
+from ettin_megatron.data.train_tokenizer import train_tokenizer
+
+#: Where the real ModernBERT tokenizer sits on the project's build machines (absent elsewhere).
+MODERNBERT_DIR = os.path.join(
+    os.path.dirname(__file__), os.pardir, os.pardir, os.pardir, "shared", "tokenizers", "modernbert"
+)
+
+WORDS = (
+    "the model reads tokens from documents and learns to predict masked words in context while "
+    "encoders attend in both directions and decoders only look back naïve café über straße "
+    "東京 日本語 テキスト emoji 🙂 🚀 numbers 12345 3.14 code def f(x): return x * 2"
+).split()
+
+
+def training_texts(count: int = 400):
+    """Deterministic pseudo-sentences covering ASCII, accents, CJK, emoji and code."""
+    texts = []
+    for i in range(count):
+        words = [WORDS[(i * 7 + j * 13) % len(WORDS)] for j in range(5 + i % 17)]
+        texts.append(" ".join(words).capitalize() + ". " + " ".join(reversed(words)) + "!")
+    return texts
+
+
+def write_jsonl(path, records):
+    """Write dicts (or raw bytes lines) as a JSONL file; return its path as str."""
+    with open(path, "wb") as f:
+        for record in records:
+            line = record if isinstance(record, bytes) else json.dumps(record).encode()
+            f.write(line + b"\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A 512-token byte-level BPE tokenizer with the ModernBERT special tokens."""
+    root = tmp_path_factory.mktemp("tokenizer")
+    corpus = write_jsonl(root / "train.jsonl", [{"text": t} for t in training_texts()])
+    out = root / "tok"
+    train_tokenizer([corpus], str(out), vocab_size=512)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from ettin_megatron.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)

@@ -1,0 +1,137 @@
+"""Bad input stops the run with `file:line: what is wrong`, or is skipped and counted; failed runs
+leave no complete-looking .bin/.idx pair."""
+
+import os
+
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from ettin_megatron.data import preprocess as preprocess_module
+from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
+from ettin_megatron.data.readers import InputError
+
+from .conftest import write_jsonl
+
+GOOD = [{"text": f"good document {i}"} for i in range(6)]
+
+BAD_LINES = {
+    "malformed JSON": b'{"text": "unterminated',
+    "missing key 'text'": b'{"body": "no text key here"}',
+    "key 'text' is int, expected a string": b'{"text": 42}',
+    "key 'text' is NoneType": b'{"text": null}',
+    "invalid UTF-8": b'{"text": "caf\xe9 latin-1"}',
+    "unpaired surrogate": b'{"text": "lone \\ud800 surrogate"}',
+    "expected a JSON object, got list": b'["text", "in a list"]',
+}
+
+
+def config(tmp_path, tokenizer_dir, input_path, **options):
+    return PreprocessConfig(input=input_path, output_prefix=str(tmp_path / "out" / "ds"),
+                            tokenizer_model=tokenizer_dir, log_interval=0, **options)
+
+
+def assert_no_output(tmp_path):
+    out = tmp_path / "out"
+    assert not out.exists() or os.listdir(out) == [], os.listdir(out)
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_LINES))
+def test_bad_record_stops_with_file_and_line(tmp_path, tokenizer_dir, problem):
+    # Line 4 is bad; chunk_size 2 puts it in the second chunk, after a chunk was already written.
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD[:3] + [BAD_LINES[problem]] + GOOD[3:])
+    with pytest.raises(InputError) as excinfo:
+        preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=2, workers=2))
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}:4: "), message
+    assert problem in message and "--skip-invalid" in message and "\n" not in message
+    assert_no_output(tmp_path)
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_LINES))
+def test_skip_invalid_skips_and_counts(tmp_path, tokenizer_dir, tokenizer, problem):
+    records = GOOD[:3] + [BAD_LINES[problem], BAD_LINES[problem]] + GOOD[3:]
+    path = write_jsonl(tmp_path / "in.jsonl", records)
+    summary = preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=2, skip_invalid=True))
+    assert (summary.invalid, summary.records, summary.documents) == (2, len(GOOD), len(GOOD))
+    dataset = IndexedDataset(summary.outputs["text"])
+    assert [dataset[i].tolist() for i in range(len(dataset))] == [
+        tokenizer.encode(r["text"]).ids for r in GOOD
+    ]
+
+
+def test_first_bad_line_in_input_order_is_reported(tmp_path, tokenizer_dir):
+    records = GOOD[:1] + [BAD_LINES["malformed JSON"]] + GOOD + [b'{"text": 1}']
+    path = write_jsonl(tmp_path / "in.jsonl", records)
+    with pytest.raises(InputError, match=r":2: malformed JSON"):
+        preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=1, workers=3))
+
+
+def test_blank_lines_are_ignored(tmp_path, tokenizer_dir):
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD[0], b"", b"   ", GOOD[1]])
+    summary = preprocess(config(tmp_path, tokenizer_dir, path))
+    assert (summary.records, summary.documents, summary.invalid) == (2, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"input": "/nonexistent/*.jsonl"}, "no input files"),
+        ({"tokenizer_model": "/nonexistent/tokenizer"}, "--tokenizer-model"),
+        ({"append_eod": True}, "--no-wrap"),
+        ({"json_keys": ()}, "--json-keys"),
+        ({"workers": 0}, "--workers"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(tmp_path, tokenizer_dir, options, match):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    cfg = config(tmp_path, tokenizer_dir, path)
+    for key, value in options.items():
+        setattr(cfg, key, value)
+    with pytest.raises(InputError, match=match):
+        preprocess(cfg)
+    assert_no_output(tmp_path)
+
+
+def test_parquet_without_the_column_fails_before_any_work(tmp_path, tokenizer_dir):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["a", "b"]}), tmp_path / "in.parquet")
+    with pytest.raises(InputError, match=r"in.parquet: no column 'text' \(columns: body\)"):
+        preprocess(config(tmp_path, tokenizer_dir, str(tmp_path / "in.parquet")))
+    assert_no_output(tmp_path)
+
+
+_real_encode_chunk = preprocess_module.encode_chunk
+
+
+def _dies_on_second_chunk(chunk):
+    """Stands in for a worker killed mid-run (OOM killer, SIGKILL): the process vanishes."""
+    if chunk.first_line > 1:
+        os._exit(9)
+    return _real_encode_chunk(chunk)
+
+
+def _fails_on_second_chunk(chunk):
+    if chunk.first_line > 1:
+        raise MemoryError("simulated failure inside a worker")
+    return _real_encode_chunk(chunk)
+
+
+def test_killed_worker_leaves_no_output(tmp_path, tokenizer_dir, monkeypatch):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD * 5)
+    monkeypatch.setattr(preprocess_module, "encode_chunk", _dies_on_second_chunk)
+    with pytest.raises(InputError, match="worker process died"):
+        preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=4, workers=2))
+    assert_no_output(tmp_path)
+
+
+def test_failing_worker_leaves_no_output_and_keeps_an_older_dataset(tmp_path, tokenizer_dir, monkeypatch):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD * 5)
+    old = preprocess(config(tmp_path, tokenizer_dir, path)).outputs["text"]
+    before = [open(old + ext, "rb").read() for ext in (".bin", ".idx")]
+    monkeypatch.setattr(preprocess_module, "encode_chunk", _fails_on_second_chunk)
+    with pytest.raises(MemoryError):
+        preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=4, workers=2))
+    assert sorted(os.listdir(tmp_path / "out")) == ["ds_text_document.bin", "ds_text_document.idx"]
+    assert [open(old + ext, "rb").read() for ext in (".bin", ".idx")] == before

@@ -1,0 +1,58 @@
+"""Mixture YAML files -> Megatron's blend list; the three Ettin phases carry the recipe's numbers."""
+
+import os
+
+import pytest
+
+from ettin_megatron.data.mixtures import load_mixture, mixture_blend
+from ettin_megatron.data.readers import InputError
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples", "mixtures")
+
+#: Ettin recipe: (sources, billions of tokens) per phase.
+PHASES = {"phase1": (13, 1704.7), "phase2": (10, 249.3), "phase3": (9, 76.3)}
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_ettin_phase_mixtures(phase, monkeypatch):
+    monkeypatch.setenv("ETTIN_DATA", "/data/ettin")
+    blend = load_mixture(os.path.join(EXAMPLES, f"{phase}.yaml"))
+    weights, prefixes = blend[0::2], blend[1::2]
+    sources, total = PHASES[phase]
+    assert len(prefixes) == len(set(prefixes)) == sources
+    assert sum(weights) == pytest.approx(total)
+    assert all(p.startswith(f"/data/ettin/{phase}/") and p.endswith("_text_document") for p in prefixes)
+    assert weights == sorted(weights, reverse=True)  # listed largest first, as in the paper
+
+
+def test_unset_placeholder_is_reported(monkeypatch):
+    monkeypatch.delenv("ETTIN_DATA", raising=False)
+    with pytest.raises(InputError, match="ETTIN_DATA is not set"):
+        load_mixture(os.path.join(EXAMPLES, "phase1.yaml"))
+
+
+def test_relative_prefixes_weights_and_existence(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"")
+    (tmp_path / "a.idx").write_bytes(b"")
+    mix = tmp_path / "mix.yaml"
+    mix.write_text("datasets:\n  - {prefix: a, weight: 3}\n  - {prefix: sub/b, weight: 0.5}\n")
+    assert load_mixture(str(mix)) == [3.0, str(tmp_path / "a"), 0.5, str(tmp_path / "sub" / "b")]
+    assert mixture_blend(str(mix)) == ([3.0, 0.5], [str(tmp_path / "a"), str(tmp_path / "sub" / "b")])
+    with pytest.raises(InputError, match=r"datasets\[2\]: no dataset at .*sub/b"):
+        load_mixture(str(mix), check_exists=True)
+
+
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ("datasets: []\n", "expected a 'datasets:' list"),
+        ("datasets:\n  - {prefix: a}\n", r"datasets\[1\]: needs 'prefix' and 'weight'"),
+        ("datasets:\n  - {prefix: a, weight: -1}\n", "weight must be a positive number"),
+        ("datasets:\n  - {prefix: a, weight: lots}\n", "weight must be a positive number"),
+    ],
+)
+def test_malformed_mixtures(tmp_path, body, match):
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(body)
+    with pytest.raises(InputError, match=match):
+        load_mixture(str(mix))

@@ -1,0 +1,78 @@
+"""Turn JSONL/Parquet text shards into Megatron indexed datasets (.bin/.idx).
+
+Same flags and output names as Megatron-LM's tools/preprocess_data.py; the work is done by
+ettin_megatron.data.preprocess (see its docstring for the pipeline).
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
+from ettin_megatron.data.readers import InputError
+
+EPILOG = """\
+output: {output-prefix}_{key}_{document|sentence}.bin/.idx per --json-keys key, written under
+temporary names and renamed at the end (an interrupted run leaves no complete-looking pair).
+Documents are wrapped by the tokenizer's template ([CLS] ... [SEP] for ModernBERT) unless --no-wrap.
+Empty or whitespace-only documents are skipped and counted; blank lines are ignored.
+A bad record (malformed JSON, missing key, non-string value, invalid UTF-8) stops the run with
+"file:line: what is wrong" (exit status 2) unless --skip-invalid, which skips and counts it.
+--split-sentences: one sequence per sentence, [CLS] on the first and [SEP] (and EOD) on the last.
+Output bytes do not depend on --workers.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("input/output")
+    io.add_argument("--input", required=True,
+                    help="a file, a glob or a directory of .jsonl[.gz|.zst] or .parquet files")
+    io.add_argument("--json-keys", nargs="+", default=["text"], help="keys (columns) to tokenize")
+    io.add_argument("--output-prefix", required=True, help="path prefix of the output files")
+    tok = p.add_argument_group("tokenization")
+    tok.add_argument("--tokenizer-model", required=True,
+                     help="HF tokenizer directory, tokenizer.json, or hub name (needs network)")
+    tok.add_argument("--tokenizer-type", default="HuggingFaceTokenizer",
+                     choices=["HuggingFaceTokenizer"], help="accepted for Megatron-LM compatibility")
+    tok.add_argument("--no-wrap", dest="wrap", action="store_false",
+                     help="store bare tokens, without the template's [CLS]/[SEP] (Megatron-LM layout)")
+    tok.add_argument("--append-eod", action="store_true",
+                     help="append the end-of-document token ([SEP]) to each document (with --no-wrap)")
+    tok.add_argument("--split-sentences", action="store_true",
+                     help="split documents into sentences with nltk punkt (offline: untrained punkt)")
+    tok.add_argument("--keep-newlines", action="store_true",
+                     help="with --split-sentences, keep the whitespace/newlines after each sentence")
+    run = p.add_argument_group("runtime")
+    run.add_argument("--workers", type=int, default=os.cpu_count(),
+                     help="tokenizer processes (default: all cores)")
+    run.add_argument("--chunk-size", type=int, default=1000,
+                     help="at most this many documents per worker task; tasks also close at 256 KiB "
+                          "(output does not depend on it)")
+    run.add_argument("--log-interval", type=int, default=10000,
+                     help="print progress every this many documents (0: never)")
+    run.add_argument("--skip-invalid", action="store_true",
+                     help="skip and count bad records instead of stopping at the first one")
+    return p
+
+
+def main(argv=None) -> int:
+    args = vars(parser().parse_args(argv))
+    args.pop("tokenizer_type")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        summary = preprocess(PreprocessConfig(**args))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {summary}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
