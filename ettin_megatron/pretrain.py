@@ -1,0 +1,35 @@
+"""Pretrain an Ettin encoder or decoder: ``torchrun --nproc-per-node N -m ettin_megatron.pretrain ...``.
+
+Flags follow Megatron-LM (``--help`` lists them; ``--recipe examples/recipes/encoder/150m/phase1.yaml``
+sets a whole Ettin phase). A user error (bad sizes, missing data, unknown recipe) stops the run before
+any compute with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.readers import InputError
+    from .data.tokenizer import TokenizerNotFound
+    from .training.arguments import parse_args
+    from .training.loop import pretrain
+
+    try:
+        args = parse_args(argv)
+        pretrain(args)
+    except (ConfigError, InputError, TokenizerNotFound) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        from .runtime import destroy
+
+        destroy()
+    return 0
+
+
+if __name__ == "__main__":  # dist_checkpointing's async writer spawns processes that re-import __main__
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""The arguments of a pretraining run: documented dataclasses, one generic command-line converter.
+
+Every field of the dataclasses below is a command-line flag whose name is the field name with
+dashes (``tensor_model_parallel_size`` -> ``--tensor-model-parallel-size``, Megatron-LM's names).
+A recipe (``--recipe file.yaml``) is a flat YAML mapping of the same names (dashes or underscores);
+it may say ``inherit: base.yaml`` (relative to itself) to start from another recipe. Precedence:
+field default < recipe (base first) < command line.
+
+``parse_args(argv)`` returns an :class:`Arguments`; ``validate(args, world_size)`` checks everything
+a user can get wrong before any compute starts and raises :class:`ConfigError` with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..config import PRESETS, ConfigError
+
+
+def arg(default, help: str, **kwargs):
+    """A dataclass field with its ``--help`` text (``choices=`` restricts the values)."""
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(**factory, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class ModelArgs:
+    """What is trained."""
+
+    model_size: str = arg("tiny", "Ettin size preset.", choices=tuple(PRESETS))
+    objective: str = arg("mlm", "mlm (encoder), clm (decoder) or mntp (decoder -> encoder, masked "
+                         "next-token prediction; trains a bidirectional model).",
+                         choices=("mlm", "clm", "mntp"))
+    attention_backend: str = arg("auto", "Core attention: auto | sdpa | flex | te | flash.")
+    spec: str = arg("auto", "Layer spec: auto (te when Transformer Engine imports) | local | te.")
+    global_rope_theta: float = arg(10_000.0, "RoPE base of the global layers.")
+    local_rope_theta: float = arg(10_000.0, "RoPE base of the local layers.")
+    attention_output_dropout: float = arg(0.1, "Dropout on the attention block output (Ettin: 0.1).")
+    max_position_embeddings: int = arg(8192, "Longest sequence the model accepts.")
+    vocab_size: int | None = arg(None, "Padded vocabulary; default: from --tokenizer-model (rounded "
+                                 "up to a multiple of 64), else 50368.")
+
+
+@dataclass
+class ParallelArgs:
+    """How the model and the batch are cut over processes (data parallel = world / (TP x PP))."""
+
+    tensor_model_parallel_size: int = arg(1, "Tensor parallel size.")
+    pipeline_model_parallel_size: int = arg(1, "Pipeline parallel size.")
+    virtual_pipeline_model_parallel_size: int | None = arg(None, "Model chunks per pipeline rank "
+                                                           "(interleaved 1F1B).")
+    num_layers_per_virtual_pipeline_stage: int | None = arg(None, "Alternative to the above: layers "
+                                                            "per model chunk.")
+    sequence_parallel: bool = arg(False, "Megatron sequence parallelism (with TP > 1).")
+    use_distributed_optimizer: bool = arg(False, "Shard optimizer state over data parallel ranks.")
+    overlap_grad_reduce: bool = arg(False, "Overlap the gradient reduce with the backward pass.")
+
+
+@dataclass
+class DataArgs:
+    """Where samples come from and how they are batched."""
+
+    data_path: list[str] = arg([], "Megatron-LM blend: 'prefix' or 'w1 prefix1 w2 prefix2 ...' "
+                               "(IndexedDataset prefixes from tools/preprocess_data.py).")
+    data_mix: str | None = arg(None, "Mixture YAML (see examples/mixtures/); replaces --data-path.")
+    split: str = arg("969,30,1", "Train,valid,test split of the documents.")
+    data_layout: str = arg("document", "document (Ettin) | packed (ModernBERT) | concat (GPT).",
+                           choices=("document", "packed", "concat"))
+    data_cache_path: str | None = arg(None, "Where sample indices are cached (default: beside the data).")
+    tokenizer_model: str | None = arg(None, "tokenizer.json (or its directory) the data was made with.")
+    seq_length: int = arg(1024, "Maximum tokens per sample (one document per sample in Ettin).")
+    micro_batch_size: int = arg(4, "Samples per micro-batch (packed into one unpadded row).")
+    global_batch_size: int = arg(32, "Samples per optimizer step (Ettin: 4608).")
+    rampup_batch_size: list[int] | None = arg(None, "Batch-size warm-up: START INCREMENT SAMPLES "
+                                              "(Megatron-LM's --rampup-batch-size).")
+    mask_rate: float = arg(0.3, "MLM / MNTP masking rate of the training split (eval uses 15%).")
+
+
+@dataclass
+class OptimArgs:
+    """AdamW (decoupled weight decay, none on norms and biases) and the LR schedule."""
+
+    lr: float = arg(3e-3, "Peak learning rate.")
+    min_lr: float = arg(0.0, "LR at the end of the decay.")
+    lr_decay_style: str = arg("constant", "constant (warmup-stable) | linear | cosine | WSD.",
+                              choices=("constant", "linear", "cosine", "WSD", "inverse-square-root"))
+    lr_wsd_decay_style: str = arg("minus_sqrt", "WSD anneal shape: minus_sqrt (1-sqrt) | linear | "
+                                  "cosine | exponential.",
+                                  choices=("minus_sqrt", "linear", "cosine", "exponential"))
+    lr_warmup_init: float = arg(0.0, "LR at step 0 of the warmup.")
+    lr_warmup_iters: int = arg(0, "Linear warmup in optimizer steps.")
+    lr_warmup_samples: int = arg(0, "Linear warmup in samples (used with --train-samples).")
+    lr_decay_iters: int | None = arg(None, "Steps over which the LR decays (default: --train-iters).")
+    lr_decay_samples: int | None = arg(None, "Samples over which the LR decays (default: "
+                                       "--train-samples).")
+    lr_wsd_decay_iters: int | None = arg(None, "WSD: the final annealing steps (default: all decay steps).")
+    lr_wsd_decay_samples: int | None = arg(None, "WSD: the final annealing samples.")
+    weight_decay: float = arg(3e-4, "Decoupled weight decay (not on norms and biases).")
+    adam_beta1: float = arg(0.9, "Adam beta1.")
+    adam_beta2: float = arg(0.98, "Adam beta2.")
+    adam_eps: float = arg(1e-6, "Adam epsilon.")
+    clip_grad: float = arg(1.0, "Global gradient-norm clip (0 = none). Ettin's StableAdamW needs none; "
+                           "AdamW keeps the clip.")
+
+
+@dataclass
+class RunArgs:
+    """Length, precision, checkpoints, logging."""
+
+    recipe: str | None = arg(None, "YAML recipe setting any of these fields; flags override it.")
+    train_iters: int | None = arg(None, "Optimizer steps to train.")
+    train_samples: int | None = arg(None, "Samples to train (alternative to --train-iters).")
+    seed: int = arg(21, "Seed of the model init, dropout and data order (Ettin: 21).")
+    bf16: bool = arg(False, "BF16 mixed precision (fp32 main weights and grads).")
+    fp8_format: str | None = arg(None, "FP8 GEMMs through Transformer Engine: e4m3 | hybrid.",
+                                 choices=(None, "e4m3", "hybrid"))
+    save: str | None = arg(None, "Checkpoint root to save to.")
+    save_interval: int | None = arg(None, "Save every N steps (and at the end).")
+    load: str | None = arg(None, "Checkpoint root (or iter dir) to resume from; missing or empty = fresh.")
+    finetune: bool = arg(False, "With --load: weights only, fresh optimizer, schedule and data.")
+    log_interval: int = arg(10, "Log every N steps.")
+    eval_interval: int | None = arg(None, "Validate every N steps (None: only at the end).")
+    eval_iters: int = arg(10, "Validation steps (global batches) per evaluation (0: none).")
+    tensorboard_dir: str | None = arg(None, "TensorBoard event directory.")
+    exit_interval: int | None = arg(None, "Stop (after saving) at a step divisible by N.")
+
+
+GROUPS = {"model": ModelArgs, "parallel": ParallelArgs, "data": DataArgs, "optim": OptimArgs, "run": RunArgs}
+
+
+@dataclass
+class Arguments:
+    """All of a run's arguments, by group: ``args.optim.lr``, ``args.parallel.tensor_model_parallel_size``."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    parallel: ParallelArgs = field(default_factory=ParallelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    run: RunArgs = field(default_factory=RunArgs)
+
+    def as_dict(self) -> dict:
+        return {name: dict(vars(getattr(self, name))) for name in GROUPS}
+
+
+def _field_index() -> dict:
+    """field name -> (group name, dataclass field)."""
+    return {f.name: (group, f) for group, cls in GROUPS.items() for f in fields(cls)}
+
+
+def _unwrap(annotation):
+    """The type a flag converts to, whether it is a list, and whether it may be None."""
+    # annotations are strings under ``from __future__ import annotations``
+    hint = eval(annotation, vars(typing), {"list": list}) if isinstance(annotation, str) else annotation
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True, optional
+    return hint, False, optional
+
+
+def _convert(name: str, value, annotation):
+    """Bring a recipe value to the field's type (YAML gives numbers as int/float/str)."""
+    base, is_list, optional = _unwrap(annotation)
+    if value is None:
+        if optional or is_list:
+            return value
+        raise ConfigError(f"{name} may not be null.")
+    try:
+        if is_list:
+            items = value.split() if isinstance(value, str) else value
+            return [base(v) for v in items]
+        if base is bool:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        return base(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {base.__name__}.") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One argparse flag per dataclass field, derived from its type; defaults are SUPPRESSed so that
+    only the flags actually given override the recipe."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ettin_megatron.pretrain", description="Pretrain an Ettin encoder or decoder.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for group, cls in GROUPS.items():
+        section = parser.add_argument_group(group, cls.__doc__)
+        for f in fields(cls):
+            base, is_list, _ = _unwrap(f.type)
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{f.metadata['help'].replace('%', '%%')} (default: {f.default if f.default is not MISSING else '[]'})"
+            if base is bool:
+                section.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            else:
+                choices = f.metadata.get("choices")
+                section.add_argument(flag, type=base, nargs="+" if is_list else None, help=help_text,
+                                     choices=[c for c in choices if c is not None] if choices else None)
+    return parser
+
+
+PATH_FIELDS = ("data_mix", "tokenizer_model")
+"""Recipe values that are paths: a relative one is relative to the recipe file."""
+
+
+def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """A recipe's flat {field: value}, after its ``inherit:`` base(s) (a path or a list, applied in order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist; see examples/recipes/ for the available ones.")
+    if path.resolve() in _seen:
+        raise ConfigError(f"recipe {path} inherits from itself.")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of argument names to values.")
+    values = {}
+    bases = data.pop("inherit", None) or []
+    for base in [bases] if isinstance(bases, str) else bases:
+        values.update(read_recipe(path.parent / base, _seen + (path.resolve(),)))
+    index = _field_index()
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in index:
+            raise ConfigError(f"recipe {path}: unknown argument {key!r}; run with --help for the list.")
+        if name in PATH_FIELDS and isinstance(value, str) and not os.path.isabs(os.path.expandvars(value)):
+            value = os.path.normpath(path.parent / value)
+        values[name] = _convert(name, value, index[name][1].type)
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    """Defaults, then the recipe (if ``--recipe``), then the flags given on the command line."""
+    given = vars(build_parser().parse_args(argv))
+    values = read_recipe(given["recipe"]) if given.get("recipe") else {}
+    for flag, other in (("data_path", "data_mix"), ("data_mix", "data_path"),
+                        ("train_iters", "train_samples"), ("train_samples", "train_iters")):
+        if flag in given:  # the command line's data / length replaces the recipe's, whichever form
+            values.pop(other, None)
+    values.update(given)
+    return make_arguments(**values)
+
+
+def make_arguments(**values) -> Arguments:
+    """Arguments from flat field values (what tests and scripts use): ``make_arguments(lr=1e-3)``."""
+    index = _field_index()
+    grouped = {group: {} for group in GROUPS}
+    for name, value in values.items():
+        if name not in index:
+            raise ConfigError(f"unknown argument {name!r}; run with --help for the list.")
+        group, f = index[name]
+        grouped[group][name] = _convert(name, value, f.type)
+    return Arguments(**{group: cls(**grouped[group]) for group, cls in GROUPS.items()})
+
+
+def validate(args: Arguments, world_size: int) -> int:
+    """Check the run before any compute; returns the data-parallel size. Raises a one-line ConfigError."""
+    p, d, r, o = args.parallel, args.data, args.run, args.optim
+    model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    if world_size % model_parallel:
+        raise ConfigError(f"{world_size} processes are not divisible by TP x PP = {model_parallel}; "
+                          "change the process count or the parallel sizes.")
+    dp = world_size // model_parallel
+    if d.global_batch_size % (d.micro_batch_size * dp):
+        raise ConfigError(f"global batch size {d.global_batch_size} is not divisible by micro batch size "
+                          f"{d.micro_batch_size} x data parallel size {dp}; change one of them.")
+    if d.rampup_batch_size is not None:
+        if len(d.rampup_batch_size) != 3:
+            raise ConfigError("--rampup-batch-size takes three numbers: START INCREMENT SAMPLES.")
+        start, increment, _ = d.rampup_batch_size
+        step = d.micro_batch_size * dp
+        if start % step or increment % step or (d.global_batch_size - start) % increment:
+            raise ConfigError(f"--rampup-batch-size {start} {increment}: start and increment must be "
+                              f"multiples of micro batch x DP = {step} and reach {d.global_batch_size}.")
+    if (r.train_iters is None) == (r.train_samples is None):
+        raise ConfigError("set exactly one of --train-iters and --train-samples.")
+    if not d.data_path and not d.data_mix:
+        raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
+                          "or --data-mix MIXTURE.yaml.")
+    if d.data_path and d.data_mix:
+        raise ConfigError("pass either --data-path or --data-mix, not both.")
+    if d.data_mix and not Path(d.data_mix).is_file():
+        raise ConfigError(f"--data-mix {d.data_mix} does not exist.")
+    for prefix in data_prefixes(args):
+        if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
+            raise ConfigError(f"no dataset at {prefix} (.bin/.idx); run tools/preprocess_data.py or fix "
+                              "--data-path.")
+    if d.seq_length > args.model.max_position_embeddings:
+        raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
+                          f"{args.model.max_position_embeddings}; shorten it or raise "
+                          "--max-position-embeddings.")
+    if p.virtual_pipeline_model_parallel_size and p.num_layers_per_virtual_pipeline_stage:
+        raise ConfigError("pass either --virtual-pipeline-model-parallel-size or "
+                          "--num-layers-per-virtual-pipeline-stage, not both.")
+    if p.virtual_pipeline_model_parallel_size and p.pipeline_model_parallel_size < 2:
+        raise ConfigError("virtual pipeline stages need --pipeline-model-parallel-size >= 2.")
+    if r.finetune and not r.load:
+        raise ConfigError("--finetune needs --load (the checkpoint whose weights to start from).")
+    if o.lr_decay_style == "WSD" and o.min_lr > o.lr:
+        raise ConfigError(f"--min-lr {o.min_lr} is above --lr {o.lr}.")
+    if r.fp8_format and not r.bf16:
+        raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs run inside BF16 mixed precision).")
+    if d.tokenizer_model and not Path(d.tokenizer_model).exists():
+        raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist.")
+    return dp
+
+
+def data_prefixes(args: Arguments) -> list[str]:
+    """The dataset prefixes of --data-path / --data-mix (weights dropped)."""
+    if args.data.data_mix:
+        from ..data.mixtures import mixture_blend
+
+        return mixture_blend(args.data.data_mix)[1]
+    items = args.data.data_path
+    if len(items) > 1 and len(items) % 2 == 0:
+        try:
+            [float(w) for w in items[0::2]]
+            return list(items[1::2])
+        except ValueError:
+            pass
+    return list(items)
+
+
+def virtual_pipeline_size(args: Arguments, num_layers: int) -> int | None:
+    """VPP from either flag (Megatron-LM accepts both)."""
+    p = args.parallel
+    if p.num_layers_per_virtual_pipeline_stage:
+        per_rank = num_layers // p.pipeline_model_parallel_size
+        if per_rank % p.num_layers_per_virtual_pipeline_stage:
+            raise ConfigError(f"{per_rank} layers per pipeline rank are not divisible by "
+                              f"--num-layers-per-virtual-pipeline-stage {p.num_layers_per_virtual_pipeline_stage}.")
+        vpp = per_rank // p.num_layers_per_virtual_pipeline_stage
+        return vpp if vpp > 1 else None
+    return p.virtual_pipeline_model_parallel_size

@@ -1,0 +1,86 @@
+"""From datasets to the micro-batches of one optimizer step, and how many micro-batches a step has.
+
+The number of micro-batches per step is megatron's global NumMicroBatchesCalculator (with Megatron-LM's
+``--rampup-batch-size START INCREMENT SAMPLES``: the global batch grows by INCREMENT from START over
+SAMPLES samples). Which samples a rank reads is a pure function of ``consumed_samples`` (the data
+position saved in checkpoints), exactly as Megatron-LM's MegatronPretrainingSampler: the step's global
+batch is samples [consumed, consumed + global_batch), cut into micro-batches of ``micro_batch_size x
+DP`` consecutive samples, of which data-parallel rank r takes the r-th slice. A resumed run, or a
+run at another TP / PP, therefore reads the same samples in the same steps.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from megatron.core import num_microbatches_calculator as nmc
+from megatron.core.datasets.utils import get_blend_from_list
+from megatron.core.packed_seq_params import PackedSeqParams
+
+from ..data.batches import collate
+from .arguments import Arguments
+
+
+def init_microbatches(args: Arguments, rank: int, data_parallel_size: int) -> None:
+    """(Re)configure megatron's global micro-batch calculator for this run."""
+    nmc.destroy_num_microbatches_calculator()
+    nmc.init_num_microbatches_calculator(
+        rank, args.data.rampup_batch_size, args.data.global_batch_size, args.data.micro_batch_size,
+        data_parallel_size,
+    )
+
+
+def update_microbatches(consumed_samples: int) -> tuple[int, int]:
+    """Advance the ramp-up to ``consumed_samples``; returns (micro-batches per step, global batch size)."""
+    nmc.update_num_microbatches(consumed_samples, consistency_check=True)
+    return nmc.get_num_microbatches(), nmc.get_current_global_batch_size()
+
+
+def step_micro_batches(dataset, consumed_samples: int, num_microbatches: int, micro_batch_size: int,
+                       dp_rank: int, dp_size: int, pad_to_multiple_of: int = 1) -> Iterator[dict]:
+    """This rank's micro-batches of the step that starts at ``consumed_samples`` (see module doc)."""
+    for k in range(num_microbatches):
+        start = consumed_samples + (k * dp_size + dp_rank) * micro_batch_size
+        samples = [dataset[(start + j) % len(dataset)] for j in range(micro_batch_size)]
+        yield collate(samples, pad_to_multiple_of=pad_to_multiple_of)
+
+
+def packed_seq_params(batch: dict) -> PackedSeqParams:
+    """The varlen boundaries of a packed micro-batch, as Megatron-Core's THD format wants them."""
+    cu = batch["cu_seqlens"]
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=batch["max_seqlen"], max_seqlen_kv=batch["max_seqlen"])
+
+
+def token_ids(args: Arguments) -> dict:
+    """Special-token fields of EttinDatasetConfig, from --tokenizer-model (ModernBERT's ids otherwise)."""
+    if not args.data.tokenizer_model:
+        return {}
+    from ..data.tokenizer import load_tokenizer, special_ids
+
+    tokenizer = load_tokenizer(args.data.tokenizer_model)
+    ids = special_ids(tokenizer)
+    specials = sorted(i for i, t in tokenizer.get_added_tokens_decoder().items()
+                      if t.special and i < ids.vocab_size)
+    return dict(cls_token_id=ids.cls, sep_token_id=ids.sep, pad_token_id=ids.pad, mask_token_id=ids.mask,
+                num_ordinary_tokens=ids.vocab_size, extra_special_token_ids=tuple(specials))
+
+
+def build_datasets(args: Arguments, train_samples: int, valid_samples: int, special: dict | None = None):
+    """(train, valid) EttinDatasets of the run's blend, split, layout and objective."""
+    from ..data.datasets import EttinDatasetConfig, build_datasets as build
+
+    d = args.data
+    blend = get_blend_from_list(d.data_path) if d.data_path else None
+    if d.data_mix:
+        from ..data.mixtures import mixture_blend
+
+        weights, prefixes = mixture_blend(d.data_mix, check_exists=True)
+        blend = (prefixes, weights)
+    config = EttinDatasetConfig(
+        random_seed=args.run.seed, sequence_length=d.seq_length, blend=blend, split=d.split,
+        path_to_cache=d.data_cache_path, layout=d.data_layout, objective=args.model.objective,
+        mask_rate=d.mask_rate, **(token_ids(args) if special is None else special),
+    )
+    train, valid, _ = build(config, [train_samples, valid_samples or None, None])
+    return train, valid

@@ -1,0 +1,63 @@
+"""One micro-batch through the model, and the loss convention Megatron's schedules expect.
+
+The loss function returns Megatron's three-tuple ``(loss, num_tokens, report)``: ``loss`` is the *sum*
+of per-token losses over ``loss_mask``, ``num_tokens`` the number of labelled tokens. With
+``config.calculate_per_token_loss`` the schedule neither divides by the micro-batch count nor by the
+tokens; ``finalize_model_grads`` divides the gradients by the global token count (all micro-batches,
+all DP ranks), as Megatron-LM does. The step's loss is therefore the mean over every labelled token of
+the global batch, whatever the micro-batch size, DP size or packing.
+
+The report ``{"lm loss": [loss_sum, num_tokens, x]}`` has x = the micro-batch's input tokens in training
+(for tokens/s) and the number of correct argmax predictions in evaluation; the loop sums reports over
+micro-batches and DP ranks.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from megatron.core import tensor_parallel
+
+from .batching import packed_seq_params
+
+
+def _next_batch(data_iterator, device) -> dict:
+    batch = next(data_iterator)
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Per-token losses [1, T] -> (sum over loss_mask, labelled tokens, {"lm loss": [sum, tokens]})."""
+    mask = loss_mask.reshape(-1).float()
+    loss = torch.sum(output_tensor.float().reshape(-1) * mask)
+    num_tokens = mask.sum().detach().to(torch.int)
+    report = torch.stack([loss.detach(), mask.sum().detach(), torch.tensor(float(mask.numel()), device=mask.device)])
+    return loss, num_tokens, {"lm loss": report}
+
+
+def eval_loss_func(labels: torch.Tensor, loss_mask: torch.Tensor, logits: torch.Tensor):
+    """Vocab-parallel logits [1, T, V/TP] -> loss sum, tokens, and the number of correct argmax tokens."""
+    mask = loss_mask.reshape(-1).float()
+    logits = logits.float()
+    losses = tensor_parallel.vocab_parallel_cross_entropy(logits.transpose(0, 1).contiguous(), labels.t())
+    loss = torch.sum(losses.t().reshape(-1) * mask)
+    full = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
+    correct = ((full.argmax(-1).reshape(-1) == labels.reshape(-1)).float() * mask).sum()
+    num_tokens = mask.sum().to(torch.int)
+    return loss, num_tokens, {"lm loss": torch.stack([loss, mask.sum(), correct])}
+
+
+def make_forward_step(device: torch.device, evaluation: bool = False):
+    """The ``forward_step_func(data_iterator, model)`` that Megatron's schedules call per micro-batch."""
+
+    def forward_step(data_iterator, model):
+        batch = _next_batch(data_iterator, device)
+        params = packed_seq_params(batch)
+        if evaluation:
+            output = model(batch["tokens"], batch["position_ids"], packed_seq_params=params)
+            return output, partial(eval_loss_func, batch["labels"], batch["loss_mask"])
+        output = model(batch["tokens"], batch["position_ids"], labels=batch["labels"], packed_seq_params=params)
+        return output, partial(loss_func, batch["loss_mask"])
+
+    return forward_step

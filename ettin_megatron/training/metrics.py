@@ -1,0 +1,130 @@
+"""What a run reports: one line per logged step, validation lines, TensorBoard scalars.
+
+    step     20/200 | loss 6.8123 | lr 3.000e-03 | grad norm 1.234 | tokens/s 51,234 | MFU 41.2% | ETA 0:03:10
+    validation step 200 | mlm loss 5.9012 | accuracy 0.1875 | tokens 12,345
+
+MFU is shown on GPUs whose peak BF16 dense throughput is known. Training FLOPs per token follow the
+usual estimate: 6 x parameters (the tied vocabulary projection included) plus the attention scores,
+12 x layers x hidden x attended keys, where a local layer attends to at most its window.
+Lines are printed by the last rank (it holds the loss), as in Megatron-LM.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+
+import torch
+
+# Peak dense BF16 tensor-core FLOP/s per device name fragment.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(config, num_params: int, seq_length: int) -> float:
+    """Training FLOPs per token (forward + backward) of an Ettin model at ``seq_length``."""
+    layers, hidden = config.num_layers, config.hidden_size
+    window = config.local_attention_window + 1
+    keys = [seq_length if config.is_global_layer(i) else min(window, seq_length) for i in range(layers)]
+    if config.causal:
+        keys = [k / 2 for k in keys]
+    return 6.0 * num_params + 12.0 * hidden * sum(keys)
+
+
+def is_logging_rank() -> bool:
+    return (not torch.distributed.is_initialized()
+            or torch.distributed.get_rank() == torch.distributed.get_world_size() - 1)
+
+
+class Metrics:
+    """Formats and writes step and validation metrics; keeps the timing needed for tokens/s and ETA."""
+
+    def __init__(self, tensorboard_dir: str | None, total_steps: int | None, total_samples: int | None,
+                 flops_per_token: float, world_size: int, objective: str):
+        self.total_steps = total_steps
+        self.total_samples = total_samples
+        self.start_point = None  # (step, samples) of the first logged step: ETA counts from there
+        self.flops_per_token = flops_per_token
+        self.world_size = world_size
+        self.objective = objective
+        self.peak = peak_flops()
+        self.writer = None
+        self.window_start = time.time()
+        self.window_tokens = 0
+        if tensorboard_dir and is_logging_rank():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(tensorboard_dir)
+            except ImportError:
+                print("note: the tensorboard package is not installed; metrics go to the log only.", flush=True)
+
+    def add_tokens(self, tokens: int) -> None:
+        """Tokens processed by the whole job (all DP ranks) in the step just done."""
+        self.window_tokens += tokens
+
+    def log_step(self, step: int, consumed_samples: int, loss: float, lr: float, grad_norm: float | None,
+                 batch_size: int) -> dict:
+        """Print (on the logging rank) and return the step's metrics; resets the tokens/s window."""
+        now = time.time()
+        elapsed = max(now - self.window_start, 1e-9)
+        tokens_per_s = self.window_tokens / elapsed
+        row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+               "batch_size": batch_size}
+        parts = [f"step {step:>7}" + (f"/{self.total_steps}" if self.total_steps else ""),
+                 f"loss {loss:.4f}", f"lr {lr:.3e}"]
+        if grad_norm is not None:
+            parts.append(f"grad norm {grad_norm:.3f}")
+        parts.append(f"tokens/s {tokens_per_s:,.0f}")
+        if self.peak:
+            row["mfu"] = tokens_per_s * self.flops_per_token / (self.peak * self.world_size)
+            parts.append(f"MFU {100 * row['mfu']:.1f}%")
+        if self.start_point is None:
+            self.start_point = (step, consumed_samples, now)
+        first_step, first_samples, first_time = self.start_point
+        if step > first_step:  # by steps (--train-iters) or by samples (--train-samples, ramp-up aware)
+            done, left = ((step - first_step, self.total_steps - step) if self.total_steps else
+                          (consumed_samples - first_samples, self.total_samples - consumed_samples))
+            eta = datetime.timedelta(seconds=round((now - first_time) / done * max(left, 0)))
+            parts.append(f"ETA {eta}")
+        if is_logging_rank():
+            print(" | ".join(parts), flush=True)
+            self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                 "train/tokens_per_s": tokens_per_s, "train/batch_size": batch_size})
+        self.window_start, self.window_tokens = now, 0
+        return row
+
+    def log_validation(self, step: int, loss: float, accuracy: float, tokens: int) -> dict:
+        """MLM: loss and accuracy of the masked tokens; CLM: loss and perplexity."""
+        name = "clm" if self.objective == "clm" else "mlm"
+        row = {"step": step, "val_loss": loss, "val_accuracy": accuracy}
+        parts = [f"validation step {step}", f"{name} loss {loss:.4f}"]
+        if name == "clm":
+            row["val_perplexity"] = math.exp(min(loss, 50.0))
+            parts.append(f"perplexity {row['val_perplexity']:.2f}")
+        else:
+            parts.append(f"accuracy {accuracy:.4f}")
+        parts.append(f"tokens {tokens:,}")
+        if is_logging_rank():
+            print(" | ".join(parts), flush=True)
+            self._scalars(step, {f"valid/{k[4:]}": v for k, v in row.items() if k.startswith("val_")})
+        return row
+
+    def _scalars(self, step: int, values: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if value is not None:
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Shared body of pretrain_ettin_encoder.sh and pretrain_ettin_decoder.sh (they set OBJECTIVE and source
+# this file). Everything is an environment variable with a default:
+#
+#   MODEL_SIZE      tiny | 17m | 32m | 68m | 150m | 400m | 1b          (default: tiny)
+#   PHASE           1 | 2 | 3: picks examples/recipes/<encoder|decoder>/<size>/phase<PHASE>.yaml
+#   RECIPE          any recipe file instead of the one above
+#   TP, PP, VPP     tensor / pipeline / virtual pipeline sizes            (default: 1, 1, none)
+#   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT         torchrun's rendezvous
+#   DATA_MIX        mixture YAML (examples/mixtures/), or DATA_PATH "prefix" / "w1 p1 w2 p2 ..."
+#   TOKENIZER       tokenizer directory or tokenizer.json
+#   SAVE, LOAD      checkpoint roots (LOAD resumes; FINETUNE=1 loads weights only)
+#   PRECISION       bf16 | fp8 | fp32   (default: bf16 on a GPU, fp32 on the CPU)
+#   TRAIN_ITERS     optimizer steps (overrides the recipe's train samples)
+#   MICRO_BATCH, GLOBAL_BATCH, SEQ_LENGTH, LR                           recipe overrides
+#   WORK_DIR        demo work dir (default: ./runs/demo), EXTRA_ARGS: more pretrain flags
+#
+# With neither DATA_MIX nor DATA_PATH and MODEL_SIZE=tiny this is the offline demo: it builds a sample
+# corpus from text shipped with Python and a small BPE tokenizer in WORK_DIR (reused when present),
+# preprocesses it, trains the tiny model on the CPU or GPU, saves a checkpoint and, for the encoder,
+# exports it to Hugging Face and shows a fill-mask prediction.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+OBJECTIVE="${OBJECTIVE:?set by pretrain_ettin_encoder.sh / pretrain_ettin_decoder.sh}"
+MODEL_SIZE="${MODEL_SIZE:-tiny}"
+PHASE="${PHASE:-1}"
+TP="${TP:-1}"; PP="${PP:-1}"; VPP="${VPP:-}"
+NPROC_PER_NODE="${NPROC_PER_NODE:-1}"; NNODES="${NNODES:-1}"; NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"; MASTER_PORT="${MASTER_PORT:-29500}"
+WORK_DIR="${WORK_DIR:-./runs/demo}"
+KIND=$([ "$OBJECTIVE" = clm ] && echo decoder || echo encoder)
+HAS_GPU=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
+PRECISION="${PRECISION:-$([ "$HAS_GPU" = 1 ] && echo bf16 || echo fp32)}"
+
+ARGS=(--objective "$OBJECTIVE" --model-size "$MODEL_SIZE"
+      --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP")
+[ -n "$VPP" ] && ARGS+=(--virtual-pipeline-model-parallel-size "$VPP")
+case "$PRECISION" in
+  bf16) ARGS+=(--bf16) ;;
+  fp8) ARGS+=(--bf16 --fp8-format hybrid) ;;
+  fp32) ;;
+  *) echo "PRECISION must be bf16, fp8 or fp32 (got $PRECISION)" >&2; exit 2 ;;
+esac
+
+if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]; then
+  # The offline demo: sample corpus -> tokenizer -> .bin/.idx, all reused when present.
+  DEMO=1
+  mkdir -p "$WORK_DIR"
+  [ -f "$WORK_DIR/corpus.jsonl" ] || "$PYTHON" "$REPO/tools/build_sample_corpus.py" --output "$WORK_DIR/corpus.jsonl"
+  [ -f "$WORK_DIR/tokenizer/tokenizer.json" ] || \
+    "$PYTHON" "$REPO/tools/train_tokenizer.py" --input "$WORK_DIR/corpus.jsonl" --output-dir "$WORK_DIR/tokenizer" --vocab-size 4096
+  [ -f "$WORK_DIR/data/sample_text_document.idx" ] || \
+    "$PYTHON" "$REPO/tools/preprocess_data.py" --input "$WORK_DIR/corpus.jsonl" --output-prefix "$WORK_DIR/data/sample" \
+      --tokenizer-model "$WORK_DIR/tokenizer" --workers "$(nproc 2>/dev/null || echo 2)"
+  TOKENIZER="${TOKENIZER:-$WORK_DIR/tokenizer}"
+  SAVE="${SAVE:-$WORK_DIR/checkpoints/$KIND}"
+  ARGS+=(--data-path "$WORK_DIR/data/sample_text_document" --split 98,2,0
+         --seq-length "${SEQ_LENGTH:-128}" --micro-batch-size "${MICRO_BATCH:-16}" --global-batch-size "${GLOBAL_BATCH:-32}"
+         --train-iters "${TRAIN_ITERS:-300}" --lr "${LR:-3e-3}" --lr-warmup-iters 10 --weight-decay 0.01
+         --lr-decay-style WSD --lr-wsd-decay-style minus_sqrt --min-lr 3e-4
+         --lr-wsd-decay-iters $(( ${TRAIN_ITERS:-300} * 3 / 10 + 1 ))
+         --attention-output-dropout 0.0 --log-interval 10 --eval-iters 2)
+else
+  DEMO=0
+  RECIPE="${RECIPE:-$REPO/examples/recipes/$KIND/$MODEL_SIZE/phase$PHASE.yaml}"
+  ARGS+=(--recipe "$RECIPE")
+  [ -n "${DATA_MIX:-}" ] && ARGS+=(--data-mix "$DATA_MIX")
+  # shellcheck disable=SC2206  # DATA_PATH is a Megatron-style list: split on spaces
+  [ -n "${DATA_PATH:-}" ] && ARGS+=(--data-path $DATA_PATH)
+  [ -n "${TRAIN_ITERS:-}" ] && ARGS+=(--train-iters "$TRAIN_ITERS")
+  [ -n "${MICRO_BATCH:-}" ] && ARGS+=(--micro-batch-size "$MICRO_BATCH")
+  [ -n "${GLOBAL_BATCH:-}" ] && ARGS+=(--global-batch-size "$GLOBAL_BATCH")
+  [ -n "${SEQ_LENGTH:-}" ] && ARGS+=(--seq-length "$SEQ_LENGTH")
+  [ -n "${LR:-}" ] && ARGS+=(--lr "$LR")
+fi
+[ -n "${TOKENIZER:-}" ] && ARGS+=(--tokenizer-model "$TOKENIZER")
+[ -n "${SAVE:-}" ] && ARGS+=(--save "$SAVE")
+[ -n "${LOAD:-}" ] && ARGS+=(--load "$LOAD")
+[ "${FINETUNE:-0}" = 1 ] && ARGS+=(--finetune)
+[ -n "${TENSORBOARD_DIR:-}" ] && ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR")
+
+# shellcheck disable=SC2086  # EXTRA_ARGS: free-form extra flags
+"$PYTHON" -m torch.distributed.run --nproc-per-node "$NPROC_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK" \
+  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
+  -m ettin_megatron.pretrain "${ARGS[@]}" ${EXTRA_ARGS:-}
+
+if [ "$DEMO" = 1 ] && [ "$KIND" = encoder ]; then
+  if [ -f "$REPO/tools/convert_checkpoint.py" ] && [ -f "$REPO/tools/fill_mask.py" ]; then
+    "$PYTHON" "$REPO/tools/convert_checkpoint.py" megatron-to-hf --load "$SAVE" --output "$WORK_DIR/hf/$KIND"
+    "$PYTHON" "$REPO/tools/fill_mask.py" "$WORK_DIR/hf/$KIND" "The Python [MASK] library provides functions."
+  else
+    echo "note: tools/convert_checkpoint.py / tools/fill_mask.py not found; stopping after the checkpoint in $SAVE"
+  fi
+fi

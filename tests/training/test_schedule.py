@@ -1,0 +1,81 @@
+"""The LR schedule is the recipe's formula, and batch-size warm-up changes the micro-batch count.
+
+Megatron's OptimizerParamScheduler (stepped in samples, as the loop does) against closed forms:
+linear warmup, warmup-stable (constant), and WSD with the 1-sqrt anneal
+lr = peak * (a + (1 - a) * (1 - sqrt((n - (T - C)) / C))) over the last C of T steps.
+"""
+
+import math
+
+import pytest
+
+from ettin_megatron.training.arguments import make_arguments, read_recipe
+from ettin_megatron.training.batching import init_microbatches, update_microbatches
+from ettin_megatron.training.optimizer import build_scheduler
+
+GBS = 8
+
+
+class _Optimizer:
+    """What the scheduler touches: param_groups."""
+
+    def __init__(self):
+        self.param_groups = [{"params": [], "wd_mult": 1.0}, {"params": [], "wd_mult": 0.0}]
+
+
+def _lrs(steps, **values):
+    args = make_arguments(global_batch_size=GBS, micro_batch_size=1, data_path=["x"], **values)
+    optimizer = _Optimizer()
+    scheduler = build_scheduler(args, optimizer)
+    out, done = {}, 0
+    for n in sorted(steps):
+        scheduler.step(increment=(n - done) * GBS)  # the loop steps by the global batch (samples)
+        done = n
+        out[n] = optimizer.param_groups[0]["lr"]
+    return out
+
+
+def test_linear_warmup_then_constant():
+    peak, warmup = 3e-3, 10
+    got = _lrs([0, 1, 5, 10, 11, 50, 100], lr=peak, lr_warmup_iters=warmup, lr_decay_style="constant",
+               train_iters=100)
+    for n, lr in got.items():
+        assert lr == pytest.approx(peak * min(n, warmup) / warmup, rel=1e-12), n
+
+
+@pytest.mark.parametrize("a", [0.5, 0.02])
+def test_wsd_one_minus_sqrt(a):
+    peak, T, C, warmup = 3e-3, 100, 40, 5
+    steps = [3, 5, 30, 60, 61, 70, 85, 99, 100]
+    got = _lrs(steps, lr=peak, min_lr=a * peak, lr_decay_style="WSD", lr_wsd_decay_style="minus_sqrt",
+               lr_warmup_iters=warmup, train_iters=T, lr_wsd_decay_iters=C)
+    for n, lr in got.items():
+        if n <= warmup:
+            expected = peak * n / warmup
+        elif n <= T - C:
+            expected = peak
+        else:
+            expected = peak * (a + (1 - a) * (1 - math.sqrt((n - (T - C)) / C)))
+        assert lr == pytest.approx(expected, rel=1e-12), n
+
+
+def test_recipe_phase3_decays_from_half_to_two_percent_of_peak():
+    values = read_recipe("examples/recipes/encoder/150m/phase3.yaml")
+    peak = 8e-4
+    assert values["lr"] == pytest.approx(0.5 * peak) and values["min_lr"] == pytest.approx(0.02 * peak)
+    T = 100  # the recipe's shape at a test length: 1-sqrt over the whole phase
+    keep = {k: v for k, v in values.items() if k in ("lr", "min_lr", "lr_decay_style", "lr_wsd_decay_style")}
+    got = _lrs([0, 25, 50, 100], train_iters=T, **keep)
+    for n, lr in got.items():
+        a = 0.04  # min / start = 0.02 / 0.5
+        assert lr == pytest.approx(0.5 * peak * (a + (1 - a) * (1 - math.sqrt(n / T))), rel=1e-12), n
+
+
+def test_batch_size_rampup_changes_micro_batches():
+    # 16 -> 64 in steps of 16 over 96 samples; micro batch 4 x DP 2 = 8 samples per micro-batch slot.
+    args = make_arguments(global_batch_size=64, micro_batch_size=4, rampup_batch_size=[16, 16, 96],
+                          data_path=["x"], train_samples=1000)
+    init_microbatches(args, rank=0, data_parallel_size=2)
+    expected = {0: (2, 16), 31: (2, 16), 32: (4, 32), 64: (6, 48), 95: (6, 48), 96: (8, 64), 500: (8, 64)}
+    for consumed, (num_micro, gbs) in expected.items():
+        assert update_microbatches(consumed) == (num_micro, gbs), consumed
