@@ -1,0 +1,134 @@
+"""The small files of a Hugging Face model directory: config checks, tokenizer, generation and
+sentence-transformers configs.
+
+Everything here is cheap and runs before any weight is read, so that a wrong path, an unknown model
+type or a tokenizer that does not fit the model fails in one line before the heavy work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..config import ConfigError
+from ..data.tokenizer import SPECIAL_TOKENS, TokenizerNotFound, load_tokenizer, special_ids
+from .hf_mapping import MODEL_TYPES
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_TOKEN_NAMES = dict(zip(("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"), SPECIAL_TOKENS))
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def read_hf_config_json(directory: str | Path) -> dict:
+    """config.json of a HF directory, checked to be a ModernBERT encoder or decoder (one-line errors)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory; pass a Hugging Face model directory.")
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{directory} has no config.json; not a Hugging Face model directory.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}).") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_TYPES.values():
+        raise ConfigError(
+            f"{directory}: unknown model type {model_type!r}; this converter handles ModernBERT encoders "
+            f"and decoders ({', '.join(MODEL_TYPES.values())})."
+        )
+    return config
+
+
+def resolve_tokenizer(path: str | None, relative_to: Path | None = None) -> Path:
+    """The local tokenizer directory or tokenizer.json named by ``path`` (never a hub download)."""
+    if not path:
+        raise ConfigError("no tokenizer is known for this checkpoint; pass --tokenizer DIR (with tokenizer.json).")
+    candidates = [Path(path).expanduser()]
+    if relative_to is not None:
+        if not candidates[0].is_absolute():
+            candidates += [parent / path for parent in [relative_to, *relative_to.parents]]
+        candidates.append(relative_to.parent / "tokenizer")  # hf-to-megatron's copy, after a move
+    for candidate in candidates:
+        if (candidate.is_dir() and (candidate / "tokenizer.json").is_file()) or (
+            candidate.is_file() and candidate.suffix == ".json"
+        ):
+            return candidate
+    raise ConfigError(
+        f"tokenizer {path!r} is not a local directory with tokenizer.json (hub names are not downloaded); "
+        "pass --tokenizer DIR."
+    )
+
+
+def tokenizer_ids(tokenizer_path: Path, model_vocab_size: int) -> dict:
+    """[CLS] / [SEP] / [PAD] / [MASK] ids of the tokenizer, checked against the model's vocabulary."""
+    try:
+        ids = special_ids(load_tokenizer(str(tokenizer_path)))
+    except TokenizerNotFound as exc:
+        raise ConfigError(f"tokenizer {tokenizer_path}: {exc}.") from None
+    if ids.vocab_size > model_vocab_size:
+        raise ConfigError(
+            f"vocabulary mismatch: tokenizer {tokenizer_path} has {ids.vocab_size} tokens but the model's "
+            f"embedding has {model_vocab_size} rows; use the tokenizer the model was trained with."
+        )
+    return {"cls_token_id": ids.cls, "sep_token_id": ids.sep, "pad_token_id": ids.pad, "mask_token_id": ids.mask}
+
+
+def copy_tokenizer(tokenizer_path: Path, out_dir: Path, model_max_length: int | None = None) -> None:
+    """Copy tokenizer.json and its two small configs; write the configs where the source lacks them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer_path.is_dir():
+        for name in TOKENIZER_FILES:
+            if (tokenizer_path / name).is_file():
+                shutil.copyfile(tokenizer_path / name, out_dir / name)
+    else:
+        shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
+    if not (out_dir / "tokenizer_config.json").is_file():
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **_TOKEN_NAMES, "clean_up_tokenization_spaces": False,
+                  "model_input_names": ["input_ids", "attention_mask"]}
+        if model_max_length:
+            config["model_max_length"] = model_max_length
+        _write_json(out_dir / "tokenizer_config.json", config)
+    if not (out_dir / "special_tokens_map.json").is_file():
+        _write_json(out_dir / "special_tokens_map.json", _TOKEN_NAMES)
+
+
+def write_generation_config(out_dir: Path, ids: dict) -> None:
+    """generation_config.json of a decoder: [CLS] starts, [SEP] ends, [PAD] pads."""
+    import transformers
+
+    _write_json(out_dir / "generation_config.json", {
+        "bos_token_id": ids["cls_token_id"],
+        "eos_token_id": ids["sep_token_id"],
+        "pad_token_id": ids["pad_token_id"],
+        "transformers_version": transformers.__version__,
+    })
+
+
+def write_sentence_transformers_files(out_dir: Path, objective: str, hidden_size: int, max_seq_length: int) -> None:
+    """modules.json + configs so that ``SentenceTransformer(out_dir)`` embeds with the exported model:
+    mean pooling for an encoder, last-token pooling for a decoder. Written in the long-standing
+    (sentence-transformers 2.x-5.x) layout, which newer releases still read."""
+    _write_json(out_dir / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ])
+    _write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+    _write_json(out_dir / "config_sentence_transformers.json", {
+        "__version__": {"sentence_transformers": "3.0.0"},
+        "prompts": {},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    })
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+    chosen = "mean_tokens" if objective == "mlm" else "lasttoken"
+    _write_json(out_dir / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": hidden_size,
+        **{f"pooling_mode_{mode}": mode == chosen for mode in modes},
+        "include_prompt": True,
+    })

@@ -1,0 +1,82 @@
+"""Helpers of the conversion tests: a tiny tokenizer, tiny random HF ModernBERT directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ettin_megatron.config import ettin_config
+from ettin_megatron.convert.hf_mapping import hf_config
+from ettin_megatron.data.train_tokenizer import train_tokenizer
+
+VOCAB = 384  # the tokenizer's vocabulary is at most this; a multiple of 64 (splits over TP=2)
+WORDS = ("the quick brown fox jumps over lazy dog python library provides functions for working with "
+         "text numbers files and networks a model learns to predict masked words from their context "
+         "encoders read both directions while decoders read left to right").split()
+
+
+def train_tiny_tokenizer(directory: Path) -> Path:
+    """A byte-level BPE tokenizer with [UNK] [CLS] [SEP] [PAD] [MASK] (AutoTokenizer loads it offline)."""
+    generator = torch.Generator().manual_seed(0)
+    corpus = directory / "corpus.jsonl"
+    with open(corpus, "w") as f:
+        for _ in range(400):
+            picks = torch.randint(len(WORDS), (12,), generator=generator).tolist()
+            f.write(json.dumps({"text": " ".join(WORDS[i] for i in picks).capitalize() + "."}) + "\n")
+    out = directory / "tok"
+    train_tokenizer([str(corpus)], str(out), vocab_size=VOCAB)
+    return out
+
+
+def token_ids(tokenizer_dir) -> dict:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    return {f"{n.lower()}_token_id": tok.token_to_id(f"[{n}]") for n in ("CLS", "SEP", "PAD", "MASK")}
+
+
+def tiny_config(objective: str, **overrides):
+    values = dict(vocab_size=VOCAB, objective=objective, local_attention_window=16, num_layers=4,
+                  global_rope_theta=160_000.0, local_rope_theta=10_000.0)
+    values.update(overrides)
+    return ettin_config("tiny", **values)
+
+
+def random_hf_model(objective: str, tokenizer_dir, seed: int = 0):
+    """A HF ModernBERT (encoder or decoder) whose every weight is random (norms and bias included)."""
+    import transformers
+
+    ids = token_ids(tokenizer_dir)
+    config = hf_config(tiny_config(objective), {k: ids[k] for k in ("cls_token_id", "sep_token_id", "pad_token_id")})
+    cls = transformers.ModernBertForMaskedLM if objective == "mlm" else transformers.ModernBertDecoderForCausalLM
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.05 + (1.0 if "norm" in name else 0.0))
+    return model
+
+
+def make_hf_dir(directory: Path, objective: str, tokenizer_dir, seed: int = 0) -> Path:
+    model = random_hf_model(objective, tokenizer_dir, seed)
+    model.save_pretrained(str(directory))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(Path(tokenizer_dir) / name, directory / name)
+    return directory
+
+
+def eval_batch(tokenizer_dir):
+    """The verify sample texts, tokenized and right-padded (rows longer than the 16-token window)."""
+    from ettin_megatron.convert.verify import sample_batch
+
+    return sample_batch(tokenizer_dir)
+
+
+def safetensors_dict(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}

@@ -1,0 +1,130 @@
+"""Each bad input is refused in one line (exit 2) before any heavy work, and nothing is unpickled."""
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+
+from tools.convert_checkpoint import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def expect_error(capsys, fragment, *argv):
+    code, err = run(capsys, *argv)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert fragment in err, err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(hf_dirs, tmp_path_factory):
+    """A small encoder checkpoint made by hf-to-megatron (with its tokenizer)."""
+    from ettin_megatron.convert.import_hf import hf_to_megatron
+
+    root = tmp_path_factory.mktemp("bad") / "ckpt"
+    hf_to_megatron(hf_dirs["mlm"], root)
+    return root
+
+
+def copy_checkpoint(checkpoint, tmp_path):
+    target = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, target)
+    return target, target / "iter_0000000"
+
+
+def edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    path.write_text(json.dumps(data))
+
+
+def test_not_a_checkpoint(capsys, tmp_path):
+    expect_error(capsys, "does not exist", "megatron-to-hf", "--load", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
+    expect_error(capsys, "not an ettin-megatron checkpoint", "megatron-to-hf", "--load", str(tmp_path), "--output", str(tmp_path / "o"))
+    (tmp_path / "iter_0000000").mkdir()
+    (tmp_path / "iter_0000000" / "ettin_config.json").write_text(json.dumps({"model": {"objective": "mlm"}, "tokenizer": None}))
+    expect_error(capsys, "no tokenizer", "megatron-to-hf", "--load", str(tmp_path / "iter_0000000"), "--output", str(tmp_path / "o"))
+
+
+def test_not_a_dist_checkpoint(capsys, checkpoint, tmp_path):
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    for name in os.listdir(iteration):
+        if name != "ettin_config.json":
+            os.remove(iteration / name)
+    expect_error(capsys, "not a readable dist checkpoint", "megatron-to-hf", "--load", str(root), "--output", str(tmp_path / "o"))
+
+
+def test_unknown_model_type(capsys, hf_dirs, tmp_path):
+    directory = tmp_path / "hf"
+    shutil.copytree(hf_dirs["mlm"], directory)
+    edit_json(directory / "config.json", model_type="bert")
+    expect_error(capsys, "unknown model type 'bert'", "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
+    expect_error(capsys, "no config.json", "hf-to-megatron", "--hf-dir", str(tmp_path), "--save", str(tmp_path / "c"))
+
+
+def test_shape_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
+    directory = tmp_path / "hf"
+    shutil.copytree(hf_dirs["clm"], directory)
+    edit_json(directory / "config.json", intermediate_size=256)
+    expect_error(capsys, "shape mismatch: model.layers.0.mlp.Wi.weight", "hf-to-megatron", "--hf-dir", str(directory),
+                 "--save", str(tmp_path / "c"))
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    edit_json(iteration / "ettin_config.json", **{"model.hidden_size": 256, "model.ffn_hidden_size": 384})
+    expect_error(capsys, "shape mismatch", "megatron-to-hf", "--load", str(root), "--output", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()
+
+
+def test_vocab_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
+    directory = tmp_path / "hf"
+    shutil.copytree(hf_dirs["mlm"], directory)
+    edit_json(directory / "config.json", vocab_size=320)
+    expect_error(capsys, "vocabulary mismatch", "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    edit_json(iteration / "ettin_config.json", **{"model.vocab_size": 320})
+    expect_error(capsys, "vocabulary mismatch", "megatron-to-hf", "--load", str(root), "--output", str(tmp_path / "o"))
+
+
+def test_pickle_weights_are_refused(capsys, hf_dirs, tmp_path):
+    directory = tmp_path / "hf"
+    shutil.copytree(hf_dirs["mlm"], directory)
+    (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
+    expect_error(capsys, "pytorch_model.bin (pickle)", "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_metadata_is_never_unpickled(capsys, checkpoint, tmp_path):
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    marker = tmp_path / "pwned"
+    (iteration / ".metadata").write_bytes(pickle.dumps(_Exploit(marker)))
+    expect_error(capsys, "refusing to load it", "megatron-to-hf", "--load", str(root), "--output", str(tmp_path / "o"))
+    assert not marker.exists()
+
+
+def test_outputs_are_never_clobbered(capsys, checkpoint, hf_dirs, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    expect_error(capsys, "neither empty nor a Hugging Face model directory", "megatron-to-hf", "--load", str(checkpoint),
+                 "--output", str(tmp_path / "busy"))
+    expect_error(capsys, "not an empty directory", "hf-to-megatron", "--hf-dir", str(hf_dirs["mlm"]), "--save", str(checkpoint))
+    expect_error(capsys, "not divisible by tensor parallel size 3", "hf-to-megatron", "--hf-dir", str(hf_dirs["mlm"]),
+                 "--save", str(tmp_path / "c"), "--target-tensor-parallel-size", "3")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"

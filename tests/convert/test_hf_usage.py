@@ -1,0 +1,79 @@
+"""The exported directories work the way users use them: pipeline("fill-mask"),
+SentenceTransformer(dir).encode, and generate()."""
+
+import json
+
+import pytest
+import torch
+
+from ettin_megatron.convert.export_hf import megatron_to_hf
+
+
+@pytest.fixture(scope="module")
+def exported(parallel_run, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
+    trained = parallel_run["root"] / "trained"
+    return {"mlm": megatron_to_hf(trained / "tp2" / "mlm", root / "encoder"),
+            "clm": megatron_to_hf(trained / "pp2" / "clm", root / "decoder")}
+
+
+def test_encoder_fill_mask_pipeline(exported):
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=str(exported["mlm"]), device="cpu")
+    predictions = fill("The quick brown [MASK] jumps.", top_k=3)
+    assert len(predictions) == 3
+    assert all(0.0 <= p["score"] <= 1.0 and isinstance(p["token_str"], str) for p in predictions)
+
+
+def test_fill_mask_tool(exported, capsys):
+    from tools.fill_mask import main
+
+    assert main([str(exported["mlm"]), "The quick brown [MASK] jumps.", "--top-k", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert main([str(exported["mlm"]), "no mask here"]) == 2
+    assert main([str(exported["clm"]), "a [MASK]"]) == 2
+    assert "not an encoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_sentence_transformers_pooling(exported, objective):
+    st = pytest.importorskip("sentence_transformers")
+    from transformers import AutoModel, AutoTokenizer
+
+    directory = exported[objective]
+    pooling = json.loads((directory / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] == (objective == "mlm")
+    assert pooling["pooling_mode_lasttoken"] == (objective == "clm")
+    texts = ["The quick brown fox.", "Python library provides functions for working with text and numbers."]
+    embeddings = st.SentenceTransformer(str(directory), device="cpu").encode(texts, convert_to_tensor=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(str(directory)).eval()(**batch).last_hidden_state
+    mask = batch["attention_mask"]
+    if objective == "mlm":
+        expected = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    else:
+        expected = hidden[torch.arange(len(texts)), mask.sum(1) - 1]
+    assert embeddings.shape == expected.shape
+    assert torch.allclose(embeddings.cpu(), expected, atol=1e-5)
+
+
+def test_decoder_generate(exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    directory = exported["clm"]
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    generation = GenerationConfig.from_pretrained(str(directory))
+    assert (generation.bos_token_id, generation.eos_token_id, generation.pad_token_id) == (
+        tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_pretrained(str(directory)).eval()
+    prompt = tokenizer(["The quick brown"], return_tensors="pt", add_special_tokens=False)
+    prompt_ids = torch.cat([torch.tensor([[tokenizer.cls_token_id]]), prompt["input_ids"]], dim=1)
+    out = model.generate(prompt_ids, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > prompt_ids.shape[1] and torch.equal(out[:, : prompt_ids.shape[1]], prompt_ids)
+    # greedy decoding agrees with the model's own argmax of the next token
+    with torch.no_grad():
+        first = model(prompt_ids).logits[0, -1].argmax().item()
+    assert out[0, prompt_ids.shape[1]].item() == first
