@@ -22,7 +22,18 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-python3}"
+# First run on a fresh machine: install the package into ./.venv (torch pinned to 2.13.0 so pip keeps
+# an existing or local CPU build rather than fetching a newer CUDA one).
+if ! "$PYTHON" -c "import ettin_megatron, megatron.core" 2>/dev/null; then
+  if [ ! -x "$REPO/.venv/bin/python" ] || ! "$REPO/.venv/bin/python" -c "import ettin_megatron" 2>/dev/null; then
+    echo "ettin_megatron is not installed: creating $REPO/.venv (one time)" >&2
+    "$PYTHON" -m venv "$REPO/.venv"
+    "$REPO/.venv/bin/pip" install -q "torch==2.13.0"
+    "$REPO/.venv/bin/pip" install -q -e "$REPO"
+  fi
+  PYTHON="$REPO/.venv/bin/python"
+fi
 OBJECTIVE="${OBJECTIVE:?set by pretrain_ettin_encoder.sh / pretrain_ettin_decoder.sh}"
 MODEL_SIZE="${MODEL_SIZE:-tiny}"
 PHASE="${PHASE:-1}"
