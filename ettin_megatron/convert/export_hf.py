@@ -68,7 +68,7 @@ def megatron_to_hf(load: str | os.PathLike, output: str | os.PathLike, tokenizer
         model, _ = load_megatron_model(directory, objective)
         config = model.config
         out_dtype = DTYPE_NAMES[dtype] if dtype else config.params_dtype
-        hf = hf_config(config, {k: ids[k] for k in ("cls_token_id", "sep_token_id", "pad_token_id")})
+        hf = hf_config(config, ids)
         hf.dtype = {v: k for k, v in DTYPE_NAMES.items()}[out_dtype]
         hf.save_pretrained(staging)
         tensors = to_hf_state_dict(model.state_dict(), config)

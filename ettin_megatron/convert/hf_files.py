@@ -76,7 +76,7 @@ def tokenizer_ids(tokenizer_path: Path, model_vocab_size: int) -> dict:
             f"vocabulary mismatch: tokenizer {tokenizer_path} has {ids.vocab_size} tokens but the model's "
             f"embedding has {model_vocab_size} rows; use the tokenizer the model was trained with."
         )
-    return {"cls_token_id": ids.cls, "sep_token_id": ids.sep, "pad_token_id": ids.pad, "mask_token_id": ids.mask}
+    return ids.token_id_fields()
 
 
 def copy_tokenizer(tokenizer_path: Path, out_dir: Path, model_max_length: int | None = None) -> None:

@@ -21,10 +21,12 @@ from __future__ import annotations
 import torch
 
 from ..config import ConfigError, EttinConfig
+from ..data.tokenizer import MODERNBERT_IDS
 
 MODEL_TYPES = {"mlm": "modernbert", "clm": "modernbert-decoder"}
 ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "clm": "ModernBertDecoderForCausalLM"}
-MODERNBERT_SPECIAL_IDS = {"cls_token_id": 50281, "sep_token_id": 50282, "pad_token_id": 50283}
+#: The special-token fields a Hugging Face ModernBERT config holds.
+HF_TOKEN_ID_FIELDS = ("cls_token_id", "sep_token_id", "pad_token_id")
 
 
 def _layer_types(config: EttinConfig) -> list[str]:
@@ -37,10 +39,11 @@ def _layer_types(config: EttinConfig) -> list[str]:
 def hf_config_dict(config: EttinConfig, special_ids: dict | None = None) -> dict:
     """The Hugging Face config (as keyword arguments) of an Ettin model.
 
-    ``special_ids`` holds cls/sep/pad token ids; ModernBERT's are the default. [CLS] doubles as BOS
+    ``special_ids`` holds cls/sep/pad token ids (other keys are ignored); ModernBERT's are the default. [CLS] doubles as BOS
     and [SEP] as EOS, as in Ettin's decoders.
     """
-    ids = {**MODERNBERT_SPECIAL_IDS, **(special_ids or {})}
+    given = {**MODERNBERT_IDS.token_id_fields(), **(special_ids or {})}
+    ids = {k: given[k] for k in HF_TOKEN_ID_FIELDS}
     if max(ids.values()) >= config.vocab_size:
         raise ConfigError(
             f"special token ids {ids} do not fit the vocabulary of {config.vocab_size}; pass the "

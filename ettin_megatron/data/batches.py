@@ -16,13 +16,15 @@ from typing import Dict, Mapping, Sequence, Union
 import numpy
 import torch
 
+from ettin_megatron.data.tokenizer import MODERNBERT_IDS
+
 Batch = Dict[str, Union[torch.Tensor, int]]
 
 
 def collate(
     samples: Sequence[Mapping[str, numpy.ndarray]],
     pad_to_multiple_of: int = 1,
-    pad_token_id: int = 50283,
+    pad_token_id: int = MODERNBERT_IDS.pad,
 ) -> Batch:
     """Concatenate dataset samples (tokens, labels, loss_mask, segment_lengths) into one packed row.
 

@@ -36,6 +36,7 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
+from ettin_megatron.data.tokenizer import MODERNBERT_IDS
 
 LAYOUTS = ("document", "packed", "concat")
 
@@ -74,10 +75,10 @@ class EttinDatasetConfig(BlendedMegatronDatasetConfig):
     random_token_prob: float = 0.1
     """Share of the chosen positions replaced by a random ordinary token (the rest keep theirs)."""
 
-    cls_token_id: int = 50281
-    sep_token_id: int = 50282
-    pad_token_id: int = 50283
-    mask_token_id: int = 50284
+    cls_token_id: int = MODERNBERT_IDS.cls
+    sep_token_id: int = MODERNBERT_IDS.sep
+    pad_token_id: int = MODERNBERT_IDS.pad
+    mask_token_id: int = MODERNBERT_IDS.mask
 
     num_ordinary_tokens: int = 50280
     """Ids [0, num_ordinary_tokens) are ordinary (maskable, drawable as random replacements) unless

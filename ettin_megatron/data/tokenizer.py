@@ -70,6 +70,17 @@ class SpecialIds:
     vocab_size: int
     padded_vocab_size: int
 
+    def token_id_fields(self) -> dict:
+        """The ids under the names configs use (EttinDatasetConfig, Hugging Face configs)."""
+        return {"cls_token_id": self.cls, "sep_token_id": self.sep, "pad_token_id": self.pad,
+                "mask_token_id": self.mask}
+
+
+#: The ids of the ModernBERT tokenizer Ettin was trained with: the defaults wherever no tokenizer is
+#: given (tests check them against the real tokenizer when it is available).
+MODERNBERT_IDS = SpecialIds(unk=50280, cls=50281, sep=50282, pad=50283, mask=50284,
+                            vocab_size=50368, padded_vocab_size=50368)
+
 
 def special_ids(tokenizer: Tokenizer, multiple: int = 64) -> SpecialIds:
     """Return the ids of [UNK]/[CLS]/[SEP]/[PAD]/[MASK]; raise if the tokenizer lacks one."""

@@ -62,8 +62,8 @@ def token_ids(args: Arguments) -> dict:
     ids = special_ids(tokenizer)
     specials = sorted(i for i, t in tokenizer.get_added_tokens_decoder().items()
                       if t.special and i < ids.vocab_size)
-    return dict(cls_token_id=ids.cls, sep_token_id=ids.sep, pad_token_id=ids.pad, mask_token_id=ids.mask,
-                num_ordinary_tokens=ids.vocab_size, extra_special_token_ids=tuple(specials))
+    return dict(**ids.token_id_fields(), num_ordinary_tokens=ids.vocab_size,
+                extra_special_token_ids=tuple(specials))
 
 
 def build_datasets(args: Arguments, train_samples: int, valid_samples: int, special: dict | None = None):

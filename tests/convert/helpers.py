@@ -49,8 +49,7 @@ def random_hf_model(objective: str, tokenizer_dir, seed: int = 0):
     """A HF ModernBERT (encoder or decoder) whose every weight is random (norms and bias included)."""
     import transformers
 
-    ids = token_ids(tokenizer_dir)
-    config = hf_config(tiny_config(objective), {k: ids[k] for k in ("cls_token_id", "sep_token_id", "pad_token_id")})
+    config = hf_config(tiny_config(objective), token_ids(tokenizer_dir))
     cls = transformers.ModernBertForMaskedLM if objective == "mlm" else transformers.ModernBertDecoderForCausalLM
     torch.manual_seed(seed)
     model = cls(config).eval()

@@ -10,7 +10,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from ettin_megatron.data.sample_corpus import build_sample_corpus
-from ettin_megatron.data.tokenizer import load_tokenizer, special_ids
+from ettin_megatron.data.tokenizer import MODERNBERT_IDS, load_tokenizer, special_ids
 from ettin_megatron.data.train_tokenizer import train_tokenizer
 
 from .conftest import MODERNBERT_DIR, training_texts, write_jsonl
@@ -128,14 +128,13 @@ def test_real_modernbert_tokenizer(tmp_path):
     from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
 
     ids = special_ids(load_tokenizer(MODERNBERT_DIR))
-    assert (ids.unk, ids.cls, ids.sep, ids.pad, ids.mask) == (50280, 50281, 50282, 50283, 50284)
-    assert ids.vocab_size == ids.padded_vocab_size == 50368
+    assert ids == MODERNBERT_IDS  # the defaults used wherever no tokenizer is given
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "The capital of France is Paris."}])
     summary = preprocess(PreprocessConfig(input=path, output_prefix=str(tmp_path / "o"),
                                           tokenizer_model=MODERNBERT_DIR, log_interval=0))
     dataset = IndexedDataset(summary.outputs["text"])  # keep it alive: items view its mmap
     tokens = dataset[0]
-    assert tokens.dtype == "uint16" and tokens[0] == 50281 and tokens[-1] == 50282
+    assert tokens.dtype == "uint16" and tokens[0] == ids.cls and tokens[-1] == ids.sep
 
 
 def test_load_tokenizer_accepts_dir_or_file_and_explains_failures(tmp_path, tokenizer_dir):
