@@ -15,6 +15,10 @@ fresh process; we sample the proportional set size (PSS) of its whole process tr
 and tokenizer loading included); "tokens per CPU-s" divides by the CPU time of the process tree,
 which stays meaningful when other jobs share the machine.
 
+The "ceiling" line measures the Rust tokenizer alone (encode_batch_fast over the texts already in
+memory, one thread, in this process): no pipeline built on this tokenizer can exceed that many tokens
+per CPU-second, so it tells how much any further pipeline work could still gain.
+
     python benchmarks/preprocess.py                       # ../shared/tokenizers/modernbert, 2 workers
     python benchmarks/preprocess.py --tokenizer-model DIR --workers 1 2 --scales 1 4
 """
@@ -83,6 +87,22 @@ def run_ettin(args) -> dict:
                                           tokenizer_model=args.tokenizer_model,
                                           workers=args.workers, log_interval=0))
     return {"documents": summary.documents, "tokens": summary.tokens, "bytes": summary.input_bytes}
+
+
+def tokenizer_ceiling(corpus: str, tokenizer_dir: str, repeats: int) -> float:
+    """Tokens per CPU-s of the bare Rust tokenizer on the corpus (best of `repeats`)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread, like each worker
+    from ettin_megatron.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    with open(corpus, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        tokens = sum(len(e.ids) for e in tokenizer.encode_batch_fast(texts))
+        best = min(best, time.process_time() - start)
+    return tokens / best
 
 
 def cpu_seconds() -> float:
@@ -165,6 +185,8 @@ def main(argv=None) -> None:
         corpora = make_corpora(work, args.scales)
         print(f"corpus: {os.path.getsize(corpora[1]) / 1e6:.2f} MB x {args.scales}, "
               f"tokenizer {os.path.abspath(args.tokenizer_model)}, {os.cpu_count()} CPUs")
+        ceiling = tokenizer_ceiling(corpora[1], args.tokenizer_model, args.repeats)
+        print(f"ceiling: the Rust tokenizer alone does {ceiling:,.0f} tokens per CPU-s")
         print("| method | workers | corpus | MB/s | tokens/s | docs/s | tokens per CPU-s "
               "| peak PSS (MB) |")
         print("|---|---|---|---|---|---|---|---|")
