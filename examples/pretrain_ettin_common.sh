@@ -13,6 +13,7 @@
 #   PRECISION       bf16 | fp8 | fp32   (default: bf16 on a GPU, fp32 on the CPU)
 #   TRAIN_ITERS     optimizer steps (overrides the recipe's train samples)
 #   MICRO_BATCH, GLOBAL_BATCH, SEQ_LENGTH, LR                           recipe overrides
+#   TENSORBOARD_DIR event files for TensorBoard (needs: pip install -e ".[tensorboard]")
 #   WORK_DIR        demo work dir (default: ./runs/demo), EXTRA_ARGS: more pretrain flags
 #
 # With neither DATA_MIX nor DATA_PATH and MODEL_SIZE=tiny this is the offline demo: it builds a sample
