@@ -1,11 +1,13 @@
 """Each bad input is refused in one line (exit 2) before any heavy work, and nothing is unpickled."""
 
+import enum
 import json
 import os
 import pickle
 import shutil
 
 import pytest
+import torch
 
 from tools.convert_checkpoint import main
 
@@ -117,6 +119,37 @@ def test_malicious_checkpoint_metadata_is_never_unpickled(capsys, checkpoint, tm
     (iteration / ".metadata").write_bytes(pickle.dumps(_Exploit(marker)))
     expect_error(capsys, "refusing to load it", "megatron-to-hf", "--load", str(root), "--output", str(tmp_path / "o"))
     assert not marker.exists()
+
+
+class _EnumsByGetattr(pickle.Pickler):
+    """Pickles enum members as getattr(EnumClass, name), as Python 3.11.2 and 3.12+ do."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, enum.Enum):
+            return getattr, (type(obj), obj.name)
+        return NotImplemented
+
+
+def test_metadata_with_enums_pickled_by_getattr_loads(capsys, checkpoint, tmp_path):
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    metadata = pickle.loads((iteration / ".metadata").read_bytes())  # our own checkpoint: trusted
+    with open(iteration / ".metadata", "wb") as f:
+        _EnumsByGetattr(f).dump(metadata)
+    assert b"getattr" in (iteration / ".metadata").read_bytes()
+    code, err = run(capsys, "megatron-to-hf", "--load", str(root), "--output", str(tmp_path / "o"))
+    assert code == 0, err
+
+
+class _GetattrExploit:
+    def __reduce__(self):  # a step towards __globals__ and os.system
+        return (getattr, (torch.Size, "__init__"))
+
+
+def test_metadata_getattr_on_anything_but_an_enum_is_refused(capsys, checkpoint, tmp_path):
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    (iteration / ".metadata").write_bytes(pickle.dumps(_GetattrExploit()))
+    expect_error(capsys, "getattr(<class 'torch.Size'>, '__init__') is not allowed", "megatron-to-hf",
+                 "--load", str(root), "--output", str(tmp_path / "o"))
 
 
 def test_outputs_are_never_clobbered(capsys, checkpoint, hf_dirs, tmp_path):
