@@ -164,6 +164,7 @@ _ETTIN_FIXED = dict(
     persist_layer_norm=False,
     variable_seq_lengths=True,
     moe_token_dispatcher_type="alltoall",  # megatron rejects variable_seq_lengths with the default
+    cuda_graph_scope=[],  # what megatron's default "full" turns into, minus a warning per config
     # Layer 0 has no attention norm, so layers are not stackable: checkpoint them one key per layer.
     hetereogenous_dist_checkpoint=True,
 )
