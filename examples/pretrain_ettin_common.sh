@@ -52,7 +52,7 @@ ARGS=(--objective "$OBJECTIVE" --model-size "$MODEL_SIZE"
 case "$PRECISION" in
   bf16) ARGS+=(--bf16) ;;
   fp8) ARGS+=(--bf16 --fp8-format hybrid) ;;
-  fp32) ;;
+  fp32) ARGS+=(--no-bf16) ;;  # overrides the recipes' bf16: true
   *) echo "PRECISION must be bf16, fp8 or fp32 (got $PRECISION)" >&2; exit 2 ;;
 esac
 
