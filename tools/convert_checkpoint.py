@@ -90,7 +90,8 @@ def run(args) -> int:
 
     directory = hf_to_megatron(args.hf_dir, args.save, objective=args.objective, iteration=args.iteration,
                                target_tp=args.target_tensor_parallel_size,
-                               target_pp=args.target_pipeline_parallel_size, tokenizer=args.tokenizer)
+                               target_pp=args.target_pipeline_parallel_size, tokenizer=args.tokenizer,
+                               require_tokenizer=args.verify)
     print(f"wrote {directory}; train from it with --load {args.save} --finetune (loads at any TP / PP)")
     if read_checkpoint_config(directory)["tokenizer"] is None:
         print("note: the Hugging Face directory has no tokenizer.json; pass --tokenizer to megatron-to-hf later")

@@ -12,16 +12,11 @@ import shutil
 from pathlib import Path
 
 from ..config import ConfigError
-from ..data.tokenizer import SPECIAL_TOKENS, TokenizerNotFound, load_tokenizer, special_ids
+from ..data.tokenizer import TokenizerNotFound, load_tokenizer, special_ids
+from ..data.train_tokenizer import transformers_tokenizer_files, write_json
 from .hf_mapping import MODEL_TYPES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-_TOKEN_NAMES = dict(zip(("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"), SPECIAL_TOKENS))
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def read_hf_config_json(directory: str | Path) -> dict:
@@ -88,21 +83,16 @@ def copy_tokenizer(tokenizer_path: Path, out_dir: Path, model_max_length: int | 
                 shutil.copyfile(tokenizer_path / name, out_dir / name)
     else:
         shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
-    if not (out_dir / "tokenizer_config.json").is_file():
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", **_TOKEN_NAMES, "clean_up_tokenization_spaces": False,
-                  "model_input_names": ["input_ids", "attention_mask"]}
-        if model_max_length:
-            config["model_max_length"] = model_max_length
-        _write_json(out_dir / "tokenizer_config.json", config)
-    if not (out_dir / "special_tokens_map.json").is_file():
-        _write_json(out_dir / "special_tokens_map.json", _TOKEN_NAMES)
+    for name, content in transformers_tokenizer_files(model_max_length).items():
+        if not (out_dir / name).is_file():
+            write_json(out_dir / name, content)
 
 
 def write_generation_config(out_dir: Path, ids: dict) -> None:
     """generation_config.json of a decoder: [CLS] starts, [SEP] ends, [PAD] pads."""
     import transformers
 
-    _write_json(out_dir / "generation_config.json", {
+    write_json(out_dir / "generation_config.json", {
         "bos_token_id": ids["cls_token_id"],
         "eos_token_id": ids["sep_token_id"],
         "pad_token_id": ids["pad_token_id"],
@@ -114,12 +104,12 @@ def write_sentence_transformers_files(out_dir: Path, objective: str, hidden_size
     """modules.json + configs so that ``SentenceTransformer(out_dir)`` embeds with the exported model:
     mean pooling for an encoder, last-token pooling for a decoder. Written in the long-standing
     (sentence-transformers 2.x-5.x) layout, which newer releases still read."""
-    _write_json(out_dir / "modules.json", [
+    write_json(out_dir / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ])
-    _write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
-    _write_json(out_dir / "config_sentence_transformers.json", {
+    write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+    write_json(out_dir / "config_sentence_transformers.json", {
         "__version__": {"sentence_transformers": "3.0.0"},
         "prompts": {},
         "default_prompt_name": None,
@@ -127,7 +117,7 @@ def write_sentence_transformers_files(out_dir: Path, objective: str, hidden_size
     })
     modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
     chosen = "mean_tokens" if objective == "mlm" else "lasttoken"
-    _write_json(out_dir / "1_Pooling" / "config.json", {
+    write_json(out_dir / "1_Pooling" / "config.json", {
         "word_embedding_dimension": hidden_size,
         **{f"pooling_mode_{mode}": mode == chosen for mode in modes},
         "include_prompt": True,

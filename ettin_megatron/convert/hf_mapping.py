@@ -183,13 +183,58 @@ def to_hf_state_dict(state_dict: dict, config: EttinConfig) -> dict[str, torch.T
     return {name: tensor.contiguous() for name, tensor in out.items()}
 
 
-def from_hf_state_dict(hf_state_dict: dict, config: EttinConfig) -> dict[str, torch.Tensor]:
-    """HF state dict -> full Megatron state dict; every tensor is checked for presence and shape."""
+def hf_shapes(config: EttinConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of ``config``'s HF model (the tied ``decoder.weight`` aside), from the
+    config alone, so that a checkpoint is checked before any of its weights is read."""
+    hidden, vocab, ffn = config.hidden_size, config.vocab_size, config.ffn_hidden_size
+    attention, norm = config.num_attention_heads * config.kv_channels, (config.hidden_size,)
+    megatron = {  # by Megatron name, without the "decoder.layers.{i}." of per-layer tensors
+        "embedding.word_embeddings.weight": (vocab, hidden),
+        "embedding_norm.weight": norm,
+        "decoder.final_layernorm.weight": norm,
+        "head.dense.weight": (hidden, hidden),
+        "head.norm.weight": norm,
+        "output_layer.bias": (vocab,),
+        "self_attention.linear_proj.weight": (hidden, attention),
+        "input_layernorm.weight": norm,
+        "pre_mlp_layernorm.weight": norm,
+        "mlp.linear_fc1.weight": (ffn * (2 if config.gated_linear_unit else 1), hidden),
+        "mlp.linear_fc2.weight": (hidden, ffn),
+    }
+    shapes = {hf: megatron[m.split(".", 3)[-1] if m.startswith("decoder.layers.") else m]
+              for m, hf in _model_names(config)}
+    for i in range(config.num_layers):
+        prefix = f"model.layers.{i}.attn."
+        if config.causal:
+            shapes.update({prefix + f"{x}_proj.weight": (attention, hidden) for x in "qkv"})
+        else:
+            shapes[prefix + "Wqkv.weight"] = (3 * attention, hidden)
+    return shapes
 
-    def get(name: str) -> torch.Tensor:
-        if name not in hf_state_dict:
-            raise ConfigError(f"tensor {name!r} is missing from the Hugging Face checkpoint.")
-        return hf_state_dict[name]
+
+def check_hf_tensor(name: str, shape, expected: dict[str, tuple[int, ...]]) -> None:
+    """One line naming ``name`` when it is missing (``shape`` None) or not the shape ``expected`` (from
+    ``hf_shapes``) gives it."""
+    if shape is None:
+        raise ConfigError(f"tensor {name!r} is missing from the Hugging Face checkpoint.")
+    if tuple(shape) != expected[name]:
+        raise ConfigError(
+            f"shape mismatch: {name} is {tuple(shape)} in the Hugging Face checkpoint but config.json implies "
+            f"{expected[name]}."
+        )
+
+
+def from_hf_state_dict(hf_state_dict, config: EttinConfig) -> dict:
+    """HF state dict -> full Megatron state dict; every tensor is checked for presence and shape.
+
+    The values may be tensors or anything with a ``shape`` (import_hf passes file locations for all
+    but the attention matrices, which are re-laid here and must be tensors); those pass through."""
+    expected = hf_shapes(config)
+
+    def get(name: str):
+        value = hf_state_dict[name] if name in hf_state_dict else None
+        check_hf_tensor(name, None if value is None else value.shape, expected)
+        return value
 
     out = {m: get(hf) for m, hf in _model_names(config)}
     heads, dim, hidden = config.num_attention_heads, config.kv_channels, config.hidden_size
@@ -199,8 +244,6 @@ def from_hf_state_dict(hf_state_dict: dict, config: EttinConfig) -> dict[str, to
             qkv = torch.stack([get(prefix + f"{x}_proj.weight") for x in "qkv"])
         else:
             qkv = get(prefix + "Wqkv.weight")
-        if qkv.numel() != 3 * heads * dim * hidden:
-            raise ConfigError(f"layer {i}'s attention weights have shape {tuple(qkv.shape)}, not 3 x {heads * dim} x {hidden}.")
         qkv = qkv.reshape(3, heads, dim, hidden).transpose(0, 1).reshape(3 * heads * dim, hidden)
         out[f"decoder.layers.{i}.self_attention.linear_qkv.weight"] = qkv.contiguous()
     return out

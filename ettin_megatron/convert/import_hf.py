@@ -25,7 +25,7 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..config import ConfigError, ettin_config
 from .hf_files import copy_tokenizer, read_hf_config_json, resolve_tokenizer, tokenizer_ids
-from .hf_mapping import ettin_overrides_from_hf, from_hf_state_dict, to_hf_state_dict
+from .hf_mapping import check_hf_tensor, ettin_overrides_from_hf, from_hf_state_dict, hf_shapes
 from .megatron_side import build_model, conversion_config
 from .safetensors_io import HFWeights
 
@@ -47,19 +47,12 @@ def read_hf_model_fields(hf_dir: str | os.PathLike) -> dict:
     return fields
 
 
-def _check_tensors(weights: HFWeights, config, model) -> None:
-    """Every tensor the mapping needs is present with the right shape, and nothing unknown is."""
-    meta = {name: torch.empty(t.shape, device="meta") for name, t in model.state_dict().items()
-            if isinstance(t, torch.Tensor) and "_extra_state" not in name}
-    expected = {name: tuple(t.shape) for name, t in to_hf_state_dict(meta, config).items()}
-    for name, shape in expected.items():
-        if name not in weights:
-            raise ConfigError(f"tensor {name!r} is missing from the Hugging Face checkpoint.")
-        if weights.shape(name) != shape:
-            raise ConfigError(
-                f"shape mismatch: {name} is {weights.shape(name)} in the safetensors file but config.json "
-                f"implies {shape}."
-            )
+def _check_tensors(weights: HFWeights, config) -> None:
+    """Every tensor the mapping needs is present with the right shape, and nothing unknown is: read
+    from the file headers, before the model is built or any weight is read."""
+    expected = hf_shapes(config)
+    for name in expected:
+        check_hf_tensor(name, weights.shape(name) if name in weights else None, expected)
     unknown = sorted(set(weights) - set(expected) - {TIED})
     if unknown:
         raise ConfigError(
@@ -115,10 +108,12 @@ def _prepare_save(save: Path) -> None:
 
 
 def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective: str | None = None,
-                   iteration: int = 0, target_tp: int = 1, target_pp: int = 1, tokenizer: str | None = None) -> Path:
+                   iteration: int = 0, target_tp: int = 1, target_pp: int = 1, tokenizer: str | None = None,
+                   require_tokenizer: bool = False) -> Path:
     """Convert ``hf_dir`` into a dist checkpoint under ``save`` (iteration ``iteration``); returns
     the iteration directory. ``objective`` imports the weights as the other architecture;
-    ``tokenizer`` replaces the directory's own tokenizer files (which are optional)."""
+    ``tokenizer`` replaces the directory's own tokenizer files (which are optional, unless
+    ``require_tokenizer``: --verify needs one, and should fail before the conversion, not after)."""
     hf_dir, save = Path(hf_dir), Path(save)
     fields = read_hf_model_fields(hf_dir)
     weights = HFWeights(hf_dir)
@@ -128,6 +123,9 @@ def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective
         tokenizer_path = resolve_tokenizer(tokenizer)
     else:
         tokenizer_path = hf_dir if (hf_dir / "tokenizer.json").is_file() else None
+    if tokenizer_path is None and require_tokenizer:
+        raise ConfigError(f"{hf_dir} has no tokenizer.json; pass --tokenizer DIR (--verify tokenizes sample "
+                          "text with it).")
     if tokenizer_path is not None:
         tokenizer_ids(tokenizer_path, fields["vocab_size"])
     _prepare_save(save)
@@ -137,8 +135,8 @@ def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ConfigError(f"{embedding} is stored as {dtype}; expected float32, bfloat16 or float16.")
     source_config = conversion_config(fields, None, dtype)
+    _check_tensors(weights, source_config)
     model = build_model(conversion_config(fields, objective, dtype))
-    _check_tensors(weights, source_config, model)
     _load_weights(model, weights, source_config)
     if TIED in weights and not torch.equal(weights[TIED], model.state_dict()["embedding.word_embeddings.weight"]):
         raise ConfigError(f"{TIED} differs from the token embedding; Ettin models tie them.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -33,15 +32,13 @@ def single_rank_world() -> None:
     ):
         return
     from ..runtime import initialize
+    from ..runtime.distributed import free_port
 
     if not torch.distributed.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("checkpoint conversion runs in one process; run it with python, not torchrun.")
-        # A private rendezvous: a MASTER_PORT inherited from a job or a parent process may be taken.
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0",
+                          WORLD_SIZE="1")
     initialize()
 
 

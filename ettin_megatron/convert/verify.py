@@ -2,8 +2,9 @@
 
 The Hugging Face side is transformers' own ModernBERT class loaded from the exported directory
 (eager attention, float32); our side is the TP = PP = 1 EttinModel in float32. The texts are
-tokenized with the exported tokenizer into one right-padded batch; HF computes the padded batch,
-ours the same rows unpadded (packed, no compute on padding), and only non-pad positions are compared.
+tokenized with the conversion's tokenizer (the exported one, or the one stored with an imported
+checkpoint) into one right-padded batch; HF computes the padded batch, ours the same rows unpadded
+(packed, no compute on padding), and only non-pad positions are compared.
 """
 
 from __future__ import annotations
@@ -74,39 +75,47 @@ def max_logit_difference(model: EttinModel, hf_model, input_ids: torch.Tensor,
 
 
 def verify_against_dir(model: EttinModel, hf_dir: str | Path, texts=SAMPLE_TEXTS) -> float:
-    """Compare ``model`` with the HF directory ``hf_dir`` (same architecture) on ``texts``."""
-    input_ids, attention_mask = sample_batch(hf_dir, texts)
+    """Compare ``model`` with the HF directory ``hf_dir`` (same architecture) on ``texts``, tokenized
+    with the directory's own tokenizer (an export always writes one)."""
     hf_model = load_hf_model(hf_dir, model.config.objective)
-    return max_logit_difference(model, hf_model, input_ids, attention_mask)
+    return max_logit_difference(model, hf_model, *sample_batch(hf_dir, texts))
 
 
 def verify_import(checkpoint: str | Path, hf_dir: str | Path, objective: str | None = None,
                   texts=SAMPLE_TEXTS) -> float:
     """Reload a converted checkpoint and compare with the HF directory it came from.
 
-    For a cross-objective import the reference is transformers' class of the *target* architecture
-    holding the source weights (built from the directory's tensors through the mapping)."""
-    from .megatron_side import load_megatron_model
+    The texts are tokenized with the tokenizer stored with the checkpoint (the import's --tokenizer or
+    the directory's own), since the HF directory itself may have none; it is looked up before the model
+    is loaded. For a cross-objective import the reference is transformers' class of the *target*
+    architecture holding the source weights (built from the directory's tensors through the mapping)."""
+    from .hf_files import resolve_tokenizer
+    from .megatron_side import load_megatron_model, read_description
 
-    model, _ = load_megatron_model(checkpoint, objective)
-    source = _source_objective(hf_dir)
-    if model.config.objective == source:
-        return verify_against_dir(model, hf_dir, texts)
-    from .hf_mapping import from_hf_state_dict, hf_config, to_hf_state_dict
+    directory, description = read_description(checkpoint)
+    batch = sample_batch(resolve_tokenizer(description.get("tokenizer"), relative_to=directory), texts)
+    model, _ = load_megatron_model(directory, objective)
+    if model.config.objective == _source_objective(hf_dir):
+        reference = load_hf_model(hf_dir, model.config.objective)
+    else:
+        reference = _cross_objective_reference(hf_dir, model.config)
+    return max_logit_difference(model, reference, *batch)
+
+
+def _cross_objective_reference(hf_dir, target_config):
+    """transformers' model of ``target_config``'s architecture holding the weights of ``hf_dir``."""
+    from .hf_mapping import HF_TOKEN_ID_FIELDS, from_hf_state_dict, hf_config, to_hf_state_dict
     from .import_hf import read_hf_model_fields
     from .megatron_side import conversion_config
     from .safetensors_io import HFWeights
 
-    input_ids, attention_mask = sample_batch(hf_dir, texts)
     hf_json = read_hf_config_json(hf_dir)
-    special = {k: hf_json[k] for k in ("cls_token_id", "sep_token_id", "pad_token_id") if k in hf_json}
-    source_config = conversion_config(read_hf_model_fields(hf_dir))
-    weights = from_hf_state_dict(HFWeights(hf_dir), source_config)
-    target = hf_model_class(model.config.objective)(hf_config(model.config, special))
-    target.load_state_dict(to_hf_state_dict(weights, model.config), strict=False)
+    special = {k: hf_json[k] for k in HF_TOKEN_ID_FIELDS if k in hf_json}
+    weights = from_hf_state_dict(HFWeights(hf_dir), conversion_config(read_hf_model_fields(hf_dir)))
+    target = hf_model_class(target_config.objective)(hf_config(target_config, special))
+    target.load_state_dict(to_hf_state_dict(weights, target_config), strict=False)
     target.tie_weights()
-    del weights
-    return max_logit_difference(model, target.float().eval(), input_ids, attention_mask)
+    return target.float().eval()
 
 
 def _source_objective(hf_dir) -> str:

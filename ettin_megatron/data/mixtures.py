@@ -10,14 +10,13 @@ Megatron-LM takes a blend as `--data-path 0.3 /data/a_text_document 0.7 /data/b_
         weight: 837.2                               # any positive number; Megatron normalizes
 
 `prefix` expands environment variables and `~`; a relative prefix is relative to the YAML file, so a
-mixture can sit beside its data. `load_mixture` returns Megatron-LM's flat --data-path list, which
-megatron-core's `get_blend_from_list` turns into the (prefixes, weights) blend its
-BlendedMegatronDatasetConfig takes.
+mixture can sit beside its data. `mixture_blend` returns the weights and prefixes, which training
+hands to megatron-core's BlendedMegatronDatasetConfig as its (prefixes, weights) blend.
 """
 
 import os
 import re
-from typing import List, Tuple, Union
+from typing import List, Tuple
 
 import yaml
 
@@ -26,18 +25,12 @@ from ettin_megatron.data.readers import InputError
 _UNSET_VAR = re.compile(r"\$\{?(\w+)")
 
 
-def load_mixture(yaml_path: str, check_exists: bool = False) -> List[Union[float, str]]:
-    """Read a mixture file; return [weight, prefix, weight, prefix, ...] (Megatron's --data-path).
+def mixture_blend(yaml_path: str, check_exists: bool = False) -> Tuple[List[float], List[str]]:
+    """Read a mixture file; return parallel (weights, prefixes) lists.
 
     With `check_exists`, every prefix must name an existing .bin/.idx pair (check before training,
     not an hour into it).
     """
-    weights, prefixes = mixture_blend(yaml_path, check_exists)
-    return [item for pair in zip(weights, prefixes) for item in pair]
-
-
-def mixture_blend(yaml_path: str, check_exists: bool = False) -> Tuple[List[float], List[str]]:
-    """The same mixture as parallel (weights, prefixes) lists."""
     with open(yaml_path, encoding="utf-8") as f:
         spec = yaml.safe_load(f)
     entries = spec.get("datasets") if isinstance(spec, dict) else None

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 #: Special token names shared by the ModernBERT tokenizer and the small tokenizers we train.
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+#: The same tokens under the names transformers' tokenizer_config.json / special_tokens_map.json use.
+TOKEN_NAMES = dict(zip(("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"), SPECIAL_TOKENS))
 
 
 class TokenizerNotFound(ValueError):

@@ -11,13 +11,13 @@ inputs give the same bytes (a test checks it).
 
 import json
 import os
-from typing import Iterator, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Union
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 
 from ettin_megatron.data.readers import InputError, iter_chunks, parse_chunk
-from ettin_megatron.data.tokenizer import SPECIAL_TOKENS
+from ettin_megatron.data.tokenizer import SPECIAL_TOKENS, TOKEN_NAMES
 
 #: ModernBERT's model_max_length, written into tokenizer_config.json.
 MODEL_MAX_LENGTH = 8192
@@ -66,19 +66,29 @@ def save_tokenizer_dir(tokenizer: Tokenizer, out_dir: str) -> None:
     """Write tokenizer.json plus the two small files transformers' AutoTokenizer reads."""
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    names = dict(zip(("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"), SPECIAL_TOKENS))
+    for name, content in transformers_tokenizer_files(MODEL_MAX_LENGTH).items():
+        write_json(os.path.join(out_dir, name), content)
+
+
+def transformers_tokenizer_files(model_max_length: Optional[int]) -> Dict[str, dict]:
+    """{file name: content} of tokenizer_config.json and special_tokens_map.json for our special
+    tokens: with them AutoTokenizer loads a bare tokenizer.json as a fast tokenizer that knows its
+    [CLS] / [SEP] / [PAD] / [MASK]. Also written by the HF export when its tokenizer lacks them."""
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        **names,
-        "model_max_length": MODEL_MAX_LENGTH,
+        **TOKEN_NAMES,
         "clean_up_tokenization_spaces": False,
         "model_input_names": ["input_ids", "attention_mask"],
     }
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), config)
-    _write_json(os.path.join(out_dir, "special_tokens_map.json"), names)
+    if model_max_length:
+        config["model_max_length"] = model_max_length
+    return {"tokenizer_config.json": config, "special_tokens_map.json": dict(TOKEN_NAMES)}
 
 
-def _write_json(path: str, obj: dict) -> None:
+def write_json(path: Union[str, os.PathLike], obj) -> None:
+    """Indented JSON with sorted keys and a final newline (stable bytes for the same content), in a
+    directory created if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")

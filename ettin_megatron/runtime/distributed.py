@@ -47,7 +47,9 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now: a private rendezvous for a world made
+    here, where a MASTER_PORT inherited from a job or a parent process may be taken."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -57,7 +59,7 @@ def _init_process_group(timeout_minutes: int) -> None:
     if torch.distributed.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if torch.cuda.is_available():
@@ -74,7 +76,13 @@ def _init_process_group(timeout_minutes: int) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch, and Megatron's tracker (distinct streams per TP rank)."""
+    """Seed python, numpy and torch, and Megatron's tracker (distinct streams per TP rank).
+
+    As Megatron-LM's ``_set_random_seed``, each pipeline stage adds 100 x its rank: with one seed the
+    stages would initialize their layers identically and draw the same dropout masks. Needs the
+    model-parallel groups (``initialize`` builds them first).
+    """
+    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

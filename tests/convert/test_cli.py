@@ -106,3 +106,21 @@ def test_hf_directory_without_tokenizer(capsys, hf_dirs, tokenizer_dir, tmp_path
     # or give the tokenizer at import time: it is stored with the checkpoint and found again
     assert main(["hf-to-megatron", "--hf-dir", str(bare), "--save", str(tmp_path / "c2"), "--tokenizer", str(tokenizer_dir)]) == 0
     assert main(["megatron-to-hf", "--load", str(tmp_path / "c2"), "--output", str(tmp_path / "o2")]) == 0
+
+
+@pytest.mark.parametrize("objective", [None, "mlm"], ids=["same", "cross"])
+def test_verify_uses_the_conversion_tokenizer(capsys, hf_dirs, tokenizer_dir, tmp_path, objective):
+    """--verify of an import tokenizes with --tokenizer when the HF directory has none; without any
+    tokenizer it fails in one line before converting."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((hf_dirs["clm"] / name).read_bytes())
+    cross = ["--objective", objective] if objective else []
+    assert main(["hf-to-megatron", "--hf-dir", str(bare), "--save", str(tmp_path / "c"), "--tokenizer",
+                 str(tokenizer_dir), "--verify", *cross]) == 0
+    assert "ok tolerance" in verify_line(capsys)
+    assert main(["hf-to-megatron", "--hf-dir", str(bare), "--save", str(tmp_path / "d"), "--verify", *cross]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "pass --tokenizer" in err, err
+    assert not (tmp_path / "d").exists()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ettin_megatron.data.mixtures import load_mixture, mixture_blend
+from ettin_megatron.data.mixtures import mixture_blend
 from ettin_megatron.data.readers import InputError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples", "mixtures")
@@ -16,8 +16,7 @@ PHASES = {"phase1": (13, 1704.7), "phase2": (10, 249.3), "phase3": (9, 76.3)}
 @pytest.mark.parametrize("phase", sorted(PHASES))
 def test_ettin_phase_mixtures(phase, monkeypatch):
     monkeypatch.setenv("ETTIN_DATA", "/data/ettin")
-    blend = load_mixture(os.path.join(EXAMPLES, f"{phase}.yaml"))
-    weights, prefixes = blend[0::2], blend[1::2]
+    weights, prefixes = mixture_blend(os.path.join(EXAMPLES, f"{phase}.yaml"))
     sources, total = PHASES[phase]
     assert len(prefixes) == len(set(prefixes)) == sources
     assert sum(weights) == pytest.approx(total)
@@ -28,7 +27,7 @@ def test_ettin_phase_mixtures(phase, monkeypatch):
 def test_unset_placeholder_is_reported(monkeypatch):
     monkeypatch.delenv("ETTIN_DATA", raising=False)
     with pytest.raises(InputError, match="ETTIN_DATA is not set"):
-        load_mixture(os.path.join(EXAMPLES, "phase1.yaml"))
+        mixture_blend(os.path.join(EXAMPLES, "phase1.yaml"))
 
 
 def test_relative_prefixes_weights_and_existence(tmp_path):
@@ -36,10 +35,9 @@ def test_relative_prefixes_weights_and_existence(tmp_path):
     (tmp_path / "a.idx").write_bytes(b"")
     mix = tmp_path / "mix.yaml"
     mix.write_text("datasets:\n  - {prefix: a, weight: 3}\n  - {prefix: sub/b, weight: 0.5}\n")
-    assert load_mixture(str(mix)) == [3.0, str(tmp_path / "a"), 0.5, str(tmp_path / "sub" / "b")]
     assert mixture_blend(str(mix)) == ([3.0, 0.5], [str(tmp_path / "a"), str(tmp_path / "sub" / "b")])
     with pytest.raises(InputError, match=r"datasets\[2\]: no dataset at .*sub/b"):
-        load_mixture(str(mix), check_exists=True)
+        mixture_blend(str(mix), check_exists=True)
 
 
 @pytest.mark.parametrize(
@@ -55,4 +53,4 @@ def test_malformed_mixtures(tmp_path, body, match):
     mix = tmp_path / "mix.yaml"
     mix.write_text(body)
     with pytest.raises(InputError, match=match):
-        load_mixture(str(mix))
+        mixture_blend(str(mix))
