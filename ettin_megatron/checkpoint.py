@@ -12,7 +12,9 @@ one TP / PP / VPP loads at any other::
 
 A save goes to ``iter_N.tmp`` and is renamed once every rank has finished; only then does the
 ``latest`` file move (written to a temp file and renamed). A save killed midway leaves the previous
-checkpoint loadable and selected.
+checkpoint loadable and selected; a save that fails with an exception also removes its ``iter_N.tmp``.
+Re-saving an existing ``iter_N`` moves the old one aside to ``iter_N.old`` and deletes it only once the
+new one is in place, so a complete copy of the iteration exists at every moment.
 """
 
 from __future__ import annotations
@@ -54,12 +56,21 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     iteration = latest_iteration(path)
     if iteration is None:
         raise ConfigError(f"{path} is not an ettin-megatron checkpoint (no {LATEST} and no {CONFIG_FILE}).")
-    return iteration_dir(path, iteration)
+    directory = iteration_dir(path, iteration)
+    if not directory.is_dir():
+        aside = _aside(directory)
+        hint = f"rename {aside.name} (its previous copy) back to {directory.name}" if aside.is_dir() else (
+            f"fix or delete {LATEST}")
+        raise ConfigError(f"{path / LATEST} names iteration {iteration} but {directory} does not exist; {hint}.")
+    return directory
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The ``ettin_config.json`` of a checkpoint (root or iteration directory)."""
-    return json.loads((resolve_checkpoint_dir(path) / CONFIG_FILE).read_text())
+    config_file = resolve_checkpoint_dir(path) / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(f"{config_file.parent} has no {CONFIG_FILE}; the checkpoint is incomplete.")
+    return json.loads(config_file.read_text())
 
 
 def model_sharded_state_dict(model_chunks) -> dict:
@@ -69,8 +80,14 @@ def model_sharded_state_dict(model_chunks) -> dict:
     return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(model_chunks)}
 
 
-def _is_writer() -> bool:
+def is_writer() -> bool:
+    """Whether this process writes the files all ranks share: global rank 0, or a lone process."""
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _aside(directory: Path) -> Path:
+    """Where a re-saved iteration's previous copy waits until the new one is in place."""
+    return directory.with_name(directory.name + ".old")
 
 
 def _barrier() -> None:
@@ -82,22 +99,32 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
                     tokenizer: str | None = None) -> Path:
     """Save model chunks (+ ``extra`` sharded entries) as iteration ``iteration``; collective over all ranks."""
     final = iteration_dir(root, iteration)
-    staging = final.with_name(final.name + ".tmp")
-    if _is_writer():
+    staging, aside = final.with_name(final.name + ".tmp"), _aside(final)
+    if is_writer():
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     _barrier()
-    state = {**model_sharded_state_dict(model_chunks), **(extra or {})}
-    dist_checkpointing.save(state, str(staging))
-    if _is_writer():
-        description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration}
-        (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        marker = Path(root) / LATEST
-        marker_tmp = marker.with_name(marker.name + ".tmp")
-        marker_tmp.write_text(f"{iteration}\n")
-        os.replace(marker_tmp, marker)
+    try:
+        state = {**model_sharded_state_dict(model_chunks), **(extra or {})}
+        dist_checkpointing.save(state, str(staging))
+        if is_writer():
+            description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration}
+            (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
+            shutil.rmtree(aside, ignore_errors=True)
+            if final.exists():
+                os.replace(final, aside)
+            os.replace(staging, final)
+            marker = Path(root) / LATEST
+            marker_tmp = marker.with_name(marker.name + ".tmp")
+            marker_tmp.write_text(f"{iteration}\n")
+            os.replace(marker_tmp, marker)
+            shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        if is_writer():
+            shutil.rmtree(staging, ignore_errors=True)
+            if aside.is_dir() and not final.exists():
+                os.replace(aside, final)
+        raise
     _barrier()
     return final
 

@@ -35,6 +35,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
+from ettin_megatron.checkpoint import is_writer
+from ettin_megatron.config import ConfigError
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
 from ettin_megatron.data.tokenizer import MODERNBERT_IDS
 
@@ -92,32 +94,35 @@ class EttinDatasetConfig(BlendedMegatronDatasetConfig):
 
     def __post_init__(self) -> None:
         if self.blend is None and not (self.blend_per_split and any(self.blend_per_split)):
-            raise ValueError(
+            raise ConfigError(
                 "EttinDatasetConfig needs data: set blend (with split) or blend_per_split to "
                 "IndexedDataset prefixes written by tools/preprocess_data.py."
             )
         if self.fast_cache_load or self.defer_npy_index_mmap:
-            raise ValueError(
+            raise ConfigError(
                 "fast_cache_load and defer_npy_index_mmap are GPTDataset options; set them to "
                 "False for EttinDataset (it loads its cached indices as memory maps anyway)."
             )
         super().__post_init__()
         if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.sequence_length < 1:
-            raise ValueError(f"sequence_length must be positive, got {self.sequence_length}.")
+            raise ConfigError(f"sequence_length must be positive, got {self.sequence_length}.")
         ordinary = set(ordinary_token_ids(self.num_ordinary_tokens, self.extra_special_token_ids))
         specials = (self.cls_token_id, self.sep_token_id, self.pad_token_id, self.mask_token_id)
         if ordinary.intersection(specials):
-            raise ValueError(
+            raise ConfigError(
                 f"special token ids {specials} must not be ordinary tokens: set "
                 f"num_ordinary_tokens (now {self.num_ordinary_tokens}) below them or list them "
                 "in extra_special_token_ids."
             )
         for split in (Split.train, Split.valid):
-            self.masking(split)  # validates the rates now rather than at the first sample
+            try:
+                self.masking(split)  # validates the rates now rather than at the first sample
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
 
     def masking(self, split: Split) -> Masking:
         """The MLM/MNTP masking of `split` (train: mask_rate, valid/test: eval_mask_rate)."""
@@ -176,6 +181,14 @@ def _cumsum0(values: numpy.ndarray) -> numpy.ndarray:
     return numpy.concatenate([[0], numpy.cumsum(values, dtype=numpy.int64)])
 
 
+def require_documents(dataset: IndexedDataset, prefix: str) -> None:
+    """Refuse a sentence-level dataset: EttinDataset takes each IndexedDataset sequence for a document,
+    so the sentences of a --split-sentences dataset would silently become one-sentence samples."""
+    if len(dataset.document_indices) != len(dataset.sequence_lengths) + 1:
+        raise ConfigError(f"{prefix} is a sentence-level dataset (from --split-sentences); Ettin trains on "
+                          "documents: preprocess without --split-sentences.")
+
+
 class EttinDataset(MegatronDataset):
     """One split of one IndexedDataset prefix, as samples of the configured layout and objective."""
 
@@ -201,7 +214,9 @@ class EttinDataset(MegatronDataset):
 
     @staticmethod
     def build_low_level_dataset(dataset_path: str, config: EttinDatasetConfig) -> IndexedDataset:
-        return IndexedDataset(dataset_path, multimodal=False, mmap=config.mmap_bin_files)
+        dataset = IndexedDataset(dataset_path, multimodal=False, mmap=config.mmap_bin_files)
+        require_documents(dataset, dataset_path)
+        return dataset
 
     @staticmethod
     def _key_config_attributes() -> List[str]:
@@ -256,7 +271,7 @@ class EttinDataset(MegatronDataset):
             order = documents[rng.permutation(len(documents))]
             rows = epoch_samples(self.config.layout, lengths[order], self.config.sequence_length)
             if len(rows) == 0 and num_built < wanted:
-                raise ValueError(
+                raise ConfigError(
                     f"The {self.index_split.name} split of {self.dataset_path} has no "
                     f"{self.config.layout} sample of length {self.config.sequence_length}: give it "
                     "more documents (split, data) or lower sequence_length."
@@ -283,17 +298,13 @@ class EttinDataset(MegatronDataset):
         if cache and all(os.path.isfile(path(n)) for n in names + ("description.txt",)):
             return tuple(numpy.load(path(n), mmap_mode="r") for n in names)
         indices = self._build_indices()
-        if cache and _is_writer():
+        if cache and is_writer():
             os.makedirs(cache, exist_ok=True)
             for name, array in zip(names, indices):
                 numpy.save(path(name), array)
             with open(path("description.txt"), "wt") as writer:
                 writer.write(self.unique_description)
         return indices
-
-
-def _is_writer() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 class _BlendedDataset(BlendedDataset):

@@ -20,8 +20,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from ..config import PRESETS, ConfigError
+from ..data.datasets import require_documents
 
 
 def arg(default, help: str, **kwargs):
@@ -73,13 +75,15 @@ class DataArgs:
     split: str = arg("969,30,1", "Train,valid,test split of the documents.")
     data_layout: str = arg("document", "document (Ettin) | packed (ModernBERT) | concat (GPT).",
                            choices=("document", "packed", "concat"))
-    data_cache_path: str | None = arg(None, "Where sample indices are cached (default: beside the data).")
+    data_cache_path: str | None = arg(None, "Directory to cache the sample indices in, so later runs load "
+                                      "them instead of rebuilding (default: none; rebuilt every run).")
     tokenizer_model: str | None = arg(None, "tokenizer.json (or its directory) the data was made with.")
     seq_length: int = arg(1024, "Maximum tokens per sample (one document per sample in Ettin).")
     micro_batch_size: int = arg(4, "Samples per micro-batch (packed into one unpadded row).")
     global_batch_size: int = arg(32, "Samples per optimizer step (Ettin: 4608).")
     rampup_batch_size: list[int] | None = arg(None, "Batch-size warm-up: START INCREMENT SAMPLES "
-                                              "(Megatron-LM's --rampup-batch-size).")
+                                              "(Megatron-LM's --rampup-batch-size; START and INCREMENT are "
+                                              "rounded up to multiples of micro batch x DP).")
     mask_rate: float = arg(0.3, "MLM / MNTP masking rate of the training split (eval uses 15%).")
 
 
@@ -95,13 +99,16 @@ class OptimArgs:
                                   "cosine | exponential.",
                                   choices=("minus_sqrt", "linear", "cosine", "exponential"))
     lr_warmup_init: float = arg(0.0, "LR at step 0 of the warmup.")
+    # Each schedule length may be given in steps (x the global batch) or in samples, whichever way the
+    # run's length is given; one of the pair, not both.
     lr_warmup_iters: int = arg(0, "Linear warmup in optimizer steps.")
-    lr_warmup_samples: int = arg(0, "Linear warmup in samples (used with --train-samples).")
-    lr_decay_iters: int | None = arg(None, "Steps over which the LR decays (default: --train-iters).")
-    lr_decay_samples: int | None = arg(None, "Samples over which the LR decays (default: "
-                                       "--train-samples).")
+    lr_warmup_samples: int = arg(0, "Linear warmup in samples (instead of --lr-warmup-iters).")
+    lr_decay_iters: int | None = arg(None, "Steps over which the LR decays (default: the whole run).")
+    lr_decay_samples: int | None = arg(None, "Samples over which the LR decays (instead of "
+                                       "--lr-decay-iters).")
     lr_wsd_decay_iters: int | None = arg(None, "WSD: the final annealing steps (default: all decay steps).")
-    lr_wsd_decay_samples: int | None = arg(None, "WSD: the final annealing samples.")
+    lr_wsd_decay_samples: int | None = arg(None, "WSD: the final annealing samples (instead of "
+                                           "--lr-wsd-decay-iters).")
     weight_decay: float = arg(3e-4, "Decoupled weight decay (not on norms and biases).")
     adam_beta1: float = arg(0.9, "Adam beta1.")
     adam_beta2: float = arg(0.98, "Adam beta2.")
@@ -132,6 +139,9 @@ class RunArgs:
     exit_interval: int | None = arg(None, "Stop (after saving) at a step divisible by N.")
 
 
+SCHEDULE_LENGTHS = ("lr_warmup", "lr_decay", "lr_wsd_decay")
+"""LR schedule lengths with an ``_iters`` and a ``_samples`` form (see optimizer.schedule_steps)."""
+
 GROUPS = {"model": ModelArgs, "parallel": ParallelArgs, "data": DataArgs, "optim": OptimArgs, "run": RunArgs}
 
 
@@ -144,9 +154,6 @@ class Arguments:
     data: DataArgs = field(default_factory=DataArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     run: RunArgs = field(default_factory=RunArgs)
-
-    def as_dict(self) -> dict:
-        return {name: dict(vars(getattr(self, name))) for name in GROUPS}
 
 
 def _field_index() -> dict:
@@ -242,9 +249,10 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
     """Defaults, then the recipe (if ``--recipe``), then the flags given on the command line."""
     given = vars(build_parser().parse_args(argv))
     values = read_recipe(given["recipe"]) if given.get("recipe") else {}
-    for flag, other in (("data_path", "data_mix"), ("data_mix", "data_path"),
-                        ("train_iters", "train_samples"), ("train_samples", "train_iters")):
-        if flag in given:  # the command line's data / length replaces the recipe's, whichever form
+    pairs = [("data_path", "data_mix"), ("train_iters", "train_samples")] + [
+        (f"{length}_iters", f"{length}_samples") for length in SCHEDULE_LENGTHS]
+    for flag, other in pairs + [(b, a) for a, b in pairs]:
+        if flag in given:  # the command line's data / lengths replace the recipe's, whichever form
             values.pop(other, None)
     values.update(given)
     return make_arguments(**values)
@@ -274,15 +282,13 @@ def validate(args: Arguments, world_size: int) -> int:
         raise ConfigError(f"global batch size {d.global_batch_size} is not divisible by micro batch size "
                           f"{d.micro_batch_size} x data parallel size {dp}; change one of them.")
     if d.rampup_batch_size is not None:
-        if len(d.rampup_batch_size) != 3:
-            raise ConfigError("--rampup-batch-size takes three numbers: START INCREMENT SAMPLES.")
-        start, increment, _ = d.rampup_batch_size
-        step = d.micro_batch_size * dp
-        if start % step or increment % step or (d.global_batch_size - start) % increment:
-            raise ConfigError(f"--rampup-batch-size {start} {increment}: start and increment must be "
-                              f"multiples of micro batch x DP = {step} and reach {d.global_batch_size}.")
+        _fit_rampup(d, dp)
     if (r.train_iters is None) == (r.train_samples is None):
         raise ConfigError("set exactly one of --train-iters and --train-samples.")
+    for length in SCHEDULE_LENGTHS:
+        if getattr(o, f"{length}_iters") and getattr(o, f"{length}_samples"):
+            flag = "--" + length.replace("_", "-")
+            raise ConfigError(f"pass {flag}-iters or {flag}-samples, not both.")
     if not d.data_path and not d.data_mix:
         raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
                           "or --data-mix MIXTURE.yaml.")
@@ -294,6 +300,7 @@ def validate(args: Arguments, world_size: int) -> int:
         if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
             raise ConfigError(f"no dataset at {prefix} (.bin/.idx); run tools/preprocess_data.py or fix "
                               "--data-path.")
+        require_documents(IndexedDataset(prefix), prefix)
     if d.seq_length > args.model.max_position_embeddings:
         raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
                           f"{args.model.max_position_embeddings}; shorten it or raise "
@@ -314,6 +321,36 @@ def validate(args: Arguments, world_size: int) -> int:
     return dp
 
 
+def _fit_rampup(d: DataArgs, dp: int) -> None:
+    """Fit --rampup-batch-size to this run's data parallelism, in place.
+
+    Megatron's calculator needs START and INCREMENT to be multiples of micro batch x DP whose steps
+    land exactly on the global batch. Recipes give them for Ettin's 4 GPUs, so rather than refuse
+    another GPU count, round START up to such a multiple (at most the global batch) and INCREMENT up
+    to the next such multiple that divides what remains; a START that reaches the global batch leaves
+    nothing to ramp, so the warm-up is dropped. One line says what changed.
+    """
+    if len(d.rampup_batch_size) != 3:
+        raise ConfigError("--rampup-batch-size takes three numbers: START INCREMENT SAMPLES.")
+    start, increment, samples = d.rampup_batch_size
+    if min(start, increment, samples) < 1:
+        raise ConfigError(f"--rampup-batch-size {start} {increment} {samples}: all three must be positive.")
+    if start > d.global_batch_size:
+        raise ConfigError(f"--rampup-batch-size start {start} exceeds --global-batch-size "
+                          f"{d.global_batch_size}; lower it.")
+    step = d.micro_batch_size * dp
+    fitted_start = min(-(-start // step) * step, d.global_batch_size)
+    rest = (d.global_batch_size - fitted_start) // step  # in units of step
+    units = next((k for k in range(-(-increment // step), rest + 1) if rest % k == 0), rest)
+    fitted = [fitted_start, units * step, samples] if rest else None
+    if fitted != d.rampup_batch_size:
+        now = " ".join(map(str, fitted)) if fitted else "none (START reaches the global batch)"
+        if os.environ.get("RANK", "0") == "0":
+            print(f"--rampup-batch-size {start} {increment} {samples} adjusted to {now}: START and INCREMENT "
+                  f"must be multiples of micro batch x DP = {step} that reach {d.global_batch_size}.", flush=True)
+        d.rampup_batch_size = fitted
+
+
 def data_prefixes(args: Arguments) -> list[str]:
     """The dataset prefixes of --data-path / --data-mix (weights dropped)."""
     if args.data.data_mix:
@@ -328,6 +365,13 @@ def data_prefixes(args: Arguments) -> list[str]:
         except ValueError:
             pass
     return list(items)
+
+
+def reached_end(args: Arguments, iteration: int, consumed_samples: int) -> bool:
+    """Whether a run that has trained ``iteration`` steps on ``consumed_samples`` samples is done."""
+    if args.run.train_iters is not None:
+        return iteration >= args.run.train_iters
+    return consumed_samples >= args.run.train_samples
 
 
 def virtual_pipeline_size(args: Arguments, num_layers: int) -> int | None:

@@ -15,7 +15,6 @@ from typing import Iterator
 
 from megatron.core import num_microbatches_calculator as nmc
 from megatron.core.datasets.utils import get_blend_from_list
-from megatron.core.packed_seq_params import PackedSeqParams
 
 from ..data.batches import collate
 from .arguments import Arguments
@@ -45,29 +44,29 @@ def step_micro_batches(dataset, consumed_samples: int, num_microbatches: int, mi
         yield collate(samples, pad_to_multiple_of=pad_to_multiple_of)
 
 
-def packed_seq_params(batch: dict) -> PackedSeqParams:
-    """The varlen boundaries of a packed micro-batch, as Megatron-Core's THD format wants them."""
-    cu = batch["cu_seqlens"]
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                           max_seqlen_q=batch["max_seqlen"], max_seqlen_kv=batch["max_seqlen"])
+def token_ids(args: Arguments) -> tuple[dict, int | None]:
+    """(the special-token fields of EttinDatasetConfig, the padded vocabulary size) of
+    --tokenizer-model; ({}, None) without one: ModernBERT's ids and vocabulary.
 
-
-def token_ids(args: Arguments) -> dict:
-    """Special-token fields of EttinDatasetConfig, from --tokenizer-model (ModernBERT's ids otherwise)."""
+    Every id below the tokenizer's size is ordinary except its special tokens, which are listed in
+    extra_special_token_ids (so num_ordinary_tokens is the whole tokenizer size here).
+    """
     if not args.data.tokenizer_model:
-        return {}
+        return {}, None
     from ..data.tokenizer import load_tokenizer, special_ids
 
     tokenizer = load_tokenizer(args.data.tokenizer_model)
     ids = special_ids(tokenizer)
     specials = sorted(i for i, t in tokenizer.get_added_tokens_decoder().items()
                       if t.special and i < ids.vocab_size)
-    return dict(**ids.token_id_fields(), num_ordinary_tokens=ids.vocab_size,
-                extra_special_token_ids=tuple(specials))
+    fields = dict(**ids.token_id_fields(), num_ordinary_tokens=ids.vocab_size,
+                  extra_special_token_ids=tuple(specials))
+    return fields, ids.padded_vocab_size
 
 
-def build_datasets(args: Arguments, train_samples: int, valid_samples: int, special: dict | None = None):
-    """(train, valid) EttinDatasets of the run's blend, split, layout and objective."""
+def build_datasets(args: Arguments, train_samples: int, valid_samples: int, special: dict):
+    """(train, valid) EttinDatasets of the run's blend, split, layout and objective; ``special`` holds
+    the token-id fields of EttinDatasetConfig (token_ids' first value)."""
     from ..data.datasets import EttinDatasetConfig, build_datasets as build
 
     d = args.data
@@ -80,7 +79,7 @@ def build_datasets(args: Arguments, train_samples: int, valid_samples: int, spec
     config = EttinDatasetConfig(
         random_seed=args.run.seed, sequence_length=d.seq_length, blend=blend, split=d.split,
         path_to_cache=d.data_cache_path, layout=d.data_layout, objective=args.model.objective,
-        mask_rate=d.mask_rate, **(token_ids(args) if special is None else special),
+        mask_rate=d.mask_rate, **special,
     )
     train, valid, _ = build(config, [train_samples, valid_samples or None, None])
     return train, valid

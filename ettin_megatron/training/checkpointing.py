@@ -10,11 +10,17 @@ A training checkpoint is the model checkpoint plus these entries of ``extra``:
                          resumed run bit-exact. At another layout the run resumes without it.
 
 ``--finetune`` loads the weights only: a fresh optimizer, schedule and data position.
+
+``check_load`` reads what --load points at before any process group or model exists, so that a
+checkpoint that cannot serve this run stops it in one line rather than deep inside dist_checkpointing
+or after a wasted start.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +28,22 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from ..checkpoint import (
+    CONFIG_FILE,
+    LATEST,
     load_checkpoint,
     model_sharded_state_dict,
+    read_checkpoint_config,
     resolve_checkpoint_dir,
     save_checkpoint,
 )
+from ..config import ConfigError, SizePreset
+from .arguments import Arguments, reached_end
 from .setup import unwrap
+
+SHAPE_FIELDS = (*(f.name for f in fields(SizePreset)), "vocab_size")
+"""The model fields that shape the weights, which a loaded checkpoint must share with the run. The
+others may change on purpose: a new phase raises the RoPE bases and the position limit, and
+cross-objective training loads the other objective's weights."""
 
 
 def _layout() -> list[int]:
@@ -74,24 +90,58 @@ def save(root, iteration: int, consumed_samples: int, model_chunks, optimizer, s
 
 
 def has_checkpoint(path) -> bool:
-    """Whether ``path`` is a checkpoint root with a latest marker, or an iteration directory."""
-    try:
-        resolve_checkpoint_dir(path)
-        return True
-    except Exception:
+    """Whether ``path`` holds a checkpoint: an iteration directory, or a root with a latest marker.
+
+    Only a root with no marker is a fresh start (--load and --save may name the same directory before
+    its first save). A marker that is unreadable or names a missing iteration raises ConfigError:
+    taking it for "no checkpoint" would restart from scratch and later overwrite the run.
+    """
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() and not (path / LATEST).is_file():
         return False
+    resolve_checkpoint_dir(path)
+    return True
 
 
-def load(path, model_chunks, optimizer, scheduler, finetune: bool = False) -> tuple[int, int]:
-    """Restore a checkpoint; returns (iteration, consumed_samples) to continue from ((0, 0) with finetune)."""
+def check_load(args: Arguments, model: dict) -> Path | None:
+    """The checkpoint directory --load continues from, or None for a fresh start; ``model`` is the run's
+    config.model_fields. Reads only small files, so it runs before any process group or model exists.
+
+    Raises ConfigError for a checkpoint whose weights have other shapes, and, unless --finetune, for
+    one without training state or already at or past this run's end (resuming it would train no step
+    and then save over it).
+    """
+    if not args.run.load or not has_checkpoint(args.run.load):
+        return None
+    directory = resolve_checkpoint_dir(args.run.load)
+    saved = read_checkpoint_config(directory)["model"]
+    differing = [f"{name} {saved.get(name)} vs {model[name]}" for name in SHAPE_FIELDS
+                 if saved.get(name) != model[name]]
+    if differing:
+        raise ConfigError(f"checkpoint {directory} is another model shape ({', '.join(differing)}: checkpoint "
+                          "vs this run); change --model-size / --vocab-size or --load.")
+    if args.run.finetune:
+        return directory
+    state = dist_checkpointing.load_common_state_dict(str(directory)).get("training_state")
+    if state is None:
+        raise ConfigError(f"{directory} holds weights only (no training state); load it with --finetune.")
+    iteration, consumed = state["iteration"], state["consumed_samples"]
+    if reached_end(args, iteration, consumed):
+        length = "--train-iters" if args.run.train_iters is not None else "--train-samples"
+        raise ConfigError(f"checkpoint {directory} is at iteration {iteration} / {consumed} samples, already at "
+                          f"or past this run's end; to start the next phase from it pass --finetune (weights "
+                          f"only) or raise {length}.")
+    return directory
+
+
+def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) -> tuple[int, int]:
+    """Restore the checkpoint ``check_load`` accepted; returns (iteration, consumed_samples) to continue
+    from ((0, 0) with finetune)."""
     chunks = unwrap(model_chunks)
-    directory = resolve_checkpoint_dir(path)
     if finetune:
         load_checkpoint(directory, chunks)
         return 0, 0
     common = dist_checkpointing.load_common_state_dict(str(directory))
-    if "training_state" not in common:
-        raise ValueError(f"{directory} holds weights only (no training state); resume it with --finetune.")
     same_layout = common["training_state"]["layout"] == _layout()
     extra = {"optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True)}
     if same_layout:
@@ -105,4 +155,4 @@ def load(path, model_chunks, optimizer, scheduler, finetune: bool = False) -> tu
     return state["iteration"], state["consumed_samples"]
 
 
-__all__ = ["has_checkpoint", "load", "save"]
+__all__ = ["check_load", "has_checkpoint", "load", "save"]

@@ -19,7 +19,7 @@ from functools import partial
 import torch
 from megatron.core import tensor_parallel
 
-from .batching import packed_seq_params
+from ..model import packed_seq_params
 
 
 def _next_batch(data_iterator, device) -> dict:
@@ -28,7 +28,8 @@ def _next_batch(data_iterator, device) -> dict:
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Per-token losses [1, T] -> (sum over loss_mask, labelled tokens, {"lm loss": [sum, tokens]})."""
+    """Per-token losses [1, T] -> (sum over loss_mask, labelled tokens,
+    {"lm loss": [sum, labelled tokens, input tokens]})."""
     mask = loss_mask.reshape(-1).float()
     loss = torch.sum(output_tensor.float().reshape(-1) * mask)
     num_tokens = mask.sum().detach().to(torch.int)
@@ -53,7 +54,7 @@ def make_forward_step(device: torch.device, evaluation: bool = False):
 
     def forward_step(data_iterator, model):
         batch = _next_batch(data_iterator, device)
-        params = packed_seq_params(batch)
+        params = packed_seq_params(batch["cu_seqlens"], batch["max_seqlen"])
         if evaluation:
             output = model(batch["tokens"], batch["position_ids"], packed_seq_params=params)
             return output, partial(eval_loss_func, batch["labels"], batch["loss_mask"])

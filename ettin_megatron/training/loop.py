@@ -1,7 +1,7 @@
 """The training loop: read it top to bottom.
 
     pretrain(args)
-      check the arguments                         (before any process group or compute)
+      check the arguments and the --load checkpoint  (before any process group or compute)
       process groups, seeds                       runtime.initialize
       model chunks in DDP, optimizer, schedule    setup.py, optimizer.py
       resume or fine-tune from --load             checkpointing.py
@@ -24,10 +24,10 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from ..config import PRESETS
+from ..config import PRESETS, model_fields
 from ..runtime import ParallelLayout, device, initialize
 from . import batching, checkpointing
-from .arguments import Arguments, validate, virtual_pipeline_size
+from .arguments import Arguments, reached_end, validate, virtual_pipeline_size
 from .forward_step import make_forward_step
 from .metrics import Metrics, flops_per_token, is_logging_rank
 from .optimizer import build_optimizer, build_scheduler, current_lr
@@ -37,13 +37,16 @@ from .setup import build_model, build_model_config, wire_schedule_hooks
 def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     """Train as ``args`` say; returns one row per step (loss, lr, grad norm, ...) and validation rows.
 
-    ``special_tokens`` (EttinDatasetConfig's token-id fields) overrides what --tokenizer-model gives;
-    tests use it for small synthetic vocabularies.
+    ``special_tokens`` (EttinDatasetConfig's token-id fields) overrides the ids --tokenizer-model gives;
+    tests use it for small synthetic vocabularies, whose size they pass as --vocab-size.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the process group comes later
     dp_size = validate(args, world_size)
-    special = batching.token_ids(args) if special_tokens is None else special_tokens
-    vocab = _padded_vocab(special)
+    special, vocab = batching.token_ids(args)
+    if special_tokens is not None:
+        special = special_tokens
+    # The shapes only: the model's own config is built after initialize, whose CPU emulation it reads.
+    resume = checkpointing.check_load(args, model_fields(build_model_config(args, vocab_size=vocab)))
 
     # The world, the model, the optimizer.
     layout = ParallelLayout(args.parallel.tensor_model_parallel_size, args.parallel.pipeline_model_parallel_size,
@@ -58,8 +61,8 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
 
     # Where to start.
     iteration, consumed = 0, 0
-    if args.run.load and checkpointing.has_checkpoint(args.run.load):
-        iteration, consumed = checkpointing.load(args.run.load, model, optimizer, scheduler, args.run.finetune)
+    if resume:
+        iteration, consumed = checkpointing.load(resume, model, optimizer, scheduler, args.run.finetune)
         _print(f"loaded {args.run.load}: continuing at step {iteration}, {consumed:,} samples consumed")
     elif args.run.load:
         _print(f"no checkpoint in {args.run.load} yet: starting from scratch")
@@ -108,7 +111,7 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     history = []
     for chunk in model:
         chunk.train()
-    while not _done(args, iteration, consumed):
+    while not reached_end(args, iteration, consumed):
         # One optimizer step.
         num_micro, batch_size = batching.update_microbatches(consumed)
         for chunk in model:
@@ -129,7 +132,7 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
         metrics.add_tokens(int(input_tokens))
         row = {"step": iteration, "loss": loss_sum / max(tokens, 1), "lr": current_lr(optimizer),
                "grad_norm": None if grad_norm is None else float(grad_norm), "batch_size": batch_size}
-        if iteration == 1 or iteration % args.run.log_interval == 0 or _done(args, iteration, consumed):
+        if iteration == 1 or iteration % args.run.log_interval == 0 or reached_end(args, iteration, consumed):
             row = metrics.log_step(iteration, consumed, row["loss"], row["lr"], row["grad_norm"], batch_size)
         history.append(row)
         if args.run.eval_interval and iteration % args.run.eval_interval == 0 and eval_batches:
@@ -147,12 +150,6 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
             _save(args, iteration, consumed, model, optimizer, scheduler, config)
     metrics.close()
     return history
-
-
-def _done(args: Arguments, iteration: int, consumed: int) -> bool:
-    if args.run.train_iters is not None:
-        return iteration >= args.run.train_iters
-    return consumed >= args.run.train_samples
 
 
 def _save(args, iteration, consumed, model, optimizer, scheduler, config) -> None:
@@ -188,12 +185,6 @@ def count_parameters(config) -> int:
     layers = n * (4 * h * h + 3 * h * f + 2 * h) - h   # QKV + out, GeGLU fc1 (2f) + fc2, 2 norms (layer 0: 1)
     head = h + h * h + h + v                        # final norm, dense + norm, vocab bias (weight tied)
     return embedding + layers + head
-
-
-def _padded_vocab(special: dict) -> int | None:
-    if not special:
-        return None
-    return -(-(special["num_ordinary_tokens"]) // 64) * 64
 
 
 def _print(message: str) -> None:

@@ -51,16 +51,14 @@ class ScheduleSteps:
 
 
 def schedule_steps(args: Arguments) -> ScheduleSteps:
-    """Warmup / decay / WSD-anneal lengths in samples, from the *-iters or *-samples flags."""
+    """Warmup / decay / WSD-anneal lengths in samples. Each comes from its *-samples flag or its
+    *-iters flag (steps x the global batch; validate refuses both), whichever way the run's own
+    length is given; decay defaults to the whole run and the WSD anneal to the whole decay."""
     o, r, gbs = args.optim, args.run, args.data.global_batch_size
-    if r.train_iters is not None:
-        warmup = o.lr_warmup_samples or o.lr_warmup_iters * gbs
-        decay = (o.lr_decay_iters or r.train_iters) * gbs
-        wsd = o.lr_wsd_decay_samples or (o.lr_wsd_decay_iters * gbs if o.lr_wsd_decay_iters else decay)
-    else:
-        warmup = o.lr_warmup_samples or o.lr_warmup_iters * gbs
-        decay = o.lr_decay_samples or r.train_samples
-        wsd = o.lr_wsd_decay_samples or (o.lr_wsd_decay_iters * gbs if o.lr_wsd_decay_iters else decay)
+    run = r.train_samples if r.train_samples is not None else r.train_iters * gbs
+    warmup = o.lr_warmup_samples or o.lr_warmup_iters * gbs
+    decay = o.lr_decay_samples or (o.lr_decay_iters or 0) * gbs or run
+    wsd = o.lr_wsd_decay_samples or (o.lr_wsd_decay_iters or 0) * gbs or decay
     decay = max(decay, warmup + 1)  # megatron asserts warmup < decay (irrelevant for constant)
     return ScheduleSteps(warmup=warmup, decay=decay, wsd_decay=min(wsd, decay))
 

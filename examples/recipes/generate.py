@@ -8,7 +8,8 @@ Unit conventions (Megatron-LM's): schedules and batch-size ramp-up count *sample
 turned into samples at the phase's sequence length (tokens / seq_length); with the "document" layout
 a sample is one document truncated to seq_length, so a phase of N samples holds at most that many
 tokens. Batch-size warm-up goes from one micro-batch per GPU on Ettin's 4 x H100 (micro x 4) to
-4608 in steps of the same size (the paper gives the warm-up length, not its start).
+4608 in steps of the same size (the paper gives the warm-up length, not its start); at another GPU
+count the run rounds start and step up to multiples of micro x DP (training/arguments.py).
 """
 
 from pathlib import Path

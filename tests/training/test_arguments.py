@@ -7,11 +7,13 @@
 import importlib.util
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from ettin_megatron.pretrain import main
-from ettin_megatron.training.arguments import parse_args, read_recipe
+from ettin_megatron.training.arguments import make_arguments, parse_args, read_recipe, validate
 from tests.training.training_data import write_corpus
 
 RECIPES = Path("examples/recipes")
@@ -35,7 +37,9 @@ def _error(capsys, argv) -> str:
     (["--global-batch-size", "10", "--micro-batch-size", "4"], "not divisible by micro batch size 4"),
     (["--seq-length", "9000"], "exceeds the model's position limit 8192"),
     (["--train-samples", "40", "--train-iters", "5"], "exactly one of --train-iters and --train-samples"),
-    (["--rampup-batch-size", "6", "8", "100"], "must be multiples of micro batch x DP"),
+    (["--rampup-batch-size", "64", "8", "100"], "start 64 exceeds --global-batch-size 32"),
+    (["--rampup-batch-size", "8", "8", "0"], "all three must be positive"),
+    (["--lr-decay-iters", "4", "--lr-decay-samples", "32"], "--lr-decay-iters or --lr-decay-samples, not both"),
     (["--finetune"], "--finetune needs --load"),
 ])
 def test_bad_configs_fail_in_one_line(capsys, prefix, argv, message):
@@ -49,6 +53,47 @@ def test_bad_configs_fail_in_one_line(capsys, prefix, argv, message):
 def test_missing_data(capsys, tmp_path):
     assert "no training data" in _error(capsys, ["--train-iters", "5"])
     assert "no dataset at" in _error(capsys, ["--train-iters", "5", "--data-path", str(tmp_path / "nope")])
+
+
+def test_rampup_is_fitted_to_data_parallelism(capsys, prefix):
+    """The recipes' warm-up starts at micro x 4 GPUs; at 8 GPUs (DP 8) megatron needs multiples of micro x 8."""
+    args = parse_args(["--recipe", str(RECIPES / "encoder/150m/phase1.yaml"), "--data-path", prefix])
+    start, increment, samples = args.data.rampup_batch_size
+    assert (start, increment) == (288, 288)  # micro batch 72 x 4
+    assert validate(args, world_size=8) == 8
+    assert args.data.rampup_batch_size == [576, 576, samples]  # 72 x 8, and 576 divides 4608 - 576
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [f"--rampup-batch-size 288 288 {samples} adjusted to 576 576 {samples}: START and INCREMENT "
+                       "must be multiples of micro batch x DP = 576 that reach 4608."]
+
+    def fitted(rampup, world_size=1):
+        args = make_arguments(data_path=[prefix], train_iters=5, micro_batch_size=4, global_batch_size=32,
+                              rampup_batch_size=rampup)
+        validate(args, world_size)
+        return args.data.rampup_batch_size
+
+    assert fitted([6, 10, 100]) == [8, 12, 100]  # 12: the first multiple of 4 >= 10 that divides 32 - 8
+    assert fitted([8, 8, 100], world_size=2) == [8, 8, 100]  # already fits: unchanged
+    assert fitted([24, 4, 100], world_size=4) is None  # 24 -> 32 (micro 4 x DP 4 = 16): nothing to ramp
+    capsys.readouterr()
+
+
+def test_schedule_length_flag_replaces_the_recipes_other_form(tmp_path, prefix):
+    (tmp_path / "r.yaml").write_text("lr_warmup_samples: 64\n")
+    args = parse_args(["--recipe", str(tmp_path / "r.yaml"), "--lr-warmup-iters", "3", "--data-path", prefix,
+                       "--train-iters", "5"])
+    assert (args.optim.lr_warmup_iters, args.optim.lr_warmup_samples) == (3, 0)
+    validate(args, world_size=1)
+
+
+def test_sentence_level_data_fails_before_any_work(capsys, tmp_path):
+    prefix = str(tmp_path / "sentences")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
+    builder.add_document(numpy.arange(12), [5, 7])
+    builder.finalize(prefix + ".idx")
+    line = _error(capsys, ["--data-path", prefix, "--train-iters", "5"])
+    assert line == (f"error: {prefix} is a sentence-level dataset (from --split-sentences); Ettin trains on "
+                    "documents: preprocess without --split-sentences.")
 
 
 def test_unknown_recipe_and_unknown_recipe_key(capsys, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+from ettin_megatron.config import ConfigError
 from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets, pack_greedily
 from tests.ranks import run_ranks
 
@@ -199,17 +200,31 @@ def test_weighted_blend_of_two_prefixes(tmp_path):
 
 
 def test_config_errors_say_what_to_change(corpus):
+    """ConfigError, which the pretrain CLI prints as one line (a plain ValueError ends in a traceback)."""
     prefix, _ = corpus
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(ConfigError, match="layout"):
         config(prefix, layout="bucketed")
-    with pytest.raises(ValueError, match="num_ordinary_tokens"):
+    with pytest.raises(ConfigError, match="num_ordinary_tokens"):
         config(prefix, num_ordinary_tokens=2000)
-    with pytest.raises(ValueError, match="blend"):
+    with pytest.raises(ConfigError, match="blend"):
         EttinDatasetConfig(random_seed=1, sequence_length=8)
-    with pytest.raises(ValueError, match="fast_cache_load"):
+    with pytest.raises(ConfigError, match="fast_cache_load"):
         config(prefix, fast_cache_load=True, path_to_cache="/tmp")
-    with pytest.raises(ValueError, match="mask rate"):
+    with pytest.raises(ConfigError, match="mask rate"):
         config(prefix, eval_mask_rate=2.0)
+    with pytest.raises(ConfigError, match="no concat sample of length 64"):
+        train(config(prefix, layout="concat", sequence_length=64, split="1,99,0"), 10)
+
+
+def test_sentence_level_dataset_is_refused(tmp_path):
+    """A --split-sentences dataset stores each sentence as a sequence: one-sentence samples otherwise."""
+    prefix = str(tmp_path / "sentences")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
+    for _ in range(10):
+        builder.add_document(numpy.arange(12), [5, 7])
+    builder.finalize(prefix + ".idx")
+    with pytest.raises(ConfigError, match="sentence-level dataset .* preprocess without --split-sentences"):
+        train(config(prefix))
 
 
 def _build_under_one_gloo_rank(rank, prefix, cache_dir):

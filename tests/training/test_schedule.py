@@ -11,7 +11,7 @@ import pytest
 
 from ettin_megatron.training.arguments import make_arguments, read_recipe
 from ettin_megatron.training.batching import init_microbatches, update_microbatches
-from ettin_megatron.training.optimizer import build_scheduler
+from ettin_megatron.training.optimizer import ScheduleSteps, build_scheduler, schedule_steps
 
 GBS = 8
 
@@ -69,6 +69,16 @@ def test_recipe_phase3_decays_from_half_to_two_percent_of_peak():
     for n, lr in got.items():
         a = 0.04  # min / start = 0.02 / 0.5
         assert lr == pytest.approx(0.5 * peak * (a + (1 - a) * (1 - math.sqrt(n / T))), rel=1e-12), n
+
+
+@pytest.mark.parametrize("length", [dict(train_iters=100), dict(train_samples=800)])
+@pytest.mark.parametrize("decay", [dict(lr_decay_iters=50), dict(lr_decay_samples=400)])
+def test_every_schedule_length_takes_either_unit_whatever_the_run_length(length, decay):
+    args = make_arguments(global_batch_size=GBS, micro_batch_size=1, data_path=["x"], lr_warmup_iters=2,
+                          lr_wsd_decay_samples=80, **length, **decay)
+    assert schedule_steps(args) == ScheduleSteps(warmup=2 * GBS, decay=400, wsd_decay=80)
+    whole_run = make_arguments(global_batch_size=GBS, micro_batch_size=1, data_path=["x"], **length)
+    assert schedule_steps(whole_run).decay == 800
 
 
 def test_batch_size_rampup_changes_micro_batches():

@@ -1,0 +1,122 @@
+"""--load is checked before any work, and re-saving an iteration never loses the previous copy.
+
+One spawned rank trains 2 steps (a full training checkpoint), writes a weights-only checkpoint and
+re-saves iteration 2 with the final rename failing. The --load errors then run in this process through
+``python -m ettin_megatron.pretrain``'s ``main``: one ``error:`` line, and no process group was made.
+"""
+
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from ettin_megatron.pretrain import main
+from tests.ranks import run_ranks
+from tests.training.training_data import SPECIAL, VOCAB, base_args, write_corpus
+
+
+class _Killed(Exception):
+    pass
+
+
+def _checkpoints(rank, prefix, root):
+    from megatron.core import dist_checkpointing
+
+    from ettin_megatron import checkpoint
+    from ettin_megatron.training.arguments import make_arguments
+    from ettin_megatron.training.loop import pretrain
+    from ettin_megatron.training.setup import build_model, build_model_config, unwrap
+
+    args = make_arguments(**base_args(prefix, train_iters=2, save=f"{root}/run"))
+    pretrain(args, special_tokens=SPECIAL)
+    config = build_model_config(args)
+    model = unwrap(build_model(args, config))
+    checkpoint.save_checkpoint(f"{root}/weights", 0, model, config)  # as hf-to-megatron writes
+
+    final = checkpoint.iteration_dir(f"{root}/run", 2)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(".tmp") and Path(src).is_dir():
+            raise _Killed  # the new iteration fails to move into place
+        real_replace(src, dst)
+
+    with mock.patch.object(checkpoint.os, "replace", replace):
+        try:
+            checkpoint.save_checkpoint(f"{root}/run", 2, model, config)
+            raise AssertionError("the patched rename should have failed the save")
+        except _Killed:
+            pass
+    kept = final.is_dir() and "training_state" in dist_checkpointing.load_common_state_dict(str(final))
+    return kept, sorted(os.listdir(f"{root}/run"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ckpt")
+    prefix = write_corpus(directory)
+    (result,) = run_ranks(1, _checkpoints, prefix, str(directory))
+    return prefix, directory, result
+
+
+def _argv(prefix, *extra) -> list[str]:
+    return ["--data-path", prefix, "--vocab-size", str(VOCAB), "--seq-length", "32", "--micro-batch-size", "2",
+            "--global-batch-size", "8", "--split", "90,10,0", "--attention-backend", "sdpa", "--spec", "local",
+            "--eval-iters", "0", *extra]
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert not torch.distributed.is_initialized()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
+    _, _, (kept, entries) = checkpoints
+    assert kept, "iter_0000002 was deleted before its replacement was in place"
+    assert entries == ["iter_0000002", "latest_checkpointed_iteration.txt"]
+
+
+def test_resuming_a_finished_run_is_refused(capsys, checkpoints):
+    prefix, root, _ = checkpoints
+    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(root / "run"),
+                                "--train-iters", "2"))
+    assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} is at iteration 2 / 16 samples, already at "
+                    "or past this run's end; to start the next phase from it pass --finetune (weights only) or "
+                    "raise --train-iters.")
+    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-samples", "16"))
+    assert line.endswith("raise --train-samples.")
+
+
+def test_another_model_shape_is_refused(capsys, checkpoints):
+    prefix, root, _ = checkpoints
+    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--vocab-size", "2048"))
+    assert "is another model shape (vocab_size 1024 vs 2048: checkpoint vs this run)" in line
+    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--model-size", "17m"))
+    assert "num_layers 4 vs 7, hidden_size 128 vs 256" in line
+
+
+def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints):
+    prefix, root, _ = checkpoints
+    line = _error(capsys, _argv(prefix, "--load", str(root / "weights"), "--train-iters", "4"))
+    assert line.endswith("holds weights only (no training state); load it with --finetune.")
+
+
+@pytest.mark.parametrize("marker, message", [
+    ("12abc", "does not name an iteration ('12abc'); fix or delete it."),
+    ("7", "names iteration 7 but"),
+])
+def test_a_bad_latest_marker_is_not_a_fresh_start(capsys, tmp_path, marker, message):
+    prefix = write_corpus(tmp_path, num_docs=20)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text(marker + "\n")
+    argv = _argv(prefix, "--load", str(tmp_path / "ckpt"), "--train-iters", "1")
+    assert message in _error(capsys, argv)
+    if marker == "7":
+        (tmp_path / "ckpt" / "iter_0000007.old").mkdir()  # a re-save killed between its two renames
+        assert "rename iter_0000007.old (its previous copy) back to iter_0000007." in _error(capsys, argv)
