@@ -9,16 +9,11 @@ values. A failure on any rank fails the test with that rank's traceback.
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ettin_megatron.runtime.distributed import free_port
 
 
 def _entry(rank, world_size, port, fn, args, queue):
@@ -42,7 +37,7 @@ def run_ranks(world_size: int, fn, *args, timeout: float = 300.0) -> list:
     """Run ``fn(rank, *args)`` on ``world_size`` gloo ranks; return the results ordered by rank."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_entry, args=(rank, world_size, port, fn, args, queue), daemon=False)
         for rank in range(world_size)

@@ -3,7 +3,6 @@ run set. It builds the corpus, tokenizer and data, trains the tiny encoder, and 
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -11,19 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from ettin_megatron.runtime.distributed import free_port
+
 STEP = re.compile(r"^step\s+(\d+)/\d+ \| loss ([0-9.]+)", re.M)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(400)
 def test_encoder_demo_runs_and_its_loss_falls(tmp_path):
     env = dict(os.environ, WORK_DIR=str(tmp_path / "demo"), TRAIN_ITERS="30", PYTHON=sys.executable,
-               MASTER_PORT=str(_free_port()))
+               MASTER_PORT=str(free_port()))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     done = subprocess.run(["bash", "examples/pretrain_ettin_encoder.sh"], env=env, capture_output=True,
                           text=True, timeout=380)
