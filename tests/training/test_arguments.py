@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy
 import pytest
-import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from ettin_megatron.pretrain import main
 from ettin_megatron.training.arguments import make_arguments, parse_args, read_recipe, validate
-from tests.training.training_data import write_corpus
+from tests.training.training_data import pretrain_error, write_corpus
 
 RECIPES = Path("examples/recipes")
 
@@ -22,15 +20,6 @@ RECIPES = Path("examples/recipes")
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("data"), num_docs=20)
-
-
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert not torch.distributed.is_initialized()
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -46,13 +35,13 @@ def test_bad_configs_fail_in_one_line(capsys, prefix, argv, message):
     base = ["--data-path", prefix, "--train-iters", "5"]
     if "--train-samples" in argv:
         base = base[:2]
-    line = _error(capsys, base + argv)
+    line = pretrain_error(capsys, base + argv)
     assert message in line
 
 
 def test_missing_data(capsys, tmp_path):
-    assert "no training data" in _error(capsys, ["--train-iters", "5"])
-    assert "no dataset at" in _error(capsys, ["--train-iters", "5", "--data-path", str(tmp_path / "nope")])
+    assert "no training data" in pretrain_error(capsys, ["--train-iters", "5"])
+    assert "no dataset at" in pretrain_error(capsys, ["--train-iters", "5", "--data-path", str(tmp_path / "nope")])
 
 
 def test_rampup_is_fitted_to_data_parallelism(capsys, prefix):
@@ -91,16 +80,16 @@ def test_sentence_level_data_fails_before_any_work(capsys, tmp_path):
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
     builder.add_document(numpy.arange(12), [5, 7])
     builder.finalize(prefix + ".idx")
-    line = _error(capsys, ["--data-path", prefix, "--train-iters", "5"])
+    line = pretrain_error(capsys, ["--data-path", prefix, "--train-iters", "5"])
     assert line == (f"error: {prefix} is a sentence-level dataset (from --split-sentences); Ettin trains on "
                     "documents: preprocess without --split-sentences.")
 
 
 def test_unknown_recipe_and_unknown_recipe_key(capsys, tmp_path):
-    assert "does not exist" in _error(capsys, ["--recipe", str(tmp_path / "missing.yaml")])
+    assert "does not exist" in pretrain_error(capsys, ["--recipe", str(tmp_path / "missing.yaml")])
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 0.1\n")
-    assert "unknown argument 'learning_rate'" in _error(capsys, ["--recipe", str(bad)])
+    assert "unknown argument 'learning_rate'" in pretrain_error(capsys, ["--recipe", str(bad)])
 
 
 def test_flags_override_recipe_which_overrides_its_base(tmp_path):

@@ -10,11 +10,9 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-import torch
 
-from ettin_megatron.pretrain import main
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, VOCAB, base_args, write_corpus
+from tests.training.training_data import SPECIAL, VOCAB, base_args, pretrain_error, write_corpus
 
 
 class _Killed(Exception):
@@ -67,15 +65,6 @@ def _argv(prefix, *extra) -> list[str]:
             "--eval-iters", "0", *extra]
 
 
-def _error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert not torch.distributed.is_initialized()
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
     _, _, (kept, entries) = checkpoints
     assert kept, "iter_0000002 was deleted before its replacement was in place"
@@ -84,26 +73,26 @@ def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
 
 def test_resuming_a_finished_run_is_refused(capsys, checkpoints):
     prefix, root, _ = checkpoints
-    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(root / "run"),
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(root / "run"),
                                 "--train-iters", "2"))
     assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} is at iteration 2 / 16 samples, already at "
                     "or past this run's end; to start the next phase from it pass --finetune (weights only) or "
                     "raise --train-iters.")
-    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-samples", "16"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-samples", "16"))
     assert line.endswith("raise --train-samples.")
 
 
 def test_another_model_shape_is_refused(capsys, checkpoints):
     prefix, root, _ = checkpoints
-    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--vocab-size", "2048"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--vocab-size", "2048"))
     assert "is another model shape (vocab_size 1024 vs 2048: checkpoint vs this run)" in line
-    line = _error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--model-size", "17m"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--model-size", "17m"))
     assert "num_layers 4 vs 7, hidden_size 128 vs 256" in line
 
 
 def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints):
     prefix, root, _ = checkpoints
-    line = _error(capsys, _argv(prefix, "--load", str(root / "weights"), "--train-iters", "4"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "weights"), "--train-iters", "4"))
     assert line.endswith("holds weights only (no training state); load it with --finetune.")
 
 
@@ -116,7 +105,7 @@ def test_a_bad_latest_marker_is_not_a_fresh_start(capsys, tmp_path, marker, mess
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text(marker + "\n")
     argv = _argv(prefix, "--load", str(tmp_path / "ckpt"), "--train-iters", "1")
-    assert message in _error(capsys, argv)
+    assert message in pretrain_error(capsys, argv)
     if marker == "7":
         (tmp_path / "ckpt" / "iter_0000007.old").mkdir()  # a re-save killed between its two renames
-        assert "rename iter_0000007.old (its previous copy) back to iter_0000007." in _error(capsys, argv)
+        assert "rename iter_0000007.old (its previous copy) back to iter_0000007." in pretrain_error(capsys, argv)

@@ -4,6 +4,7 @@ whose specials sit at the top (as EttinDatasetConfig allows), written with megat
 import os
 
 import numpy
+import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 CLS, SEP, PAD, MASK = 1001, 1002, 1003, 1004
@@ -34,3 +35,15 @@ def base_args(prefix, **overrides) -> dict:
                   eval_iters=0, seed=21)
     values.update(overrides)
     return values
+
+
+def pretrain_error(capsys, argv) -> str:
+    """Run ``pretrain`` on argv, expecting a refusal before any process group: its one error line."""
+    from ettin_megatron.pretrain import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert not torch.distributed.is_initialized()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
