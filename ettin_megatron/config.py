@@ -58,7 +58,8 @@ def truncated_normal_init(std: float, cutoff: float):
 
 @dataclass
 class EttinConfig(TransformerConfig):
-    """Megatron's TransformerConfig plus the ModernBERT / Ettin fields. Defaults are Ettin phase 1."""
+    """Megatron's TransformerConfig plus the ModernBERT / Ettin fields. Defaults are Ettin phase 1's model;
+    dropout defaults to 0 (inference, conversion, parity tests) and training sets Ettin's 0.1."""
 
     objective: str = "mlm"
     """``mlm``: bidirectional attention, masked LM (the encoder). ``clm``: causal attention, causal LM
