@@ -152,6 +152,31 @@ def test_metadata_getattr_on_anything_but_an_enum_is_refused(capsys, checkpoint,
                  "--load", str(root), "--output", str(tmp_path / "o"))
 
 
+class _TamperedEnum:
+    def __reduce__(self):  # the enum member, then new state for it: a changed value for the process
+        from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING
+
+        return (getattr, (_MEM_FORMAT_ENCODING, "TORCH_CONTIGUOUS_FORMAT"), {"_value_": 99})
+
+
+# GLOBAL Metadata, EMPTY_DICT, "tampered": 7, SETITEM, BUILD: a class attribute set by the file.
+_TAMPERED_CLASS = (b"\x80\x02ctorch.distributed.checkpoint.metadata\nMetadata\n}X\x08\x00\x00\x00tampered"
+                   b"K\x07sb.")
+
+
+@pytest.mark.parametrize("payload", ["enum", "class"])
+def test_metadata_that_sets_state_on_classes_or_enums_is_refused(capsys, checkpoint, tmp_path, payload):
+    from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING, Metadata
+
+    value = _MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT.value
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    data = pickle.dumps(_TamperedEnum()) if payload == "enum" else _TAMPERED_CLASS
+    (iteration / ".metadata").write_bytes(data)
+    expect_error(capsys, "is not allowed in checkpoint metadata", "megatron-to-hf", "--load", str(root),
+                 "--output", str(tmp_path / "o"))
+    assert _MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT.value == value and not hasattr(Metadata, "tampered")
+
+
 def test_outputs_are_never_clobbered(capsys, checkpoint, hf_dirs, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
