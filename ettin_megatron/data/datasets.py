@@ -183,8 +183,9 @@ def _cumsum0(values: numpy.ndarray) -> numpy.ndarray:
 
 def require_documents(dataset: IndexedDataset, prefix: str) -> None:
     """Refuse a sentence-level dataset: EttinDataset takes each IndexedDataset sequence for a document,
-    so the sentences of a --split-sentences dataset would silently become one-sentence samples."""
-    if len(dataset.document_indices) != len(dataset.sequence_lengths) + 1:
+    so the sentences of a --split-sentences dataset would silently become one-sentence samples. A
+    document of several sequences gives it away; empty documents (no sequence) are harmless."""
+    if numpy.any(numpy.diff(dataset.document_indices) > 1):
         raise ConfigError(f"{prefix} is a sentence-level dataset (from --split-sentences); Ettin trains on "
                           "documents: preprocess without --split-sentences.")
 

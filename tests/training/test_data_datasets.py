@@ -227,6 +227,18 @@ def test_sentence_level_dataset_is_refused(tmp_path):
         train(config(prefix))
 
 
+def test_empty_documents_do_not_make_a_dataset_sentence_level(tmp_path):
+    """Megatron-LM's tool writes an empty document (no sequence) for an empty text: still documents."""
+    prefix = str(tmp_path / "with_empty")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
+    for i in range(10):
+        builder.add_document(numpy.arange(12), [12])
+        if i == 3:
+            builder.add_document(numpy.array([], dtype=numpy.int32), [])
+    builder.finalize(prefix + ".idx")
+    assert len(samples(train(config(prefix)))) == 10
+
+
 def _build_under_one_gloo_rank(rank, prefix, cache_dir):
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     built = train(config(prefix, layout="packed", path_to_cache=cache_dir), 30)
