@@ -12,7 +12,8 @@ one TP / PP / VPP loads at any other::
 
 A save goes to ``iter_N.tmp`` and is renamed once every rank has finished; only then does the
 ``latest`` file move (written to a temp file and renamed). A save killed midway leaves the previous
-checkpoint loadable and selected; a save that fails with an exception also removes its ``iter_N.tmp``.
+checkpoint loadable and selected; a save that fails with an exception on rank 0 (the writer) also
+removes its ``iter_N.tmp``.
 Re-saving an existing ``iter_N`` moves the old one aside to ``iter_N.old`` and deletes it only once the
 new one is in place, so a complete copy of the iteration exists at every moment.
 """
@@ -100,6 +101,8 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
     """Save model chunks (+ ``extra`` sharded entries) as iteration ``iteration``; collective over all ranks."""
     final = iteration_dir(root, iteration)
     staging, aside = final.with_name(final.name + ".tmp"), _aside(final)
+    marker = Path(root) / LATEST
+    marker_tmp = marker.with_name(marker.name + ".tmp")
     if is_writer():
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -110,19 +113,21 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
         if is_writer():
             description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration}
             (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
-            shutil.rmtree(aside, ignore_errors=True)
-            if final.exists():
+            if final.exists():  # else an existing aside may be the only copy left by a killed re-save
+                shutil.rmtree(aside, ignore_errors=True)
                 os.replace(final, aside)
             os.replace(staging, final)
-            marker = Path(root) / LATEST
-            marker_tmp = marker.with_name(marker.name + ".tmp")
             marker_tmp.write_text(f"{iteration}\n")
             os.replace(marker_tmp, marker)
             shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         if is_writer():
+            new_in_place = final.exists() and not staging.exists()
             shutil.rmtree(staging, ignore_errors=True)
-            if aside.is_dir() and not final.exists():
+            marker_tmp.unlink(missing_ok=True)
+            if aside.is_dir() and new_in_place:
+                shutil.rmtree(aside)
+            elif aside.is_dir() and not final.exists():
                 os.replace(aside, final)
         raise
     _barrier()

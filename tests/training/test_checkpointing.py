@@ -6,6 +6,7 @@ re-saves iteration 2 with the final rename failing. The --load errors then run i
 """
 
 import os
+import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -33,22 +34,35 @@ def _checkpoints(rank, prefix, root):
     model = unwrap(build_model(args, config))
     checkpoint.save_checkpoint(f"{root}/weights", 0, model, config)  # as hf-to-megatron writes
 
-    final = checkpoint.iteration_dir(f"{root}/run", 2)
     real_replace = os.replace
 
-    def replace(src, dst):
-        if str(src).endswith(".tmp") and Path(src).is_dir():
-            raise _Killed  # the new iteration fails to move into place
-        real_replace(src, dst)
+    def resave_failing_at(run, failing_rename) -> list[str]:
+        """Re-save iteration 2 of ``run`` (weights only) with one rename failing; ``run``'s entries after."""
+        def replace(src, dst):
+            if failing_rename(Path(src)):
+                raise _Killed
+            real_replace(src, dst)
 
-    with mock.patch.object(checkpoint.os, "replace", replace):
-        try:
-            checkpoint.save_checkpoint(f"{root}/run", 2, model, config)
-            raise AssertionError("the patched rename should have failed the save")
-        except _Killed:
-            pass
-    kept = final.is_dir() and "training_state" in dist_checkpointing.load_common_state_dict(str(final))
-    return kept, sorted(os.listdir(f"{root}/run"))
+        with mock.patch.object(checkpoint.os, "replace", replace):
+            try:
+                checkpoint.save_checkpoint(run, 2, model, config)
+                raise AssertionError("the patched rename should have failed the save")
+            except _Killed:
+                pass
+        return sorted(os.listdir(run))
+
+    def training_state(run) -> bool:
+        final = checkpoint.iteration_dir(run, 2)
+        return final.is_dir() and "training_state" in dist_checkpointing.load_common_state_dict(str(final))
+
+    # The new iteration fails to move into place: the old one must be back.
+    shutil.copytree(f"{root}/run", f"{root}/copy")
+    entries = resave_failing_at(f"{root}/run", lambda src: src.name.endswith(".tmp") and src.is_dir())
+    kept = training_state(f"{root}/run")
+    # The marker fails after the new iteration is in place: the new one stays, the old copy goes.
+    after_marker = resave_failing_at(f"{root}/copy", lambda src: src.name == "latest_checkpointed_iteration.txt.tmp")
+    replaced = not training_state(f"{root}/copy")
+    return kept, entries, replaced, after_marker
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +80,11 @@ def _argv(prefix, *extra) -> list[str]:
 
 
 def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
-    _, _, (kept, entries) = checkpoints
+    _, _, (kept, entries, replaced, after_marker) = checkpoints
     assert kept, "iter_0000002 was deleted before its replacement was in place"
     assert entries == ["iter_0000002", "latest_checkpointed_iteration.txt"]
+    assert replaced, "the new iteration was in place before the marker failed; it should stay"
+    assert after_marker == entries  # no iter_0000002.old left behind
 
 
 def test_resuming_a_finished_run_is_refused(capsys, checkpoints):
