@@ -103,15 +103,23 @@ def has_checkpoint(path) -> bool:
     return True
 
 
+class RunFinished(Exception):
+    """--load is this very run (--save names the same place), already at its end: nothing to do. A job
+    that requeues itself until done stops here with success, as Megatron-LM's loop does."""
+
+
 def check_load(args: Arguments, model: dict) -> Path | None:
     """The checkpoint directory --load continues from, or None for a fresh start; ``model`` is the run's
     config.model_fields. Reads only small files, so it runs before any process group or model exists.
 
-    Raises ConfigError for a checkpoint whose weights have other shapes, and, unless --finetune, for
-    one without training state or already at or past this run's end (resuming it would train no step
-    and then save over it).
+    Raises ConfigError for a --finetune without a checkpoint, a checkpoint whose weights have other
+    shapes or whose files are damaged, and, unless --finetune, for one without training state or
+    already at or past this run's end (resuming it would train no step): RunFinished instead when
+    --save is --load, the relaunch of a finished run.
     """
     if not args.run.load or not has_checkpoint(args.run.load):
+        if args.run.load and args.run.finetune:
+            raise ConfigError(f"--load {args.run.load} holds no checkpoint to fine-tune from; fix --load.")
         return None
     directory = resolve_checkpoint_dir(args.run.load)
     saved = read_checkpoint_config(directory)["model"]
@@ -122,11 +130,19 @@ def check_load(args: Arguments, model: dict) -> Path | None:
                           "vs this run); change --model-size / --vocab-size or --load.")
     if args.run.finetune:
         return directory
-    state = dist_checkpointing.load_common_state_dict(str(directory)).get("training_state")
+    try:
+        state = dist_checkpointing.load_common_state_dict(str(directory)).get("training_state")
+    except Exception as exc:  # dist_checkpointing and torch.load raise many types, over many lines
+        cause = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"{directory} is incomplete or damaged ({type(exc).__name__}: {cause}); load an "
+                          "earlier iteration.") from None
     if state is None:
         raise ConfigError(f"{directory} holds weights only (no training state); load it with --finetune.")
     iteration, consumed = state["iteration"], state["consumed_samples"]
     if reached_end(args, iteration, consumed):
+        if args.run.save and Path(args.run.save).resolve() == Path(args.run.load).resolve():
+            raise RunFinished(f"{directory} is at iteration {iteration} / {consumed} samples: this run is "
+                              "already complete, nothing to do.")
         length = "--train-iters" if args.run.train_iters is not None else "--train-samples"
         raise ConfigError(f"checkpoint {directory} is at iteration {iteration} / {consumed} samples, already at "
                           f"or past this run's end; to start the next phase from it pass --finetune (weights "
@@ -155,4 +171,4 @@ def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) 
     return state["iteration"], state["consumed_samples"]
 
 
-__all__ = ["check_load", "has_checkpoint", "load", "save"]
+__all__ = ["RunFinished", "check_load", "has_checkpoint", "load", "save"]

@@ -46,7 +46,11 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     if special_tokens is not None:
         special = special_tokens
     # The shapes only: the model's own config is built after initialize, whose CPU emulation it reads.
-    resume = checkpointing.check_load(args, model_fields(build_model_config(args, vocab_size=vocab)))
+    try:
+        resume = checkpointing.check_load(args, model_fields(build_model_config(args, vocab_size=vocab)))
+    except checkpointing.RunFinished as finished:
+        _print(str(finished))
+        return []
 
     # The world, the model, the optimizer.
     layout = ParallelLayout(args.parallel.tensor_model_parallel_size, args.parallel.pipeline_model_parallel_size,

@@ -12,6 +12,7 @@ from unittest import mock
 
 import pytest
 
+from ettin_megatron.pretrain import main
 from tests.ranks import run_ranks
 from tests.training.training_data import SPECIAL, VOCAB, base_args, pretrain_error, write_corpus
 
@@ -89,13 +90,39 @@ def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
 
 def test_resuming_a_finished_run_is_refused(capsys, checkpoints):
     prefix, root, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(root / "run"),
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(root / "next"),
                                 "--train-iters", "2"))
     assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} is at iteration 2 / 16 samples, already at "
                     "or past this run's end; to start the next phase from it pass --finetune (weights only) or "
                     "raise --train-iters.")
     line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-samples", "16"))
     assert line.endswith("raise --train-samples.")
+    assert not (root / "next").exists()
+
+
+def test_relaunching_a_finished_run_succeeds_without_training(capsys, checkpoints):
+    """--save == --load: a requeued job that is already done exits 0 and writes nothing."""
+    prefix, root, _ = checkpoints
+    before = {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*")}
+    argv = _argv(prefix, "--load", str(root / "run"), "--save", str(root / "run"), "--train-iters", "2")
+    assert main(argv) == 0
+    assert "this run is already complete, nothing to do." in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*")} == before
+
+
+def test_finetune_needs_a_checkpoint(capsys, checkpoints, tmp_path):
+    prefix, _, _ = checkpoints
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(tmp_path / "typo"), "--finetune", "--train-iters", "1"))
+    assert line == f"error: --load {tmp_path / 'typo'} holds no checkpoint to fine-tune from; fix --load."
+
+
+def test_a_damaged_checkpoint_is_one_line(capsys, checkpoints, tmp_path):
+    prefix, root, _ = checkpoints
+    shutil.copytree(root / "run", tmp_path / "run")
+    (tmp_path / "run" / "iter_0000002" / "common.pt").write_bytes(b"not a torch file")
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(tmp_path / "run"), "--train-iters", "4"))
+    assert line.startswith(f"error: {tmp_path / 'run' / 'iter_0000002'} is incomplete or damaged (")
+    assert line.endswith("load an earlier iteration.")
 
 
 def test_another_model_shape_is_refused(capsys, checkpoints):

@@ -45,5 +45,5 @@ def pretrain_error(capsys, argv) -> str:
     err = capsys.readouterr().err.strip()
     assert not torch.distributed.is_initialized()
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
+    assert len(lines) == 1 and err.splitlines()[-1] == lines[0], err  # one line, nothing after it
     return lines[0]
