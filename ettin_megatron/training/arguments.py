@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.utils import get_blend_from_list
 
 from ..config import PRESETS, ConfigError
 from ..data.datasets import require_documents
@@ -357,14 +358,7 @@ def data_prefixes(args: Arguments) -> list[str]:
         from ..data.mixtures import mixture_blend
 
         return mixture_blend(args.data.data_mix)[1]
-    items = args.data.data_path
-    if len(items) > 1 and len(items) % 2 == 0:
-        try:
-            [float(w) for w in items[0::2]]
-            return list(items[1::2])
-        except ValueError:
-            pass
-    return list(items)
+    return list(get_blend_from_list(args.data.data_path)[0])
 
 
 def reached_end(args: Arguments, iteration: int, consumed_samples: int) -> bool:
