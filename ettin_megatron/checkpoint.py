@@ -67,11 +67,19 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
-    """The ``ettin_config.json`` of a checkpoint (root or iteration directory)."""
+    """The ``ettin_config.json`` of a checkpoint (root or iteration directory), checked to describe a
+    model (a ``model`` object of config fields); one-line ConfigErrors otherwise."""
     config_file = resolve_checkpoint_dir(path) / CONFIG_FILE
     if not config_file.is_file():
         raise ConfigError(f"{config_file.parent} has no {CONFIG_FILE}; the checkpoint is incomplete.")
-    return json.loads(config_file.read_text())
+    try:
+        description = json.loads(config_file.read_text())
+        fields = description["model"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{config_file} is not an ettin-megatron checkpoint description (no 'model' fields).") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{config_file}: 'model' must be an object of config fields.")
+    return description
 
 
 def model_sharded_state_dict(model_chunks) -> dict:

@@ -28,6 +28,13 @@ class ConfigError(ValueError):
     """A configuration a user asked for that cannot work; the message says what to change."""
 
 
+def one_line(exc: BaseException) -> str:
+    """A caught exception as a ConfigError quotes it: its type and the first line of its message
+    (torch and megatron raise messages of many lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
 @dataclass(frozen=True)
 class SizePreset:
     """The shapes that define an Ettin size (head dim is always 64 except for ``tiny``)."""

@@ -8,7 +8,6 @@ shape disagrees with ettin_config.json) runs before weights are read and raises 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-from ..checkpoint import CONFIG_FILE, LATEST, load_checkpoint, resolve_checkpoint_dir
-from ..config import OBJECTIVES, ConfigError, EttinConfig, ettin_config
+from ..checkpoint import CONFIG_FILE, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
+from ..config import OBJECTIVES, ConfigError, EttinConfig, ettin_config, one_line
 from ..model import EttinModel
 from .pickle_guard import check_checkpoint_pickles
 
@@ -67,22 +66,7 @@ def read_description(path: str | Path) -> tuple[Path, dict]:
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; pass a checkpoint directory (the --save of a run).")
     directory = resolve_checkpoint_dir(path)
-    config_file = directory / CONFIG_FILE
-    if not config_file.is_file():
-        raise ConfigError(f"{directory} (named by {path / LATEST}) has no {CONFIG_FILE}; the checkpoint is incomplete.")
-    try:
-        description = json.loads(config_file.read_text())
-        fields = description["model"]
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{config_file} is not an ettin-megatron checkpoint description (no 'model' fields).") from None
-    if not isinstance(fields, dict):
-        raise ConfigError(f"{config_file}: 'model' must be an object of config fields.")
-    return directory, description
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return directory, read_checkpoint_config(directory)
 
 
 def tensors_metadata(directory: Path) -> dict:
@@ -91,7 +75,7 @@ def tensors_metadata(directory: Path) -> dict:
     try:
         return dist_checkpointing.load_tensors_metadata(str(directory))
     except Exception as exc:  # megatron / torch DCP raise many types for a broken directory
-        raise ConfigError(f"{directory} is not a readable dist checkpoint ({_one_line(exc)}).") from None
+        raise ConfigError(f"{directory} is not a readable dist checkpoint ({one_line(exc)}).") from None
 
 
 def checkpoint_dtype(metadata: dict) -> torch.dtype:
@@ -137,5 +121,5 @@ def load_megatron_model(path: str | Path, objective: str | None = None) -> tuple
     try:
         load_checkpoint(directory, [model])
     except Exception as exc:
-        raise ConfigError(f"loading {directory} failed ({_one_line(exc)}).") from None
+        raise ConfigError(f"loading {directory} failed ({one_line(exc)}).") from None
     return model, {**description, "directory": str(directory)}

@@ -36,7 +36,7 @@ from ..checkpoint import (
     resolve_checkpoint_dir,
     save_checkpoint,
 )
-from ..config import ConfigError, SizePreset
+from ..config import ConfigError, SizePreset, one_line
 from .arguments import Arguments, reached_end
 from .setup import unwrap
 
@@ -132,10 +132,9 @@ def check_load(args: Arguments, model: dict) -> Path | None:
         return directory
     try:
         state = dist_checkpointing.load_common_state_dict(str(directory)).get("training_state")
-    except Exception as exc:  # dist_checkpointing and torch.load raise many types, over many lines
-        cause = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise ConfigError(f"{directory} is incomplete or damaged ({type(exc).__name__}: {cause}); load an "
-                          "earlier iteration.") from None
+    except Exception as exc:  # dist_checkpointing and torch.load raise many types
+        raise ConfigError(f"{directory} is incomplete or damaged ({one_line(exc)}); load an earlier "
+                          "iteration.") from None
     if state is None:
         raise ConfigError(f"{directory} holds weights only (no training state); load it with --finetune.")
     iteration, consumed = state["iteration"], state["consumed_samples"]
