@@ -10,6 +10,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.transformer.module import Float16Module
 
 from ..config import PRESETS, EttinConfig, ettin_config
+from ..data.tokenizer import MODERNBERT_IDS
 from ..model import EttinModel
 from .arguments import Arguments, virtual_pipeline_size
 
@@ -25,7 +26,7 @@ def build_model_config(args: Arguments, vocab_size: int | None = None) -> EttinC
         global_rope_theta=m.global_rope_theta, local_rope_theta=m.local_rope_theta,
         attention_output_dropout=m.attention_output_dropout,
         max_position_embeddings=m.max_position_embeddings,
-        vocab_size=m.vocab_size or vocab_size or 50368,
+        vocab_size=m.vocab_size or vocab_size or MODERNBERT_IDS.padded_vocab_size,
         tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
