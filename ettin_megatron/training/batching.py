@@ -81,5 +81,7 @@ def build_datasets(args: Arguments, train_samples: int, valid_samples: int, spec
         path_to_cache=d.data_cache_path, layout=d.data_layout, objective=args.model.objective,
         mask_rate=d.mask_rate, **special,
     )
-    train, valid, _ = build(config, [train_samples, valid_samples or None, None])
+    # 0, not None, for splits the run does not read: megatron's builder refuses a None size with a
+    # weighted blend (any --data-mix or "--data-path W1 P1 W2 P2"), and 0 builds nothing to read.
+    train, valid, _ = build(config, [train_samples, valid_samples, 0])
     return train, valid
