@@ -4,8 +4,9 @@ ModernBERT gives its global and its local layers different RoPE bases (10k / 10k
 160k / 160k or 160k / 10k after context extension), while Megatron-Core's ``RotaryEmbedding`` has one
 base per model. The angles are cheap, so the model computes them per forward from the position ids
 (which restart at 0 in every packed document) for each kind, and each attention layer picks its own.
-The result has Megatron's layout, ``[s, b, 1, d]`` (``[t, 1, 1, d]`` for packed THD batches), so
-Megatron's ``apply_rotary_pos_emb`` (NeoX / rotate-half style, over the full head dim) applies it.
+The result has Megatron's layout, ``[s, b, 1, d]`` (``[t, 1, 1, d]`` for packed THD batches): one angle
+row per token, which ``EttinSelfAttention`` applies with Megatron's ``apply_rotary_pos_emb`` (NeoX /
+rotate-half style, over the full head dim) in its per-token (bshd) form, packed batches included.
 """
 
 from __future__ import annotations
