@@ -2,15 +2,15 @@
 
     pretrain(args)
       check the arguments and the --load checkpoint  (before any process group or compute)
-      process groups, seeds                       runtime.initialize
-      model chunks in DDP, optimizer, schedule    setup.py, optimizer.py
-      resume or fine-tune from --load             checkpointing.py
-      datasets                                    batching.py (EttinDataset on megatron's builder)
+      setup                                       process groups and seeds (runtime.initialize), model
+                                                  chunks in DDP, optimizer, schedule (setup.py,
+                                                  optimizer.py), --load (checkpointing.py), datasets
+                                                  (batching.py: EttinDataset on megatron's builder)
       for each step:
-          micro-batches of this step              batching.step_micro_batches(consumed_samples)
-          forward + backward over them            megatron's pipeline schedule (1F1B / interleaved)
-          optimizer step, LR step                 megatron's optimizer and scheduler
-          log / validate / save                   metrics.py, checkpointing.py
+          train_step                              this step's micro-batches (batching.step_micro_batches),
+                                                  forward + backward (megatron's 1F1B / interleaved
+                                                  schedule), optimizer and LR step
+          log / evaluate / save                   metrics.py, evaluate, checkpointing.py
 
 Everything that runs is Megatron-Core's; this file only orders the calls. ``pretrain`` returns the
 history of logged rows (what tests compare).
@@ -19,6 +19,7 @@ history of logged rows (what tests compare).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
 from megatron.core import parallel_state
@@ -32,6 +33,27 @@ from .forward_step import make_forward_step
 from .metrics import Metrics, flops_per_token, is_logging_rank
 from .optimizer import build_optimizer, build_scheduler, current_lr
 from .setup import build_model, build_model_config, wire_schedule_hooks
+
+
+@dataclass
+class Run:
+    """What a training run holds once it is set up: the parallel model, its optimizer and schedule,
+    the data, and where this rank sits in the data-parallel group."""
+
+    args: Arguments
+    config: object
+    model: list
+    optimizer: object
+    scheduler: object
+    train_ds: object
+    valid_ds: object
+    eval_batches: int
+    dp_rank: int
+    dp_size: int
+    metrics: Metrics | None = None
+    forward_backward: object = field(default_factory=get_forward_backward_func)
+    train_forward: object = field(default_factory=lambda: make_forward_step(device()))
+    eval_forward: object = field(default_factory=lambda: make_forward_step(device(), evaluation=True))
 
 
 def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
@@ -52,7 +74,39 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
         _print(str(finished))
         return []
 
-    # The world, the model, the optimizer.
+    run, iteration, consumed = setup(args, vocab, special, dp_size, resume)
+    history = []
+    while not reached_end(args, iteration, consumed):
+        batch_size, loss, grad_norm = train_step(run, consumed)
+        iteration += 1
+        consumed += batch_size
+
+        # Report, validate, save.
+        row = {"step": iteration, "loss": loss, "lr": current_lr(run.optimizer), "grad_norm": grad_norm,
+               "batch_size": batch_size}
+        if iteration == 1 or iteration % args.run.log_interval == 0 or reached_end(args, iteration, consumed):
+            row = run.metrics.log_step(iteration, consumed, loss, row["lr"], grad_norm, batch_size)
+        history.append(row)
+        if args.run.eval_interval and iteration % args.run.eval_interval == 0 and run.eval_batches:
+            history.append(evaluate(run, iteration))
+        exiting = bool(args.run.exit_interval and iteration % args.run.exit_interval == 0)
+        if args.run.save and (exiting or (args.run.save_interval and iteration % args.run.save_interval == 0)):
+            _save(run, iteration, consumed)
+        if exiting:
+            break
+
+    if not args.run.exit_interval or iteration % args.run.exit_interval:
+        if run.eval_batches and (not args.run.eval_interval or iteration % args.run.eval_interval):
+            history.append(evaluate(run, iteration))
+        if args.run.save and not (args.run.save_interval and iteration % args.run.save_interval == 0):
+            _save(run, iteration, consumed)
+    run.metrics.close()
+    return history
+
+
+def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resume) -> tuple[Run, int, int]:
+    """Process groups, model chunks in DDP, optimizer, schedule, the --load checkpoint and the datasets;
+    returns the run and where it starts (step, consumed samples)."""
     layout = ParallelLayout(args.parallel.tensor_model_parallel_size, args.parallel.pipeline_model_parallel_size,
                             virtual_pipeline_size(args, PRESETS[args.model.model_size].num_layers))
     initialize(layout, seed=args.run.seed)
@@ -63,7 +117,6 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     wire_schedule_hooks(config, model, optimizer, args)
     batching.init_microbatches(args, torch.distributed.get_rank(), dp_size)
 
-    # Where to start.
     iteration, consumed = 0, 0
     if resume:
         iteration, consumed = checkpointing.load(resume, model, optimizer, scheduler, args.run.finetune)
@@ -71,94 +124,80 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     elif args.run.load:
         _print(f"no checkpoint in {args.run.load} yet: starting from scratch")
 
-    # Data: every rank reads (pipeline stages all need the packing boundaries).
+    # Every rank reads data (pipeline stages all need the packing boundaries).
     gbs, eval_batches = args.data.global_batch_size, args.run.eval_iters
     total_samples = args.run.train_samples or args.run.train_iters * gbs
     train_ds, valid_ds = batching.build_datasets(args, total_samples, eval_batches * gbs, special)
     if valid_ds is None:
         eval_batches = 0  # the split leaves no validation documents
-    dp_rank = parallel_state.get_data_parallel_rank()
-    pad = args.parallel.tensor_model_parallel_size if config.sequence_parallel else 1
-    num_chunks = len(model)
+    run = Run(args, config, model, optimizer, scheduler, train_ds, valid_ds, eval_batches,
+              parallel_state.get_data_parallel_rank(), dp_size)
 
-    def micro_batches(dataset, start, n):
-        """One iterator per model chunk (each virtual stage reads the same micro-batches)."""
-        its = [batching.step_micro_batches(dataset, start, n, args.data.micro_batch_size, dp_rank, dp_size, pad)
-               for _ in range(num_chunks)]
-        return its[0] if num_chunks == 1 else its
-
-    forward_backward = get_forward_backward_func()
-    train_step_fn, eval_step_fn = make_forward_step(device()), make_forward_step(device(), evaluation=True)
     params = count_parameters(config)
-    metrics = Metrics(args.run.tensorboard_dir, args.run.train_iters, args.run.train_samples,
-                      flops_per_token(config, params, args.data.seq_length), world_size, args.model.objective)
+    world_size = torch.distributed.get_world_size()
+    run.metrics = Metrics(args.run.tensorboard_dir, args.run.train_iters, args.run.train_samples,
+                          flops_per_token(config, params, args.data.seq_length), world_size, args.model.objective)
     _print(f"model {args.model.model_size} ({args.model.objective}): {params / 1e6:.1f}M parameters, "
            f"TP={layout.tensor_parallel} PP={layout.pipeline_parallel} VPP={layout.virtual_pipeline_parallel} "
            f"DP={dp_size}")
+    return run, iteration, consumed
 
-    def evaluate(step):
-        for chunk in model:
-            chunk.eval()
-        totals, num_micro = torch.zeros(3), gbs // (args.data.micro_batch_size * dp_size)
-        with torch.no_grad():  # the same first eval_iters global batches of the valid split every time
-            for k in range(eval_batches):
-                reports = forward_backward(
-                    forward_step_func=eval_step_fn, data_iterator=micro_batches(valid_ds, k * gbs, num_micro),
-                    model=model, num_microbatches=num_micro, seq_length=args.data.seq_length,
-                    micro_batch_size=1, forward_only=True)
-                totals += _sum_reports(reports)
-        for chunk in model:
-            chunk.train()
-        loss_sum, tokens, correct = _reduce(totals).tolist()
-        return metrics.log_validation(step, loss_sum / max(tokens, 1), correct / max(tokens, 1), int(tokens))
 
-    history = []
-    for chunk in model:
+def micro_batches(run: Run, dataset, start: int, num_micro: int):
+    """This rank's micro-batches of the global batch at sample ``start``: one iterator per model chunk
+    (each virtual pipeline stage reads the same micro-batches)."""
+    pad = run.args.parallel.tensor_model_parallel_size if run.config.sequence_parallel else 1
+    its = [batching.step_micro_batches(dataset, start, num_micro, run.args.data.micro_batch_size, run.dp_rank,
+                                       run.dp_size, pad)
+           for _ in run.model]
+    return its[0] if len(its) == 1 else its
+
+
+def train_step(run: Run, consumed: int) -> tuple[int, float, float | None]:
+    """One optimizer step on the global batch at ``consumed``: (batch size, loss, grad norm).
+
+    Megatron's pipeline schedule (1F1B / interleaved) runs forward + backward over the micro-batches;
+    its optimizer steps (skipping the step when the loss scaler finds overflows) and the scheduler
+    advances by the batch's samples."""
+    num_micro, batch_size = batching.update_microbatches(consumed)
+    for chunk in run.model:
+        chunk.zero_grad_buffer()
+    run.optimizer.zero_grad()
+    reports = run.forward_backward(
+        forward_step_func=run.train_forward, data_iterator=micro_batches(run, run.train_ds, consumed, num_micro),
+        model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length, micro_batch_size=1,
+        forward_only=False)
+    updated, grad_norm, _ = run.optimizer.step()
+    if updated:
+        run.scheduler.step(increment=batch_size)
+    loss_sum, tokens, input_tokens = _reduce(_sum_reports(reports)).tolist()
+    run.metrics.add_tokens(int(input_tokens))
+    return batch_size, loss_sum / max(tokens, 1), None if grad_norm is None else float(grad_norm)
+
+
+def evaluate(run: Run, step: int) -> dict:
+    """Loss and accuracy on the same first ``eval_iters`` global batches of the valid split every time."""
+    for chunk in run.model:
+        chunk.eval()
+    gbs = run.args.data.global_batch_size
+    num_micro = gbs // (run.args.data.micro_batch_size * run.dp_size)
+    totals = torch.zeros(3)
+    with torch.no_grad():
+        for k in range(run.eval_batches):
+            reports = run.forward_backward(
+                forward_step_func=run.eval_forward, data_iterator=micro_batches(run, run.valid_ds, k * gbs, num_micro),
+                model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length,
+                micro_batch_size=1, forward_only=True)
+            totals += _sum_reports(reports)
+    for chunk in run.model:
         chunk.train()
-    while not reached_end(args, iteration, consumed):
-        # One optimizer step.
-        num_micro, batch_size = batching.update_microbatches(consumed)
-        for chunk in model:
-            chunk.zero_grad_buffer()
-        optimizer.zero_grad()
-        reports = forward_backward(
-            forward_step_func=train_step_fn, data_iterator=micro_batches(train_ds, consumed, num_micro),
-            model=model, num_microbatches=num_micro, seq_length=args.data.seq_length, micro_batch_size=1,
-            forward_only=False)
-        updated, grad_norm, _ = optimizer.step()
-        if updated:
-            scheduler.step(increment=batch_size)
-        iteration += 1
-        consumed += batch_size
-
-        # Report, validate, save.
-        loss_sum, tokens, input_tokens = _reduce(_sum_reports(reports)).tolist()
-        metrics.add_tokens(int(input_tokens))
-        row = {"step": iteration, "loss": loss_sum / max(tokens, 1), "lr": current_lr(optimizer),
-               "grad_norm": None if grad_norm is None else float(grad_norm), "batch_size": batch_size}
-        if iteration == 1 or iteration % args.run.log_interval == 0 or reached_end(args, iteration, consumed):
-            row = metrics.log_step(iteration, consumed, row["loss"], row["lr"], row["grad_norm"], batch_size)
-        history.append(row)
-        if args.run.eval_interval and iteration % args.run.eval_interval == 0 and eval_batches:
-            history.append(evaluate(iteration))
-        exiting = bool(args.run.exit_interval and iteration % args.run.exit_interval == 0)
-        if args.run.save and (exiting or (args.run.save_interval and iteration % args.run.save_interval == 0)):
-            _save(args, iteration, consumed, model, optimizer, scheduler, config)
-        if exiting:
-            break
-
-    if not args.run.exit_interval or iteration % args.run.exit_interval:
-        if eval_batches and (not args.run.eval_interval or iteration % args.run.eval_interval):
-            history.append(evaluate(iteration))
-        if args.run.save and not (args.run.save_interval and iteration % args.run.save_interval == 0):
-            _save(args, iteration, consumed, model, optimizer, scheduler, config)
-    metrics.close()
-    return history
+    loss_sum, tokens, correct = _reduce(totals).tolist()
+    return run.metrics.log_validation(step, loss_sum / max(tokens, 1), correct / max(tokens, 1), int(tokens))
 
 
-def _save(args, iteration, consumed, model, optimizer, scheduler, config) -> None:
-    path = checkpointing.save(args.run.save, iteration, consumed, model, optimizer, scheduler, config,
-                              tokenizer=args.data.tokenizer_model)
+def _save(run: Run, iteration: int, consumed: int) -> None:
+    path = checkpointing.save(run.args.run.save, iteration, consumed, run.model, run.optimizer, run.scheduler,
+                              run.config, tokenizer=run.args.data.tokenizer_model)
     _print(f"saved checkpoint {path}")
 
 
