@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
+from .errors import EttinError
+
 OBJECTIVES = ("mlm", "clm")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "te", "flash")
 
 
-class ConfigError(ValueError):
+class ConfigError(EttinError):
     """A configuration a user asked for that cannot work; the message says what to change."""
 
 

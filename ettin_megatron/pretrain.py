@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import sys
 
-from .config import ConfigError
+from .errors import EttinError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data.readers import InputError
-    from .data.tokenizer import TokenizerNotFound
     from .training.arguments import parse_args
     from .training.loop import pretrain
 
     try:
         args = parse_args(argv)
         pretrain(args)
-    except (ConfigError, InputError, TokenizerNotFound) as error:
+    except EttinError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     finally:

@@ -109,11 +109,11 @@ def main(argv=None) -> int:
     # Megatron's import-time notices (no TE / Apex, deprecations) say nothing about a conversion.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.")
-    from ettin_megatron.config import ConfigError
+    from ettin_megatron.errors import EttinError
 
     try:
         return run(args)
-    except ConfigError as exc:
+    except EttinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

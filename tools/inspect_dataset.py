@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from ettin_megatron.data.inspect import inspect_dataset
-from ettin_megatron.data.readers import InputError
-from ettin_megatron.data.tokenizer import TokenizerNotFound, load_tokenizer
+from ettin_megatron.data.tokenizer import load_tokenizer
+from ettin_megatron.errors import EttinError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     try:
         tokenizer = load_tokenizer(args.tokenizer_model) if args.tokenizer_model else None
         print(inspect_dataset(args.prefix, tokenizer, args.samples, args.max_chars, args.seed))
-    except (InputError, TokenizerNotFound) as exc:
+    except EttinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple, Union
 
+from ettin_megatron.errors import EttinError
+
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst")
 PARQUET_SUFFIXES = (".parquet",)
 SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
@@ -25,7 +27,7 @@ SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
 CHUNK_BYTES = 256 * 1024
 
 
-class InputError(ValueError):
+class InputError(EttinError):
     """Something the user must fix: bad data, bad arguments, or a run that could not finish (a killed
     worker). str() is one line, `path:line: what is wrong (hint)` where a line is known; the CLIs
     print it without a traceback and exit 2.

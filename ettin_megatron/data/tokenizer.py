@@ -14,6 +14,8 @@ from typing import Callable, List
 
 from tokenizers import Tokenizer
 
+from ettin_megatron.errors import EttinError
+
 log = logging.getLogger(__name__)
 
 #: Special token names shared by the ModernBERT tokenizer and the small tokenizers we train.
@@ -22,7 +24,7 @@ SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 TOKEN_NAMES = dict(zip(("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"), SPECIAL_TOKENS))
 
 
-class TokenizerNotFound(ValueError):
+class TokenizerNotFound(EttinError):
     """The tokenizer path or name does not resolve to a tokenizer (raised before any work starts)."""
 
 

@@ -135,3 +135,13 @@ def test_failing_worker_leaves_no_output_and_keeps_an_older_dataset(tmp_path, to
         preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=4, workers=2))
     assert sorted(os.listdir(tmp_path / "out")) == ["ds_text_document.bin", "ds_text_document.idx"]
     assert [open(old + ext, "rb").read() for ext in (".bin", ".idx")] == before
+
+
+def test_user_errors_share_one_base():
+    """The command lines catch EttinError alone; every user-error type must be one (and a ValueError)."""
+    from ettin_megatron.config import ConfigError
+    from ettin_megatron.data.tokenizer import TokenizerNotFound
+    from ettin_megatron.errors import EttinError
+
+    for error in (ConfigError, InputError, TokenizerNotFound):
+        assert issubclass(error, EttinError) and issubclass(error, ValueError), error
