@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data.tokenizer import TokenizerNotFound, load_tokenizer, special_ids
-from ..data.train_tokenizer import transformers_tokenizer_files, write_json
+from ..data.train_tokenizer import transformers_tokenizer_files
+from ..files import write_json
 from .hf_mapping import MODEL_TYPES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

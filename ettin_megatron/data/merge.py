@@ -11,8 +11,8 @@ from typing import List, Sequence
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from ettin_megatron.data.preprocess import publish, remove_temps, temp_paths
 from ettin_megatron.data.readers import InputError
+from ettin_megatron.files import publish, remove_temps, temp_paths
 
 
 def dataset_prefixes(inputs: Sequence[str]) -> List[str]:

@@ -38,6 +38,7 @@ from tokenizers import Tokenizer
 from ettin_megatron.data import readers
 from ettin_megatron.data.readers import InputError
 from ettin_megatron.data.tokenizer import eod_id, load_tokenizer, sentence_splitter, wrap_ids
+from ettin_megatron.files import publish, remove_temps, temp_paths
 
 log = logging.getLogger(__name__)
 
@@ -260,29 +261,6 @@ def _write(builder: IndexedDatasetBuilder, enc: EncodedKey, summary: Summary) ->
     for seq_end, tok_end in zip(seq_ends.tolist(), tok_ends.tolist()):
         builder.add_document(enc.tokens[tok_start:tok_end], enc.lengths[seq_start:seq_end].tolist())
         seq_start, tok_start = seq_end, tok_end
-
-
-def temp_paths(prefix: str) -> tuple:
-    """(bin, idx) names to write before `publish`; the pid keeps concurrent runs apart."""
-    tag = f".{os.getpid()}.tmp"
-    return prefix + ".bin" + tag, prefix + ".idx" + tag
-
-
-def publish(temp: tuple, prefix: str) -> None:
-    """Rename finished files into place: the old .idx goes first and the new .idx last, so a crash
-    in between leaves a .bin without .idx, which no reader mistakes for a dataset."""
-    if os.path.exists(prefix + ".idx"):
-        os.remove(prefix + ".idx")
-    os.replace(temp[0], prefix + ".bin")
-    os.replace(temp[1], prefix + ".idx")
-
-
-def remove_temps(*temps: tuple) -> None:
-    """Delete whatever temporary files exist (after an error)."""
-    for pair in temps:
-        for path in pair:
-            if os.path.exists(path):
-                os.remove(path)
 
 
 def _plain_size(paths: List[str]):

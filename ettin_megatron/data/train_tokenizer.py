@@ -9,15 +9,15 @@ The texts are fed in file order and the BPE trainer breaks ties deterministicall
 inputs give the same bytes (a test checks it).
 """
 
-import json
 import os
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Dict, Iterator, Optional, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 
 from ettin_megatron.data.readers import InputError, iter_chunks, parse_chunk
 from ettin_megatron.data.tokenizer import SPECIAL_TOKENS, TOKEN_NAMES
+from ettin_megatron.files import write_json
 
 #: ModernBERT's model_max_length, written into tokenizer_config.json.
 MODEL_MAX_LENGTH = 8192
@@ -83,15 +83,6 @@ def transformers_tokenizer_files(model_max_length: Optional[int]) -> Dict[str, d
     if model_max_length:
         config["model_max_length"] = model_max_length
     return {"tokenizer_config.json": config, "special_tokens_map.json": dict(TOKEN_NAMES)}
-
-
-def write_json(path: Union[str, os.PathLike], obj) -> None:
-    """Indented JSON with sorted keys and a final newline (stable bytes for the same content), in a
-    directory created if needed."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def _texts(paths: Sequence[str], key: str) -> Iterator[str]:
