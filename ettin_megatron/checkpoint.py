@@ -25,10 +25,10 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from megatron.core import dist_checkpointing
 
 from .config import ConfigError, EttinConfig, model_fields
+from .runtime import barrier, is_writer
 
 LATEST = "latest_checkpointed_iteration.txt"
 CONFIG_FILE = "ettin_config.json"
@@ -89,19 +89,9 @@ def model_sharded_state_dict(model_chunks) -> dict:
     return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(model_chunks)}
 
 
-def is_writer() -> bool:
-    """Whether this process writes the files all ranks share: global rank 0, or a lone process."""
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
 def _aside(directory: Path) -> Path:
     """Where a re-saved iteration's previous copy waits until the new one is in place."""
     return directory.with_name(directory.name + ".old")
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, extra: dict | None = None,
@@ -114,7 +104,7 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
     if is_writer():
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    _barrier()
+    barrier()
     try:
         state = {**model_sharded_state_dict(model_chunks), **(extra or {})}
         dist_checkpointing.save(state, str(staging))
@@ -138,7 +128,7 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
             elif aside.is_dir() and not final.exists():
                 os.replace(aside, final)
         raise
-    _barrier()
+    barrier()
     return final
 
 

@@ -35,10 +35,10 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
-from ettin_megatron.checkpoint import is_writer
 from ettin_megatron.config import ConfigError
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
 from ettin_megatron.data.tokenizer import MODERNBERT_IDS
+from ettin_megatron.runtime import is_writer
 
 LAYOUTS = ("document", "packed", "concat")
 

@@ -109,6 +109,17 @@ def initialize(layout: ParallelLayout = ParallelLayout(), seed: int = 21, timeou
     return dp
 
 
+def is_writer() -> bool:
+    """Whether this process writes the files all ranks share: global rank 0, or a lone process."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; nothing to wait for in a lone process."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def destroy() -> None:
     """Tear down the model-parallel state and the default process group."""
     if parallel_state.model_parallel_is_initialized():
