@@ -22,7 +22,7 @@ import numpy
 OBJECTIVES = ("mlm", "clm", "mntp")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Masking:
     """How MLM / MNTP choose and corrupt positions.
 
@@ -30,6 +30,9 @@ class Masking:
     DataCollatorForLanguageModeling that ModernBERT and Ettin trained with), among ordinary tokens
     only. A chosen position becomes [MASK] with probability ``mask_token_prob``, a random ordinary
     token with probability ``random_token_prob``, and keeps its token otherwise (BERT's 80/10/10).
+
+    Compared and hashed by identity (``eq=False``): the generated field-wise ``==`` would compare
+    ``ordinary_token_ids`` arrays, which raises, and an ndarray field cannot be hashed.
     """
 
     rate: float

@@ -112,3 +112,10 @@ def test_mntp_is_mlm_shifted_by_one_within_segments():
 def test_unknown_objective_is_rejected():
     with pytest.raises(ValueError, match="objective"):
         apply_objective("nsp", [1, 2], [2], masking(0.3), numpy.random.default_rng(0))
+
+
+def test_masking_compares_and_hashes():
+    """A Masking holds an ndarray: == and hash must not raise (as a dataclass field-wise == would)."""
+    first, second = masking(0.3), masking(0.3)
+    assert first == first and first != second
+    assert len({first, second, first}) == 2
