@@ -69,7 +69,9 @@ def run_baseline(method: str, args) -> dict:
     import numpy as np
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-    builder = IndexedDatasetBuilder(args.output + ".bin", dtype=DType.optimal_dtype(50368))
+    from ettin_megatron.data.tokenizer import MODERNBERT_IDS
+
+    builder = IndexedDatasetBuilder(args.output + ".bin", dtype=DType.optimal_dtype(MODERNBERT_IDS.vocab_size))
     documents = tokens = nbytes = 0
     with open(args.input, encoding="utf-8") as fin, multiprocessing.Pool(args.workers) as pool:
         for ids, size in pool.imap(_encode_line, fin, 32):

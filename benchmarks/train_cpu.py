@@ -25,7 +25,10 @@ from pathlib import Path
 
 import torch
 
-VOCAB, ORDINARY = 50368, 50280
+from ettin_megatron.data.tokenizer import MODERNBERT_IDS
+
+#: ModernBERT's padded vocabulary; its ordinary (text) tokens are the ids below [UNK].
+VOCAB, ORDINARY = MODERNBERT_IDS.padded_vocab_size, MODERNBERT_IDS.unk
 
 
 def batches(n: int, batch: int, seq: int, seed: int = 0):

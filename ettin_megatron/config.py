@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
+from .data.tokenizer import MODERNBERT_IDS
 from .errors import EttinError
 
 OBJECTIVES = ("mlm", "clm")
@@ -74,7 +75,7 @@ class EttinConfig(TransformerConfig):
     """``mlm``: bidirectional attention, masked LM (the encoder). ``clm``: causal attention, causal LM
     (the decoder). The only difference between an Ettin encoder and its decoder twin."""
 
-    vocab_size: int = 50368
+    vocab_size: int = MODERNBERT_IDS.padded_vocab_size
     """ModernBERT's tokenizer: 50280 BPE tokens + specials, padded to a multiple of 64."""
 
     max_position_embeddings: int = 8192

@@ -25,6 +25,7 @@ from megatron.core.datasets.utils import get_blend_from_list
 
 from ..config import PRESETS, ConfigError
 from ..data.datasets import require_documents
+from ..data.tokenizer import MODERNBERT_IDS
 
 
 def arg(default, help: str, **kwargs):
@@ -48,7 +49,8 @@ class ModelArgs:
     attention_output_dropout: float = arg(0.1, "Dropout on the attention block output (Ettin: 0.1).")
     max_position_embeddings: int = arg(8192, "Longest sequence the model accepts.")
     vocab_size: int | None = arg(None, "Padded vocabulary; default: from --tokenizer-model (rounded "
-                                 "up to a multiple of 64), else 50368.")
+                                 "up to a multiple of 64), else ModernBERT's "
+                                 f"{MODERNBERT_IDS.padded_vocab_size}.")
 
 
 @dataclass
