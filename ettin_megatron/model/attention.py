@@ -175,29 +175,51 @@ def flash_attention(q, k, v, mask: AttentionMask, scale: float, dropout_p: float
     )
 
 
-class _TEBackend:
-    """Transformer Engine's fused (cuDNN) attention in THD layout with a sliding window."""
+class _Kernel(torch.nn.Module):
+    """An attention function as the ``kernel`` submodule of ``EttinCoreAttention``.
 
-    def __init__(self, heads: int, head_dim: int, dropout_p: float, window: int | None, causal: bool):
-        from transformer_engine.pytorch import DotProductAttention
+    Its extra state is empty: it stands where TE's kernel keeps its FP8 metadata, so that a checkpoint
+    has the same keys whatever backend wrote it and loads into any other (Megatron's local linear
+    layers keep an empty extra state for TE's in the same way).
+    """
 
-        mask_for_window = AttentionMask(torch.empty(0), 0, window, causal)
-        self._module = DotProductAttention(
-            num_attention_heads=heads,
-            kv_channels=head_dim,
-            attention_dropout=dropout_p,
-            qkv_format="thd",
-            attn_mask_type="padding_causal" if causal else "padding",
-            window_size=_window_size(mask_for_window),
-        )
+    def __init__(self, attend):
+        super().__init__()
+        self.attend = attend
 
-    def __call__(self, q, k, v, mask: AttentionMask, scale: float, dropout_p: float):
-        cu = mask.cu_seqlens.to(torch.int32)
-        out = self._module(
-            q, k, v, cu_seqlens_q=cu, cu_seqlens_kv=cu,
-            max_seqlen_q=mask.max_seqlen, max_seqlen_kv=mask.max_seqlen,
-        )
-        return out.view(q.shape)
+    def forward(self, q, k, v, mask: AttentionMask, scale: float, dropout_p: float):
+        return self.attend(q, k, v, mask, scale, dropout_p)
+
+    def get_extra_state(self):
+        return None
+
+    def set_extra_state(self, state) -> None:
+        """A TE kernel's FP8 metadata means nothing to the other backends."""
+
+
+def _te_kernel(heads: int, head_dim: int, dropout_p: float, window: int | None, causal: bool):
+    """Transformer Engine's fused (cuDNN) attention in THD layout with a sliding window, with the
+    kernels' call signature. It is TE's ``DotProductAttention`` itself, registered as the ``kernel``
+    submodule, so ``.eval()``, ``.to()`` and the (dist) state dicts reach it and its FP8 metadata."""
+    from transformer_engine.pytorch import DotProductAttention
+
+    class TEKernel(DotProductAttention):
+        def forward(self, q, k, v, mask: AttentionMask, scale: float, dropout_p: float):
+            cu = mask.cu_seqlens.to(torch.int32)
+            out = super().forward(
+                q, k, v, cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                max_seqlen_q=mask.max_seqlen, max_seqlen_kv=mask.max_seqlen,
+            )
+            return out.view(q.shape)
+
+    return TEKernel(
+        num_attention_heads=heads,
+        kv_channels=head_dim,
+        attention_dropout=dropout_p,
+        qkv_format="thd",
+        attn_mask_type="padding_causal" if causal else "padding",
+        window_size=_window_size(AttentionMask(torch.empty(0), 0, window, causal)),
+    )
 
 
 class EttinCoreAttention(MegatronModule):
@@ -217,15 +239,13 @@ class EttinCoreAttention(MegatronModule):
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
         self.backend_name = resolve_backend(config.attention_backend_name)
-        if self.backend_name == "flex":
-            self._backend = _FlexBackend()
-        elif self.backend_name == "te":
+        if self.backend_name == "te":
             heads = config.num_attention_heads // config.tensor_model_parallel_size
-            self._backend = _TEBackend(heads, config.kv_channels, self.dropout_p, self.window, self.causal)
-        elif self.backend_name == "flash":
-            self._backend = flash_attention
+            self.kernel = _te_kernel(heads, config.kv_channels, self.dropout_p, self.window, self.causal)
+        elif self.backend_name == "flex":
+            self.kernel = _Kernel(_FlexBackend())
         else:
-            self._backend = sdpa_attention
+            self.kernel = _Kernel(flash_attention if self.backend_name == "flash" else sdpa_attention)
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
@@ -240,7 +260,7 @@ class EttinCoreAttention(MegatronModule):
             q, k, v = (x.transpose(0, 1).reshape(b * s, *x.shape[2:]) for x in (query, key, value))
         mask = AttentionMask(cu_seqlens, int(max_seqlen), self.window, self.causal)
         dropout_p = self.dropout_p if self.training else 0.0
-        out = self._backend(q.contiguous(), k.contiguous(), v.contiguous(), mask, self.scale, dropout_p)
+        out = self.kernel(q.contiguous(), k.contiguous(), v.contiguous(), mask, self.scale, dropout_p)
         if packed_seq_params is not None:
             return out.reshape(out.shape[0], -1)
         return out.reshape(b, s, -1).transpose(0, 1).contiguous()

@@ -2,6 +2,8 @@
 softmax written out from the definition (document mask, window, causality)."""
 
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from ettin_megatron.model.attention import (
     available_backends,
     sdpa_attention,
 )
+from ettin_megatron.model import EttinModel
 from ettin_megatron.model.ettin_model import packed_seq_params
 
 from .hf_models import tiny_config
@@ -88,3 +91,50 @@ def test_unknown_or_unavailable_backend_is_refused_with_one_line():
     if "flash" not in available_backends():
         with pytest.raises(ConfigError, match="not available on this machine"):
             EttinCoreAttention(tiny_config("mlm", attention_backend_name="flash"), layer_number=1)
+
+
+class StandInDotProductAttention(torch.nn.Module):
+    """Stands in for Transformer Engine's DotProductAttention, which is not installed on the CPU test
+    machines: like TE's, it has a (non-persistent) buffer and extra state, where TE keeps its FP8
+    metadata. It checks the wiring of our TE backend (TE's module is reached by .eval(), .to() and the
+    state dicts, and checkpoints keep one layout across backends), not TE itself: TE's forward is
+    compared with sdpa's by test_backend_matches_sdpa where TE is installed."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.register_buffer("scaling", torch.ones(2), persistent=False)
+        self.restored = "never"
+
+    def get_extra_state(self):
+        return torch.tensor([1.0, 2.0])
+
+    def set_extra_state(self, state):
+        self.restored = state
+
+
+def test_te_attention_is_a_registered_submodule(monkeypatch):
+    transformer_engine = types.ModuleType("transformer_engine")
+    transformer_engine.pytorch = types.ModuleType("transformer_engine.pytorch")
+    transformer_engine.pytorch.DotProductAttention = StandInDotProductAttention
+    monkeypatch.setitem(sys.modules, "transformer_engine", transformer_engine)
+    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", transformer_engine.pytorch)
+    monkeypatch.setattr("ettin_megatron.model.attention.available_backends", lambda: ["sdpa", "te"])
+    te_model = EttinModel(tiny_config("mlm", num_layers=2, attention_backend_name="te"), spec="local")
+    sdpa_model = EttinModel(tiny_config("mlm", num_layers=2, attention_backend_name="sdpa"), spec="local")
+    te_modules = [m for m in te_model.modules() if isinstance(m, StandInDotProductAttention)]
+    assert len(te_modules) == 2  # one per layer
+
+    te_model.eval()
+    assert not any(m.training for m in te_modules)
+    te_model.to(torch.float64)
+    assert all(m.scaling.dtype == torch.float64 for m in te_modules)
+
+    state = te_model.state_dict()
+    te_state = [k for k in state if k.endswith("core_attention.kernel._extra_state")]
+    assert len(te_state) == 2 and all(torch.equal(state[k], torch.tensor([1.0, 2.0])) for k in te_state)
+    assert set(te_state) <= set(te_model.sharded_state_dict())  # what dist checkpoints save
+    # One checkpoint layout for every backend: each loads the other's (a TE run resumes a CPU one).
+    assert set(te_model.sharded_state_dict()) == set(sdpa_model.sharded_state_dict())
+    te_model.load_state_dict(sdpa_model.state_dict())
+    assert all(m.restored is None for m in te_modules)
+    sdpa_model.load_state_dict(state)
