@@ -17,7 +17,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.tensor_parallel.utils import VocabUtility
 
 from ..model import packed_seq_params
 
@@ -37,14 +38,32 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, num_tokens, {"lm loss": report}
 
 
+def vocab_parallel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``argmax(-1)`` of the full-vocabulary logits, from this rank's vocabulary shard [..., V/TP]:
+    each rank's best (value, index), then a max- and a min-reduce of [...]-sized tensors over the TP
+    group instead of gathering [..., V] logits. Ties go to the lowest index, as with ``argmax``."""
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    local_index = logits.argmax(-1)
+    if tp_size == 1:
+        return local_index
+    first, _ = VocabUtility.vocab_range_from_per_partition_vocab_size(
+        logits.shape[-1], parallel_state.get_tensor_model_parallel_rank(), tp_size)
+    group = parallel_state.get_tensor_model_parallel_group()
+    local_max = logits.gather(-1, local_index.unsqueeze(-1)).squeeze(-1)
+    best = local_max.clone()
+    torch.distributed.all_reduce(best, op=torch.distributed.ReduceOp.MAX, group=group)
+    index = torch.where(local_max == best, local_index + first, logits.shape[-1] * tp_size)
+    torch.distributed.all_reduce(index, op=torch.distributed.ReduceOp.MIN, group=group)
+    return index
+
+
 def eval_loss_func(labels: torch.Tensor, loss_mask: torch.Tensor, logits: torch.Tensor):
     """Vocab-parallel logits [1, T, V/TP] -> loss sum, tokens, and the number of correct argmax tokens."""
     mask = loss_mask.reshape(-1).float()
     logits = logits.float()
     losses = tensor_parallel.vocab_parallel_cross_entropy(logits.transpose(0, 1).contiguous(), labels.t())
     loss = torch.sum(losses.t().reshape(-1) * mask)
-    full = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
-    correct = ((full.argmax(-1).reshape(-1) == labels.reshape(-1)).float() * mask).sum()
+    correct = ((vocab_parallel_argmax(logits).reshape(-1) == labels.reshape(-1)).float() * mask).sum()
     num_tokens = mask.sum().to(torch.int)
     return loss, num_tokens, {"lm loss": torch.stack([loss, mask.sum(), correct])}
 
