@@ -99,6 +99,26 @@ def special_ids(tokenizer: Tokenizer, multiple: int = 64) -> SpecialIds:
     return SpecialIds(vocab_size=size, padded_vocab_size=padded, **ids)
 
 
+def ordinary_ids(tokenizer: Tokenizer) -> tuple:
+    """(num_ordinary_tokens, extra_special_token_ids) of EttinDatasetConfig for ``tokenizer``.
+
+    The ordinary ids (masked, and drawn as random replacements) are those of the tokenizer's model
+    vocabulary (what BPE produces from text) that are not special tokens. A token added *beyond* the
+    model vocabulary is never ordinary, special or not: ModernBERT's 83 ``[unusedN]`` placeholders
+    (50285-50367) are not marked special, yet no training text contains them and their embeddings
+    stay untrained, so masking or drawing them teaches nothing. Non-special added tokens *inside*
+    the model vocabulary stay ordinary: ModernBERT's whitespace runs (50254-50278) and id 0 are text
+    tokens. For ModernBERT this is [0, 50280) minus <|padding|> and <|endoftext|>, the same 50,278
+    ids as EttinDatasetConfig's defaults.
+    """
+    special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+    ordinary = set(tokenizer.get_vocab(with_added_tokens=False).values()) - special
+    if not ordinary:
+        raise TokenizerNotFound("tokenizer has no ordinary tokens (its model vocabulary is empty or all special)")
+    num_ordinary = max(ordinary) + 1
+    return num_ordinary, tuple(sorted(set(range(num_ordinary)) - ordinary))
+
+
 def eod_id(tokenizer: Tokenizer) -> int:
     """The end-of-document id --append-eod adds: [SEP] (Ettin's EOS, and what Megatron-LM appends with
     the ModernBERT tokenizer), else a GPT-style end-of-text token."""

@@ -46,21 +46,18 @@ def step_micro_batches(dataset, consumed_samples: int, num_microbatches: int, mi
 
 def token_ids(args: Arguments) -> tuple[dict, int | None]:
     """(the special-token fields of EttinDatasetConfig, the padded vocabulary size) of
-    --tokenizer-model; ({}, None) without one: ModernBERT's ids and vocabulary.
-
-    Every id below the tokenizer's size is ordinary except its special tokens, which are listed in
-    extra_special_token_ids (so num_ordinary_tokens is the whole tokenizer size here).
+    --tokenizer-model; ({}, None) without one: ModernBERT's ids and vocabulary. Which ids are
+    ordinary is tokenizer.ordinary_ids' rule (not the added tokens: neither specials nor [unusedN]).
     """
     if not args.data.tokenizer_model:
         return {}, None
-    from ..data.tokenizer import load_tokenizer, special_ids
+    from ..data.tokenizer import load_tokenizer, ordinary_ids, special_ids
 
     tokenizer = load_tokenizer(args.data.tokenizer_model)
     ids = special_ids(tokenizer)
-    specials = sorted(i for i, t in tokenizer.get_added_tokens_decoder().items()
-                      if t.special and i < ids.vocab_size)
-    fields = dict(**ids.token_id_fields(), num_ordinary_tokens=ids.vocab_size,
-                  extra_special_token_ids=tuple(specials))
+    num_ordinary, extra_specials = ordinary_ids(tokenizer)
+    fields = dict(**ids.token_id_fields(), num_ordinary_tokens=num_ordinary,
+                  extra_special_token_ids=extra_specials)
     return fields, ids.padded_vocab_size
 
 

@@ -1,5 +1,6 @@
 """The command-line tools, the offline sample corpus and tokenizer builders, and the real tokenizer."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -10,7 +11,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from ettin_megatron.data.sample_corpus import build_sample_corpus
-from ettin_megatron.data.tokenizer import MODERNBERT_IDS, load_tokenizer, special_ids
+from ettin_megatron.data.tokenizer import MODERNBERT_IDS, load_tokenizer, ordinary_ids, special_ids
 from ettin_megatron.data.train_tokenizer import train_tokenizer
 
 from .conftest import MODERNBERT_DIR, training_texts, write_jsonl
@@ -127,8 +128,16 @@ def test_merge_rejects_missing_and_mismatched_inputs(tmp_path, capsys):
 def test_real_modernbert_tokenizer(tmp_path):
     from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
 
+    from ettin_megatron.data.datasets import EttinDatasetConfig
+    from ettin_megatron.data.objectives import ordinary_token_ids
+
     ids = special_ids(load_tokenizer(MODERNBERT_DIR))
     assert ids == MODERNBERT_IDS  # the defaults used wherever no tokenizer is given
+    defaults = {f.name: f.default for f in dataclasses.fields(EttinDatasetConfig)}
+    ordinary = ordinary_token_ids(*ordinary_ids(load_tokenizer(MODERNBERT_DIR)))
+    assert len(ordinary) == 50_278  # no [unusedN] placeholder; the same ids as the defaults
+    assert (ordinary == ordinary_token_ids(defaults["num_ordinary_tokens"],
+                                           defaults["extra_special_token_ids"])).all()
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "The capital of France is Paris."}])
     summary = preprocess(PreprocessConfig(input=path, output_prefix=str(tmp_path / "o"),
                                           tokenizer_model=MODERNBERT_DIR, log_interval=0))
