@@ -60,7 +60,7 @@ def run_ours(size: str, batch: int, seq: int, steps: int, warmup: int) -> list[f
     model = build_model(args, config)
     optimizer = build_optimizer(args, model)
     wire_schedule_hooks(config, model, optimizer, args)
-    forward_backward, step_fn = get_forward_backward_func(), make_forward_step(torch.device("cpu"))
+    forward_backward, step_fn = get_forward_backward_func(), make_forward_step(torch.device("cpu"), config)
     micro = []
     for tokens, labelled in batches(warmup + steps, batch, seq):
         samples = [{"tokens": t.numpy(), "labels": (t * m).numpy(), "loss_mask": m.float().numpy(),

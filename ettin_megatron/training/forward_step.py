@@ -7,8 +7,9 @@ tokens; ``finalize_model_grads`` divides the gradients by the global token count
 all DP ranks), as Megatron-LM does. The step's loss is therefore the mean over every labelled token of
 the global batch, whatever the micro-batch size, DP size or packing.
 
-The report ``{"lm loss": [loss_sum, num_tokens, x]}`` has x = the micro-batch's input tokens in training
-(for tokens/s) and the number of correct argmax predictions in evaluation; the loop sums reports over
+The report ``{"lm loss": [loss_sum, num_tokens, ...]}`` holds, in training, the micro-batch's input tokens
+(for tokens/s) and the (query, key) pairs its attention scored (for MFU, counted on the device from
+its documents), and in evaluation the number of correct argmax predictions; the loop sums reports over
 micro-batches and DP ranks.
 """
 
@@ -21,6 +22,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.utils import VocabUtility
 
 from ..model import packed_seq_params
+from .metrics import attended_pairs
 
 
 def _next_batch(data_iterator, device) -> dict:
@@ -28,13 +30,14 @@ def _next_batch(data_iterator, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+def loss_func(loss_mask: torch.Tensor, pairs: torch.Tensor, output_tensor: torch.Tensor):
     """Per-token losses [1, T] -> (sum over loss_mask, labelled tokens,
-    {"lm loss": [sum, labelled tokens, input tokens]})."""
+    {"lm loss": [sum, labelled tokens, input tokens, attention pairs]})."""
     mask = loss_mask.reshape(-1).float()
     loss = torch.sum(output_tensor.float().reshape(-1) * mask)
     num_tokens = mask.sum().detach().to(torch.int)
-    report = torch.stack([loss.detach(), mask.sum().detach(), torch.tensor(float(mask.numel()), device=mask.device)])
+    report = torch.stack([loss.detach(), mask.sum().detach(), torch.tensor(float(mask.numel()), device=mask.device),
+                          pairs.float()])
     return loss, num_tokens, {"lm loss": report}
 
 
@@ -68,7 +71,7 @@ def eval_loss_func(labels: torch.Tensor, loss_mask: torch.Tensor, logits: torch.
     return loss, num_tokens, {"lm loss": torch.stack([loss, mask.sum(), correct])}
 
 
-def make_forward_step(device: torch.device, evaluation: bool = False):
+def make_forward_step(device: torch.device, config, evaluation: bool = False):
     """The ``forward_step_func(data_iterator, model)`` that Megatron's schedules call per micro-batch."""
 
     def forward_step(data_iterator, model):
@@ -78,6 +81,6 @@ def make_forward_step(device: torch.device, evaluation: bool = False):
             output = model(batch["tokens"], batch["position_ids"], packed_seq_params=params)
             return output, partial(eval_loss_func, batch["labels"], batch["loss_mask"])
         output = model(batch["tokens"], batch["position_ids"], labels=batch["labels"], packed_seq_params=params)
-        return output, partial(loss_func, batch["loss_mask"])
+        return output, partial(loss_func, batch["loss_mask"], attended_pairs(batch["cu_seqlens"], config))
 
     return forward_step

@@ -30,7 +30,7 @@ from ..runtime import ParallelLayout, device, initialize
 from . import batching, checkpointing
 from .arguments import Arguments, reached_end, validate, virtual_pipeline_size
 from .forward_step import make_forward_step
-from .metrics import Metrics, flops_per_token, is_logging_rank
+from .metrics import Metrics, is_logging_rank
 from .optimizer import build_optimizer, build_scheduler, current_lr
 from .setup import build_model, build_model_config, wire_schedule_hooks
 
@@ -52,8 +52,10 @@ class Run:
     dp_size: int
     metrics: Metrics | None = None
     forward_backward: object = field(default_factory=get_forward_backward_func)
-    train_forward: object = field(default_factory=lambda: make_forward_step(device()))
-    eval_forward: object = field(default_factory=lambda: make_forward_step(device(), evaluation=True))
+
+    def __post_init__(self):
+        self.train_forward = make_forward_step(device(), self.config)
+        self.eval_forward = make_forward_step(device(), self.config, evaluation=True)
 
 
 def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
@@ -136,7 +138,7 @@ def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resum
     params = count_parameters(config)
     world_size = torch.distributed.get_world_size()
     run.metrics = Metrics(args.run.tensorboard_dir, args.run.train_iters, args.run.train_samples,
-                          flops_per_token(config, params, args.data.seq_length), world_size, args.model.objective)
+                          config, params, world_size, args.model.objective)
     _print(f"model {args.model.model_size} ({args.model.objective}): {params / 1e6:.1f}M parameters, "
            f"TP={layout.tensor_parallel} PP={layout.pipeline_parallel} VPP={layout.virtual_pipeline_parallel} "
            f"DP={dp_size}")
@@ -170,8 +172,8 @@ def train_step(run: Run, consumed: int) -> tuple[int, float, float | None]:
     updated, grad_norm, _ = run.optimizer.step()
     if updated:
         run.scheduler.step(increment=batch_size)
-    loss_sum, tokens, input_tokens = _reduce(_sum_reports(reports)).tolist()
-    run.metrics.add_tokens(int(input_tokens))
+    loss_sum, tokens, input_tokens, pairs = _reduce(_sum_reports(reports, 4)).tolist()
+    run.metrics.add_tokens(int(input_tokens), pairs)
     return batch_size, loss_sum / max(tokens, 1), None if grad_norm is None else float(grad_norm)
 
 
@@ -188,7 +190,7 @@ def evaluate(run: Run, step: int) -> dict:
                 forward_step_func=run.eval_forward, data_iterator=micro_batches(run, run.valid_ds, k * gbs, num_micro),
                 model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length,
                 micro_batch_size=1, forward_only=True)
-            totals += _sum_reports(reports)
+            totals += _sum_reports(reports, 3)
     for chunk in run.model:
         chunk.train()
     loss_sum, tokens, correct = _reduce(totals).tolist()
@@ -201,10 +203,10 @@ def _save(run: Run, iteration: int, consumed: int) -> None:
     _print(f"saved checkpoint {path}")
 
 
-def _sum_reports(reports: list) -> torch.Tensor:
-    """Sum this rank's micro-batch reports, [loss sum, labelled tokens, input tokens or correct]
-    (the reports exist only on the last pipeline stage; zeros elsewhere)."""
-    total = torch.zeros(3)
+def _sum_reports(reports: list, size: int) -> torch.Tensor:
+    """Sum this rank's micro-batch reports of ``size`` values, [loss sum, labelled tokens, input tokens
+    and attention pairs, or correct] (the reports exist only on the last pipeline stage; zeros elsewhere)."""
+    total = torch.zeros(size)
     for report in reports:
         total += report["lm loss"].detach().float().cpu()
     return total

@@ -3,9 +3,12 @@
     step     20/200 | loss 6.8123 | lr 3.000e-03 | grad norm 1.234 | tokens/s 51,234 | MFU 41.2% | ETA 0:03:10
     validation step 200 | mlm loss 5.9012 | accuracy 0.1875 | tokens 12,345
 
-MFU is shown on GPUs whose peak BF16 dense throughput is known. Training FLOPs per token follow the
-usual estimate: 6 x parameters (the tied vocabulary projection included) plus the attention scores,
-12 x layers x hidden x attended keys, where a local layer attends to at most its window.
+MFU is shown on GPUs whose peak BF16 dense throughput is known. Training FLOPs follow the usual
+estimate: 6 x parameters (the tied vocabulary projection included) per input token, plus 12 x hidden
+per (query, key) pair that attention scores, summed over the layers. The pairs are counted from each
+micro-batch's packed documents (``cu_seqlens``): attention never crosses a document, so a global layer
+scores L x L pairs per document of length L (about half when causal), not seq_length x seq_length,
+and a local layer only the pairs within its window.
 Lines are printed by the last rank (it holds the loss), as in Megatron-LM.
 """
 
@@ -28,14 +31,29 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def flops_per_token(config, num_params: int, seq_length: int) -> float:
-    """Training FLOPs per token (forward + backward) of an Ettin model at ``seq_length``."""
-    layers, hidden = config.num_layers, config.hidden_size
-    window = config.local_attention_window + 1
-    keys = [seq_length if config.is_global_layer(i) else min(window, seq_length) for i in range(layers)]
-    if config.causal:
-        keys = [k / 2 for k in keys]
-    return 6.0 * num_params + 12.0 * hidden * sum(keys)
+def attention_pairs(cu_seqlens: torch.Tensor, window: int | None, causal: bool) -> torch.Tensor:
+    """The (query, key) pairs one attention layer scores over the packed documents ``cu_seqlens``
+    bounds: per document of length L, the pairs at distance d <= m = min(L - 1, window) on one side
+    (keys before the query, the query itself included) and, unless ``causal``, as many on the other.
+    A device tensor computed on the device: no host sync."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
+    reach = lengths - 1 if window is None else (lengths - 1).clamp(max=window)
+    one_side = reach * lengths - reach * (reach + 1) // 2  # sum over d = 1..m of (L - d)
+    return (lengths + (1 if causal else 2) * one_side).sum()
+
+
+def attended_pairs(cu_seqlens: torch.Tensor, config) -> torch.Tensor:
+    """The (query, key) pairs the whole model scores on one micro-batch: its global and local layers'."""
+    global_layers = sum(config.is_global_layer(i) for i in range(config.num_layers))
+    local_layers = config.num_layers - global_layers
+    return (global_layers * attention_pairs(cu_seqlens, None, config.causal)
+            + local_layers * attention_pairs(cu_seqlens, config.local_attention_window // 2, config.causal))
+
+
+def training_flops(config, num_params: int, tokens: float, pairs: float) -> float:
+    """Training FLOPs (forward + backward) of ``tokens`` input tokens whose attention scored ``pairs``
+    (query, key) pairs over all layers: 2 matmuls (q k^T, p v) of 2 x hidden FLOPs per pair, x 3."""
+    return 6.0 * num_params * tokens + 12.0 * config.hidden_size * pairs
 
 
 def is_logging_rank() -> bool:
@@ -47,17 +65,18 @@ class Metrics:
     """Formats and writes step and validation metrics; keeps the timing needed for tokens/s and ETA."""
 
     def __init__(self, tensorboard_dir: str | None, total_steps: int | None, total_samples: int | None,
-                 flops_per_token: float, world_size: int, objective: str):
+                 config, num_params: int, world_size: int, objective: str):
         self.total_steps = total_steps
         self.total_samples = total_samples
         self.start_point = None  # (step, samples) of the first logged step: ETA counts from there
-        self.flops_per_token = flops_per_token
+        self.config, self.num_params = config, num_params
         self.world_size = world_size
         self.objective = objective
         self.peak = peak_flops()
         self.writer = None
         self.window_start = time.time()
         self.window_tokens = 0
+        self.window_flops = 0.0
         if tensorboard_dir and is_logging_rank():
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -66,9 +85,11 @@ class Metrics:
             except ImportError:
                 print("note: the tensorboard package is not installed; metrics go to the log only.", flush=True)
 
-    def add_tokens(self, tokens: int) -> None:
-        """Tokens processed by the whole job (all DP ranks) in the step just done."""
+    def add_tokens(self, tokens: int, pairs: float) -> None:
+        """Tokens processed by the whole job (all DP ranks) in the step just done, and the (query, key)
+        pairs their attention scored over all layers."""
         self.window_tokens += tokens
+        self.window_flops += training_flops(self.config, self.num_params, tokens, pairs)
 
     def log_step(self, step: int, consumed_samples: int, loss: float, lr: float, grad_norm: float | None,
                  batch_size: int) -> dict:
@@ -84,7 +105,7 @@ class Metrics:
             parts.append(f"grad norm {grad_norm:.3f}")
         parts.append(f"tokens/s {tokens_per_s:,.0f}")
         if self.peak:
-            row["mfu"] = tokens_per_s * self.flops_per_token / (self.peak * self.world_size)
+            row["mfu"] = self.window_flops / elapsed / (self.peak * self.world_size)
             parts.append(f"MFU {100 * row['mfu']:.1f}%")
         if self.start_point is None:
             self.start_point = (step, consumed_samples, now)
@@ -98,7 +119,7 @@ class Metrics:
             print(" | ".join(parts), flush=True)
             self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
                                  "train/tokens_per_s": tokens_per_s, "train/batch_size": batch_size})
-        self.window_start, self.window_tokens = now, 0
+        self.window_start, self.window_tokens, self.window_flops = now, 0, 0.0
         return row
 
     def log_validation(self, step: int, loss: float, accuracy: float, tokens: int) -> dict:
