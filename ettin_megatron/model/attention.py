@@ -175,6 +175,14 @@ def flash_attention(q, k, v, mask: AttentionMask, scale: float, dropout_p: float
     )
 
 
+def _default_extra_state(module: torch.nn.Module) -> torch.nn.Module:
+    """Let state dicts without the kernel's extra state (HF imports) load strictly, as Megatron's linear
+    layers do for theirs: a missing ``_extra_state`` reads as None."""
+    module._register_load_state_dict_pre_hook(
+        lambda state_dict, prefix, *args, **kwargs: state_dict.setdefault(f"{prefix}_extra_state"))
+    return module
+
+
 class _Kernel(torch.nn.Module):
     """An attention function as the ``kernel`` submodule of ``EttinCoreAttention``.
 
@@ -186,6 +194,7 @@ class _Kernel(torch.nn.Module):
     def __init__(self, attend):
         super().__init__()
         self.attend = attend
+        _default_extra_state(self)
 
     def forward(self, q, k, v, mask: AttentionMask, scale: float, dropout_p: float):
         return self.attend(q, k, v, mask, scale, dropout_p)
@@ -212,14 +221,14 @@ def _te_kernel(heads: int, head_dim: int, dropout_p: float, window: int | None, 
             )
             return out.view(q.shape)
 
-    return TEKernel(
+    return _default_extra_state(TEKernel(
         num_attention_heads=heads,
         kv_channels=head_dim,
         attention_dropout=dropout_p,
         qkv_format="thd",
         attn_mask_type="padding_causal" if causal else "padding",
         window_size=_window_size(AttentionMask(torch.empty(0), 0, window, causal)),
-    )
+    ))
 
 
 class EttinCoreAttention(MegatronModule):
