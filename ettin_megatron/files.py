@@ -19,18 +19,26 @@ def write_json(path: Union[str, os.PathLike], obj) -> None:
         f.write("\n")
 
 
+RECORD_SUFFIX = ".meta.json"
+"""The record beside a dataset's .bin/.idx (data/dataset_info.py), published with them."""
+
+
 def temp_paths(prefix: str) -> tuple:
-    """(bin, idx) names to write before `publish`; the pid keeps concurrent runs apart."""
+    """(bin, idx, record) names to write before `publish`; the pid keeps concurrent runs apart."""
     tag = f".{os.getpid()}.tmp"
-    return prefix + ".bin" + tag, prefix + ".idx" + tag
+    return prefix + ".bin" + tag, prefix + ".idx" + tag, prefix + RECORD_SUFFIX + tag
 
 
 def publish(temp: tuple, prefix: str) -> None:
-    """Rename finished files into place: the old .idx goes first and the new .idx last, so a crash
-    in between leaves a .bin without .idx, which no reader mistakes for a dataset."""
-    if os.path.exists(prefix + ".idx"):
-        os.remove(prefix + ".idx")
+    """Rename finished files into place: the old .idx and record go first and the new .idx last, so
+    a crash in between leaves a .bin without .idx, which no reader mistakes for a dataset. Without a
+    record to publish (a merge of Megatron-LM datasets), none is left beside the new pair."""
+    for old in (prefix + ".idx", prefix + RECORD_SUFFIX):
+        if os.path.exists(old):
+            os.remove(old)
     os.replace(temp[0], prefix + ".bin")
+    if os.path.exists(temp[2]):
+        os.replace(temp[2], prefix + RECORD_SUFFIX)
     os.replace(temp[1], prefix + ".idx")
 
 

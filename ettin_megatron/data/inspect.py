@@ -10,6 +10,7 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from tokenizers import Tokenizer
 
+from ettin_megatron.data.dataset_info import read_info
 from ettin_megatron.data.readers import InputError
 
 HISTOGRAM_WIDTH = 40
@@ -45,6 +46,14 @@ def inspect_dataset(
         f"sequences {len(dataset):,}",
         f"tokens    {int(lengths.sum()):,}",
     ]
+    info = read_info(prefix, dataset)
+    if info is not None:
+        lines += [
+            f"tokenizer sha256 {info.tokenizer.sha256[:16]}, {info.tokenizer.vocab_size:,} tokens",
+            f"framing   {info.framing['prefix']} + text + {info.framing['suffix']} per document ({info.level} level); "
+            f"max token id {info.max_token_id}",
+            f"made by   {info.tool} (ettin-megatron {info.version})",
+        ]
     if len(lengths):
         lines.append(
             f"doc len   min {lengths.min()} | mean {lengths.mean():.1f} | "

@@ -3,7 +3,8 @@
 Preprocessing shards in parallel jobs and merging afterwards must give the same bytes as preprocessing
 the concatenated input; megatron-core's IndexedDatasetBuilder.add_index does exactly that (it appends
 the token bytes and shifts the document index). Like preprocess, it writes under temporary names and
-renames at the end, so an interrupted merge leaves no complete-looking pair.
+renames at the end, so an interrupted merge leaves no complete-looking pair. The merged prefix gets
+the record (dataset_info.py) of its inputs' concatenation when they all have one, made alike.
 """
 
 import os
@@ -11,6 +12,7 @@ from typing import List, Sequence
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
+from ettin_megatron.data.dataset_info import merged_info, read_info, write_info
 from ettin_megatron.data.readers import InputError
 from ettin_megatron.files import publish, remove_temps, temp_paths
 
@@ -39,7 +41,9 @@ def dataset_prefixes(inputs: Sequence[str]) -> List[str]:
 def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
     """Concatenate the datasets at `prefixes` into `output_prefix`; return counts of the result.
 
-    All inputs must share one token dtype (the same tokenizer), checked before writing anything.
+    All inputs must share one token dtype and, when they have records, one tokenizer, framing and
+    level; either all inputs have a record or none (a Megatron-LM prefix's tokenizer is unknown).
+    Checked before writing anything.
     """
     if not prefixes:
         raise InputError("nothing to merge")
@@ -49,6 +53,7 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
     if len(set(dtypes.values())) > 1:
         detail = ", ".join(f"{p}: {d.__name__}" for p, d in dtypes.items())
         raise InputError(f"datasets have different token dtypes (different tokenizers?): {detail}")
+    record = _merged_record(prefixes)
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     temp = temp_paths(output_prefix)
     try:
@@ -56,6 +61,8 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
         for prefix in prefixes:
             builder.add_index(prefix)
         builder.finalize(temp[1])
+        if record is not None:
+            write_info(temp[2], record)
         publish(temp, output_prefix)
     finally:
         remove_temps(temp)
@@ -65,3 +72,17 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
         "sequences": len(builder.sequence_lengths),
         "tokens": int(sum(builder.sequence_lengths)),
     }
+
+
+def _merged_record(prefixes: Sequence[str]):
+    """The merged prefix's record, or None when no input has one."""
+    infos = [read_info(prefix) for prefix in prefixes]
+    with_record = [prefix for prefix, info in zip(prefixes, infos) if info is not None]
+    if not with_record:
+        return None
+    if len(with_record) < len(prefixes):
+        missing = next(prefix for prefix, info in zip(prefixes, infos) if info is None)
+        raise InputError(f"{missing} has no .meta.json record (not from tools/preprocess_data.py) but "
+                         f"{with_record[0]} has: cannot check they share a tokenizer; re-run "
+                         "tools/preprocess_data.py on it")
+    return merged_info(infos, list(prefixes), tool="tools/merge_datasets.py")

@@ -16,6 +16,8 @@ Rules the acceptance tests pin down:
   the first sentence and its suffix ([SEP], then the EOD if asked) on the last.
 - Outputs are written under temporary names and renamed only after every file is finalized; on any
   error they are removed, so an interrupted run never leaves a complete-looking .bin/.idx pair.
+- Beside each pair goes its record, {prefix}.meta.json (dataset_info.py): the tokenizer's fingerprint
+  and size, the framing, the counts and the largest id, which training checks before any compute.
 """
 
 import contextlib
@@ -27,7 +29,7 @@ from collections import deque
 from itertools import chain
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from typing import Dict, List, Sequence
 
@@ -36,8 +38,10 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tokenizers import Tokenizer
 
 from ettin_megatron.data import readers
+from ettin_megatron.data.dataset_info import DatasetInfo, TokenizerStamp, write_info
 from ettin_megatron.data.readers import InputError
-from ettin_megatron.data.tokenizer import eod_id, load_tokenizer, sentence_splitter, wrap_ids
+from ettin_megatron.data.tokenizer import (eod_id, load_tokenizer, sentence_splitter, tokenizer_fingerprint,
+                                           wrap_ids)
 from ettin_megatron.files import publish, remove_temps, temp_paths
 
 log = logging.getLogger(__name__)
@@ -103,12 +107,18 @@ def _init_worker(tokenizer: Tokenizer, config: PreprocessConfig, dtype: type) ->
     costs ~0.2 s a process); under spawn it travels pickled. The Rust tokenizer is single-threaded:
     the parallelism is the worker processes, so --workers N uses N cores and runs stay comparable."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    prefix, suffix = wrap_ids(tokenizer) if config.wrap else ((), ())
-    if config.append_eod:
-        suffix = suffix + (eod_id(tokenizer),)
+    prefix, suffix = document_frame(tokenizer, config)
     split = sentence_splitter(config.keep_newlines, quiet=True) if config.split_sentences else None
     _WORKER.update(tokenizer=tokenizer, config=config, dtype=dtype, split=split,
                    prefix=list(prefix), suffix=list(suffix))
+
+
+def document_frame(tokenizer: Tokenizer, config: PreprocessConfig) -> tuple:
+    """(ids before, ids after) each document: the template's, then the EOD if asked."""
+    prefix, suffix = wrap_ids(tokenizer) if config.wrap else ((), ())
+    if config.append_eod:
+        suffix = suffix + (eod_id(tokenizer),)
+    return prefix, suffix
 
 
 @dataclass
@@ -168,6 +178,8 @@ def preprocess(config: PreprocessConfig) -> Summary:
     summary = Summary(outputs={key: output_prefix(config, key) for key in config.json_keys})
     temps = {key: temp_paths(prefix) for key, prefix in summary.outputs.items()}
     progress = _Progress(config.log_interval, _plain_size(paths))
+    record = _new_info(config, tokenizer)
+    infos = {key: replace(record) for key in temps}
     try:
         builders = {key: IndexedDatasetBuilder(temps[key][0], dtype=dtype) for key in temps}
         chunks = _encoded_chunks(config, paths, tokenizer, dtype)
@@ -176,11 +188,13 @@ def preprocess(config: PreprocessConfig) -> Summary:
                 _count_errors(errors, config.skip_invalid, summary)
                 for key, enc in encoded.items():
                     _write(builders[key], enc, summary)
+                    infos[key].count(enc.tokens, len(enc.seqs_per_doc), len(enc.lengths))
                 summary.records += records
                 summary.input_bytes += nbytes
                 progress.update(summary)
         for key, builder in builders.items():
             builder.finalize(temps[key][1])
+            write_info(temps[key][2], infos[key])
         for key, prefix in summary.outputs.items():
             publish(temps[key], prefix)
     except BrokenProcessPool as exc:
@@ -191,6 +205,16 @@ def preprocess(config: PreprocessConfig) -> Summary:
         raise
     summary.seconds = progress.elapsed()
     return summary
+
+
+def _new_info(config: PreprocessConfig, tokenizer: Tokenizer) -> DatasetInfo:
+    """The record of one output, before any document is counted."""
+    prefix, suffix = document_frame(tokenizer, config)
+    stamp = TokenizerStamp(tokenizer_fingerprint(config.tokenizer_model),
+                           tokenizer.get_vocab_size(with_added_tokens=True))
+    framing = dict(wrap=config.wrap, append_eod=config.append_eod, prefix=list(prefix), suffix=list(suffix))
+    level = "sentence" if config.split_sentences else "document"
+    return DatasetInfo(stamp, framing, level, tool="tools/preprocess_data.py")
 
 
 def _validate(config: PreprocessConfig):

@@ -7,10 +7,12 @@ turns into a `tokenizers.Tokenizer` and which ids [CLS]/[SEP]/[PAD]/[MASK] have.
 batches and identical on every rank.
 """
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from tokenizers import Tokenizer
 
@@ -35,18 +37,12 @@ def load_tokenizer(path_or_name: str) -> Tokenizer:
     whatever a tokenizer.json was saved with. A hub name only works where the hub is reachable; we
     never download implicitly anywhere else.
     """
-    path = os.path.expanduser(path_or_name)
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
-        if not os.path.isfile(path):
-            raise TokenizerNotFound(f"{path_or_name}: directory has no tokenizer.json")
-    if os.path.isfile(path):
+    path = tokenizer_file(path_or_name)
+    if path:
         try:
             tokenizer = Tokenizer.from_file(path)
         except Exception as exc:  # the Rust side raises a bare Exception for unreadable JSON
             raise TokenizerNotFound(f"{path}: not a tokenizers JSON file ({exc})") from exc
-    elif path.endswith(".json") or os.path.isabs(path) or path.startswith("."):
-        raise TokenizerNotFound(f"{path_or_name}: no such tokenizer file or directory")
     else:
         try:
             tokenizer = Tokenizer.from_pretrained(path_or_name)
@@ -58,6 +54,47 @@ def load_tokenizer(path_or_name: str) -> Tokenizer:
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
+
+
+def tokenizer_file(path_or_name: str) -> Optional[str]:
+    """The tokenizer.json that `path_or_name` (a directory, the file, or a hub name) designates; None
+    for a hub name. Raises TokenizerNotFound for a local path that holds none."""
+    path = os.path.expanduser(path_or_name)
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise TokenizerNotFound(f"{path_or_name}: directory has no tokenizer.json")
+    if os.path.isfile(path):
+        return path
+    if path.endswith(".json") or os.path.isabs(path) or path.startswith("."):
+        raise TokenizerNotFound(f"{path_or_name}: no such tokenizer file or directory")
+    return None
+
+
+def tokenizer_fingerprint(path_or_name: str) -> str:
+    """sha256 of the tokenizer's JSON content, whatever its path: what a dataset records of the
+    tokenizer that made it, and what training compares with --tokenizer-model.
+
+    The file's JSON is hashed canonically (sorted keys, no whitespace), without its truncation and
+    padding settings, which never change the ids of a stored document (load_tokenizer turns them
+    off): the same tokenizer copied, moved or re-indented keeps its fingerprint, while any change to
+    its vocabulary, merges, normalizer or template changes it. The file is read rather than
+    re-serialized by `tokenizers`, whose output format changes between versions. A hub tokenizer has
+    no local file: its serialization is hashed instead.
+    """
+    path = tokenizer_file(path_or_name)
+    if path:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = load_tokenizer(path_or_name).to_str()
+    try:
+        content = json.loads(text)
+    except ValueError as exc:
+        raise TokenizerNotFound(f"{path}: not a tokenizers JSON file ({exc})") from exc
+    content = {k: v for k, v in content.items() if k not in ("truncation", "padding")}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,24 @@ def packed_seq_params(cu_seqlens: torch.Tensor, max_seqlen: int) -> PackedSeqPar
     )
 
 
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """Refuse token ids outside [0, vocab_size) before the embedding sees them.
+
+    Megatron's VocabParallelEmbedding at TP > 1 gives an id outside every rank's shard a zero vector
+    (each rank masks the ids it does not hold, then the ranks sum), so a run on data made with a
+    larger tokenizer would train on garbage without a word; at TP = 1 it is an IndexError deep in the
+    forward. Training refuses such data at launch (data/dataset_info.py); this is the guarantee for
+    every batch, at any TP. It costs one min/max reduction per forward and no host synchronization:
+    the assertion is asynchronous on a GPU (the run stops at its next synchronization, with
+    a device-side assertion) and an immediate RuntimeError on the CPU.
+    """
+    if input_ids.numel():
+        low, high = torch.aminmax(input_ids)
+        torch._assert_async((low >= 0) & (high < vocab_size),
+                            f"token ids must lie in [0, {vocab_size}), the model's vocabulary: the data was "
+                            "made with another tokenizer (or --vocab-size is too small)")
+
+
 class EttinModel(LanguageModule):
     """An Ettin encoder or decoder (one pipeline stage of it when ``pre/post_process`` say so)."""
 
@@ -105,6 +123,7 @@ class EttinModel(LanguageModule):
         """
         hidden_states = None
         if self.pre_process:
+            check_token_ids(input_ids, self.config.vocab_size)
             hidden_states = self.embedding_norm(self.embedding(input_ids=input_ids, position_ids=None))
         hidden_states = self.decoder(
             hidden_states=hidden_states,

@@ -24,8 +24,9 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
 from ..config import PRESETS, ConfigError
+from ..data.dataset_info import TokenizerStamp, check_dataset
 from ..data.datasets import require_documents
-from ..data.tokenizer import MODERNBERT_IDS
+from ..data.tokenizer import MODERNBERT_IDS, load_tokenizer, special_ids, tokenizer_fingerprint
 
 
 def arg(default, help: str, **kwargs):
@@ -273,8 +274,11 @@ def make_arguments(**values) -> Arguments:
     return Arguments(**{group: cls(**grouped[group]) for group, cls in GROUPS.items()})
 
 
-def validate(args: Arguments, world_size: int) -> int:
-    """Check the run before any compute; returns the data-parallel size. Raises a one-line ConfigError."""
+def validate(args: Arguments, world_size: int, special_tokens: dict | None = None) -> int:
+    """Check the run before any compute; returns the data-parallel size. Raises a one-line ConfigError.
+
+    ``special_tokens`` is pretrain's override of the tokenizer's special ids (tests' small vocabularies).
+    """
     p, d, r, o = args.parallel, args.data, args.run, args.optim
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
     if world_size % model_parallel:
@@ -299,11 +303,16 @@ def validate(args: Arguments, world_size: int) -> int:
         raise ConfigError("pass either --data-path or --data-mix, not both.")
     if d.data_mix and not Path(d.data_mix).is_file():
         raise ConfigError(f"--data-mix {d.data_mix} does not exist.")
+    if d.tokenizer_model and not Path(d.tokenizer_model).exists():
+        raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist.")
+    vocab_size, tokenizer, tokenizer_flag = _vocabulary(args, special_tokens)
     for prefix in data_prefixes(args):
         if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
             raise ConfigError(f"no dataset at {prefix} (.bin/.idx); run tools/preprocess_data.py or fix "
                               "--data-path.")
-        require_documents(IndexedDataset(prefix), prefix)
+        dataset = IndexedDataset(prefix)
+        require_documents(dataset, prefix)
+        check_dataset(prefix, dataset, vocab_size, tokenizer, tokenizer_flag)
     if d.seq_length > args.model.max_position_embeddings:
         raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
                           f"{args.model.max_position_embeddings}; shorten it or raise "
@@ -319,9 +328,36 @@ def validate(args: Arguments, world_size: int) -> int:
         raise ConfigError(f"--min-lr {o.min_lr} is above --lr {o.lr}.")
     if r.fp8_format and not r.bf16:
         raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs run inside BF16 mixed precision).")
-    if d.tokenizer_model and not Path(d.tokenizer_model).exists():
-        raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist.")
     return dp
+
+
+SPECIAL_TOKEN_FIELDS = {"cls_token_id": "[CLS]", "sep_token_id": "[SEP]", "pad_token_id": "[PAD]",
+                        "mask_token_id": "[MASK]"}
+
+
+def _vocabulary(args: Arguments, special_tokens: dict | None) -> tuple[int, TokenizerStamp | None, str]:
+    """The model's vocabulary size, checked to hold every id the run feeds the embedding (the
+    tokenizer's, or without one ModernBERT's special ids); with the tokenizer the data must have been
+    made with (None when tests override the ids) and how messages name it."""
+    d, m = args.data, args.model
+    if d.tokenizer_model:
+        ids = special_ids(load_tokenizer(d.tokenizer_model))
+        tokenizer = TokenizerStamp(tokenizer_fingerprint(d.tokenizer_model), ids.vocab_size)
+        flag = f"--tokenizer-model {d.tokenizer_model}"
+    else:
+        ids, flag = MODERNBERT_IDS, "ModernBERT's tokenizer (used without --tokenizer-model)"
+        tokenizer = None if special_tokens else TokenizerStamp(None, ids.vocab_size)
+    vocab_size = m.vocab_size or ids.padded_vocab_size
+    if d.tokenizer_model and ids.vocab_size > vocab_size:
+        raise ConfigError(f"--vocab-size {vocab_size} is smaller than {flag}'s {ids.vocab_size} tokens; raise "
+                          "it or leave it out (the default is the tokenizer's, padded to a multiple of 64).")
+    fields = {**ids.token_id_fields(), **(special_tokens or {})}
+    top = max(SPECIAL_TOKEN_FIELDS, key=fields.get)
+    if fields[top] >= vocab_size:
+        raise ConfigError(f"--vocab-size {vocab_size} does not hold the special token ids: "
+                          f"{SPECIAL_TOKEN_FIELDS[top]} is {fields[top]} in {flag}; pass --tokenizer-model "
+                          f"(the tokenizer the data was made with) or a --vocab-size above {fields[top]}.")
+    return vocab_size, tokenizer, flag
 
 
 def _fit_rampup(d: DataArgs, dp: int) -> None:

@@ -65,7 +65,7 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     tests use it for small synthetic vocabularies, whose size they pass as --vocab-size.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the process group comes later
-    dp_size = validate(args, world_size)
+    dp_size = validate(args, world_size, special_tokens)
     special, vocab = batching.token_ids(args)
     if special_tokens is not None:
         special = special_tokens

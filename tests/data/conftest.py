@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -35,6 +36,17 @@ def write_jsonl(path, records):
             line = record if isinstance(record, bytes) else json.dumps(record).encode()
             f.write(line + b"\n")
     return str(path)
+
+
+def other_tokenizer(tokenizer_dir, tmp_path) -> str:
+    """A copy of the tokenizer at `tokenizer_dir` with another normalizer: the same size, other ids for
+    some texts (only its fingerprint tells it apart)."""
+    out = tmp_path / "other_tok"
+    shutil.copytree(tokenizer_dir, out)
+    content = json.loads((out / "tokenizer.json").read_text())
+    content["normalizer"] = {"type": "Lowercase"}
+    (out / "tokenizer.json").write_text(json.dumps(content))
+    return str(out)
 
 
 @pytest.fixture(scope="session")

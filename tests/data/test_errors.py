@@ -133,7 +133,8 @@ def test_failing_worker_leaves_no_output_and_keeps_an_older_dataset(tmp_path, to
     monkeypatch.setattr(preprocess_module, "encode_chunk", _fails_on_second_chunk)
     with pytest.raises(MemoryError):
         preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=4, workers=2))
-    assert sorted(os.listdir(tmp_path / "out")) == ["ds_text_document.bin", "ds_text_document.idx"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["ds_text_document.bin", "ds_text_document.idx",
+                                                    "ds_text_document.meta.json"]
     assert [open(old + ext, "rb").read() for ext in (".bin", ".idx")] == before
 
 

@@ -136,7 +136,8 @@ def test_several_json_keys_give_one_dataset_each(tmp_path, tokenizer_dir, tokeni
 def test_token_dtype_follows_the_vocabulary(tmp_path, tokenizer_dir):
     dataset = IndexedDataset(run(tmp_path, tokenizer_dir).outputs["text"])
     assert dataset.index.dtype == np.uint16
-    assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl", "out_text_document.bin", "out_text_document.idx"]
+    assert sorted(os.listdir(tmp_path)) == ["corpus.jsonl", "out_text_document.bin", "out_text_document.idx",
+                                            "out_text_document.meta.json"]
 
 
 def test_input_is_streamed_with_bounded_read_ahead(tmp_path, tokenizer_dir, monkeypatch):
