@@ -51,7 +51,9 @@ ARGS=(--objective "$OBJECTIVE" --model-size "$MODEL_SIZE"
 [ -n "$VPP" ] && ARGS+=(--virtual-pipeline-model-parallel-size "$VPP")
 case "$PRECISION" in
   bf16) ARGS+=(--bf16) ;;
-  fp8) ARGS+=(--bf16 --fp8-format hybrid) ;;
+  fp8) "$PYTHON" -c "import importlib.util, sys; sys.exit(not importlib.util.find_spec('transformer_engine'))" || {
+         echo "PRECISION=fp8 needs Transformer Engine: pip install -e \".[gpu]\", or use PRECISION=bf16" >&2; exit 2; }
+       ARGS+=(--bf16 --fp8-format hybrid) ;;
   fp32) ARGS+=(--no-bf16) ;;  # overrides the recipes' bf16: true
   *) echo "PRECISION must be bf16, fp8 or fp32 (got $PRECISION)" >&2; exit 2 ;;
 esac

@@ -27,6 +27,7 @@ from ..config import PRESETS, ConfigError
 from ..data.dataset_info import TokenizerStamp, check_dataset
 from ..data.datasets import require_documents
 from ..data.tokenizer import MODERNBERT_IDS, load_tokenizer, special_ids, tokenizer_fingerprint
+from ..model.layer_specs import resolve_spec
 
 
 def arg(default, help: str, **kwargs):
@@ -328,6 +329,11 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
         raise ConfigError(f"--min-lr {o.min_lr} is above --lr {o.lr}.")
     if r.fp8_format and not r.bf16:
         raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs run inside BF16 mixed precision).")
+    if resolve_spec(args.model.spec) != "te" and r.fp8_format:  # the local linears would ignore FP8
+        raise ConfigError(f"--fp8-format {r.fp8_format} needs Transformer Engine's layers: "
+                          + ("drop --spec local or --fp8-format." if args.model.spec == "local" else
+                             "install ettin-megatron[gpu] (transformer-engine) or drop --fp8-format "
+                             "(PRECISION=bf16)."))
     return dp
 
 

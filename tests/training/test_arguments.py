@@ -44,6 +44,21 @@ def test_missing_data(capsys, tmp_path):
     assert "no dataset at" in pretrain_error(capsys, ["--train-iters", "5", "--data-path", str(tmp_path / "nope")])
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("auto", "install ettin-megatron[gpu] (transformer-engine) or drop --fp8-format"),
+    ("local", "drop --spec local or --fp8-format"),
+])
+def test_fp8_without_transformer_engine_layers_is_refused(capsys, prefix, spec, message):
+    """Megatron's local linears ignore --fp8-format: the run would train in BF16 without a word."""
+    from ettin_megatron.model.layer_specs import te_available
+
+    if spec == "auto" and te_available():
+        pytest.skip("Transformer Engine is installed: --spec auto resolves to its layers")
+    line = pretrain_error(capsys, ["--data-path", prefix, "--train-iters", "5", "--bf16", "--fp8-format", "hybrid",
+                                   "--spec", spec])
+    assert line.startswith("error: --fp8-format hybrid needs Transformer Engine's layers") and message in line
+
+
 def test_rampup_is_fitted_to_data_parallelism(capsys, prefix):
     """The recipes' warm-up starts at micro x 4 GPUs; at 8 GPUs (DP 8) megatron needs multiples of micro x 8."""
     args = parse_args(["--recipe", str(RECIPES / "encoder/150m/phase1.yaml"), "--data-path", prefix])

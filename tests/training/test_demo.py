@@ -15,6 +15,20 @@ from ettin_megatron.runtime.distributed import free_port
 STEP = re.compile(r"^step\s+(\d+)/\d+ \| loss ([0-9.]+)", re.M)
 
 
+def test_fp8_demo_without_transformer_engine_stops_before_any_work(tmp_path):
+    """PRECISION=fp8 used to prepare the data and train in BF16 (the local layers ignore FP8)."""
+    from ettin_megatron.model.layer_specs import te_available
+
+    if te_available():
+        pytest.skip("Transformer Engine is installed: PRECISION=fp8 can run")
+    env = dict(os.environ, WORK_DIR=str(tmp_path / "demo"), PRECISION="fp8", PYTHON=sys.executable)
+    done = subprocess.run(["bash", "examples/pretrain_ettin_encoder.sh"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and not (tmp_path / "demo").exists(), done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        'PRECISION=fp8 needs Transformer Engine: pip install -e ".[gpu]", or use PRECISION=bf16']
+
+
 @pytest.mark.timeout(400)
 def test_encoder_demo_runs_and_its_loss_falls(tmp_path):
     env = dict(os.environ, WORK_DIR=str(tmp_path / "demo"), TRAIN_ITERS="30", PYTHON=sys.executable,
