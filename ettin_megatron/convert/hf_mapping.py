@@ -27,6 +27,15 @@ MODEL_TYPES = {"mlm": "modernbert", "clm": "modernbert-decoder"}
 ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "clm": "ModernBertDecoderForCausalLM"}
 #: The special-token fields a Hugging Face ModernBERT config holds.
 HF_TOKEN_ID_FIELDS = ("cls_token_id", "sep_token_id", "pad_token_id")
+#: ModernBERT / ModernBertDecoder config fields that change the forward pass, with the one value an
+#: Ettin model implements (what hf_config_dict writes). The others either map to EttinConfig fields
+#: (ettin_overrides_from_hf) or leave the forward pass alone: dropouts, deterministic_flash_attn,
+#: sparse_prediction, classifier_pooling / classifier_dropout (other heads), use_cache, token ids.
+FIXED_HF_FIELDS = {
+    "hidden_activation": "gelu", "classifier_activation": "gelu", "norm_bias": False,
+    "attention_bias": False, "mlp_bias": False, "classifier_bias": False, "decoder_bias": True,
+    "tie_word_embeddings": True,
+}
 
 
 def _layer_types(config: EttinConfig) -> list[str]:
@@ -62,22 +71,15 @@ def hf_config_dict(config: EttinConfig, special_ids: dict | None = None) -> dict
         intermediate_size=config.ffn_hidden_size,
         num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_attention_heads,
-        hidden_activation="gelu",
         max_position_embeddings=config.max_position_embeddings,
         initializer_range=config.init_method_std,
         initializer_cutoff_factor=config.init_cutoff_factor,
         norm_eps=config.layernorm_epsilon,
-        norm_bias=False,
-        attention_bias=False,
-        mlp_bias=False,
-        decoder_bias=True,
-        classifier_activation="gelu",
-        classifier_bias=False,
         attention_dropout=0.0,
         embedding_dropout=0.0,
         mlp_dropout=0.0,
-        tie_word_embeddings=True,
         layer_types=_layer_types(config),
+        **FIXED_HF_FIELDS,
         rope_parameters=rope,
         local_attention=window if not config.causal else 2 * (window // 2 + 1),
         bos_token_id=ids["cls_token_id"],
@@ -113,8 +115,14 @@ def ettin_overrides_from_hf(hf) -> dict:
             f"model type {hf.model_type!r} is not a ModernBERT encoder or decoder; expected one of "
             f"{', '.join(MODEL_TYPES.values())}."
         )
-    if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False) or getattr(hf, "norm_bias", False):
-        raise ConfigError("checkpoints with attention, MLP or norm biases are not Ettin models.")
+    for name, implemented in FIXED_HF_FIELDS.items():
+        if getattr(hf, name, implemented) != implemented:
+            raise ConfigError(f"config.json sets {name} = {getattr(hf, name)!r}; Ettin models implement only "
+                              f"{implemented!r}, so the import would compute a different model.")
+    for layer_type, rope in hf.rope_parameters.items():
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"config.json sets {layer_type} rope_type {rope['rope_type']!r}; Ettin models "
+                              "implement only plain RoPE ('default').")
     if objective == "clm":
         window = 2 * (hf.sliding_window - 1)
     else:

@@ -88,6 +88,26 @@ def test_shape_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()
 
 
+@pytest.mark.parametrize("objective, change, fragment", [
+    ("mlm", {"hidden_activation": "silu"}, "hidden_activation = 'silu'"),
+    ("clm", {"hidden_activation": "gelu_pytorch_tanh"}, "hidden_activation = 'gelu_pytorch_tanh'"),
+    ("mlm", {"classifier_activation": "relu"}, "classifier_activation = 'relu'"),
+    ("clm", {"classifier_activation": "tanh"}, "classifier_activation = 'tanh'"),
+    ("mlm", {"mlp_bias": True}, "mlp_bias = True"),
+    ("mlm", {"decoder_bias": False}, "decoder_bias = False"),
+    ("mlm", {"tie_word_embeddings": False}, "tie_word_embeddings = False"),
+    ("clm", {"rope_parameters.full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+     "full_attention rope_type 'linear'"),
+])
+def test_forward_changing_config_fields_are_refused(capsys, hf_dirs, tmp_path, objective, change, fragment):
+    """A field the Ettin model does not implement would import silently as a different model."""
+    directory = tmp_path / "hf"
+    shutil.copytree(hf_dirs[objective], directory)
+    edit_json(directory / "config.json", **change)
+    expect_error(capsys, fragment, "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
+
+
 def test_vocab_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
     directory = tmp_path / "hf"
     shutil.copytree(hf_dirs["mlm"], directory)
