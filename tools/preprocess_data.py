@@ -1,4 +1,4 @@
-"""Turn JSONL/Parquet text shards into Megatron indexed datasets (.bin/.idx).
+"""Turn JSONL/Parquet text shards or MDS shards into Megatron indexed datasets (.bin/.idx).
 
 Same flags and output names as Megatron-LM's tools/preprocess_data.py; the work is done by
 ettin_megatron.data.preprocess (see its docstring for the pipeline).
@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from ettin_megatron.data.framing import FRAMINGS
 from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
 from ettin_megatron.data.readers import InputError
 
@@ -21,6 +22,12 @@ A bad record (malformed JSON, missing key, non-string value, invalid UTF-8) stop
 "file:line: what is wrong" (exit status 2) unless --skip-invalid, which skips and counts it.
 --split-sentences: one sequence per sentence, [CLS] on the first and [SEP] (and EOD) on the last.
 Output bytes do not depend on --workers.
+MDS input (a directory with index.json files, e.g. Ettin's released folders): a `str` column is
+tokenized as JSONL text is; an `ndarray` column (--json-keys input_ids) holds token ids, copied
+unchanged (one document per sample), checked against the tokenizer's vocabulary and framed per
+--ids-framing. A folder's index.json covers its tree (index.json files below it are not read again).
+A missing, truncated or corrupt shard or a wrong hash stops the run naming the shard, unless
+--skip-invalid, which skips and counts the shard.
 """
 
 
@@ -32,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
     )
     io = p.add_argument_group("input/output")
     io.add_argument("--input", required=True,
-                    help="a file, a glob or a directory of .jsonl[.gz|.zst] or .parquet files")
+                    help="a file, a glob or a directory of .jsonl[.gz|.zst] or .parquet files, or a "
+                         "directory of MDS shards (index.json)")
     io.add_argument("--json-keys", nargs="+", default=["text"], help="keys (columns) to tokenize")
     io.add_argument("--output-prefix", required=True, help="path prefix of the output files")
     tok = p.add_argument_group("tokenization")
@@ -44,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
                      help="store bare tokens, without the template's [CLS]/[SEP] (Megatron-LM layout)")
     tok.add_argument("--append-eod", action="store_true",
                      help="append the end-of-document token ([SEP]) to each document (with --no-wrap)")
+    tok.add_argument("--ids-framing", choices=FRAMINGS, default="keep",
+                     help="MDS token-id columns: keep the ids as they are (default), wrap each document "
+                          "in the template's [CLS] ... [SEP] where missing, or strip it where present")
     tok.add_argument("--split-sentences", action="store_true",
                      help="split documents into sentences with nltk punkt (offline: untrained punkt)")
     tok.add_argument("--keep-newlines", action="store_true",

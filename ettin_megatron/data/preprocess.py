@@ -29,7 +29,7 @@ from collections import deque
 from itertools import chain
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Dict, List, Sequence
 
@@ -37,8 +37,9 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tokenizers import Tokenizer
 
-from ettin_megatron.data import readers
+from ettin_megatron.data import mds, readers
 from ettin_megatron.data.dataset_info import DatasetInfo, TokenizerStamp, write_info
+from ettin_megatron.data.framing import FRAMINGS, frame
 from ettin_megatron.data.readers import InputError
 from ettin_megatron.data.tokenizer import (eod_id, load_tokenizer, sentence_splitter, tokenizer_fingerprint,
                                            wrap_ids)
@@ -63,12 +64,14 @@ class PreprocessConfig:
     chunk_size: int = 1000
     log_interval: int = 10000
     skip_invalid: bool = False
+    ids_framing: str = "keep"
 
 
 @dataclass
 class Summary:
-    """What a run did. `records` counts valid input records; `documents`, `sentences`, `tokens` and
-    `empty` are summed over the json keys; `outputs` maps each key to its dataset prefix."""
+    """What a run did. `records` counts valid input records (MDS: samples); `documents`, `sentences`,
+    `tokens` and `empty` are summed over the json keys; `invalid` counts skipped records (MDS: skipped
+    shards); `outputs` maps each key to its dataset prefix."""
 
     outputs: Dict[str, str] = field(default_factory=dict)
     records: int = 0
@@ -110,7 +113,7 @@ def _init_worker(tokenizer: Tokenizer, config: PreprocessConfig, dtype: type) ->
     prefix, suffix = document_frame(tokenizer, config)
     split = sentence_splitter(config.keep_newlines, quiet=True) if config.split_sentences else None
     _WORKER.update(tokenizer=tokenizer, config=config, dtype=dtype, split=split,
-                   prefix=list(prefix), suffix=list(suffix))
+                   prefix=list(prefix), suffix=list(suffix), ids_frame=ids_frame(tokenizer, config))
 
 
 def document_frame(tokenizer: Tokenizer, config: PreprocessConfig) -> tuple:
@@ -119,6 +122,12 @@ def document_frame(tokenizer: Tokenizer, config: PreprocessConfig) -> tuple:
     if config.append_eod:
         suffix = suffix + (eod_id(tokenizer),)
     return prefix, suffix
+
+
+def ids_frame(tokenizer: Tokenizer, config: PreprocessConfig) -> tuple:
+    """(template prefix, template suffix, EOD) that --ids-framing applies to token-id columns."""
+    prefix, suffix = wrap_ids(tokenizer) if config.ids_framing != "keep" else ((), ())
+    return prefix, suffix, (eod_id(tokenizer),) if config.append_eod else ()
 
 
 @dataclass
@@ -141,6 +150,42 @@ def encode_chunk(chunk: readers.Chunk) -> tuple:
         texts = [texts[key] for _, texts in docs if texts[key].strip()]
         encoded[key] = _encode_texts(texts, empty=len(docs) - len(texts))
     return encoded, len(docs), errors, chunk.nbytes
+
+
+def encode_shard(shard: mds.Shard) -> tuple:
+    """Read one MDS shard: `str` columns are tokenized as JSONL text is; `ndarray` columns hold token
+    ids, which are copied (checked against the vocabulary, framed per --ids-framing), one document
+    per sample. Anything wrong makes the whole shard invalid: ([(0, error)], nothing encoded).
+
+    Returns the same tuple as encode_chunk."""
+    config, encoded = _WORKER["config"], {}
+    try:
+        mds.check_shard(shard)
+        raw = mds.read_shard(shard)
+        for key in config.json_keys:
+            if shard.encoding(key) == "str":
+                texts = [text for text in mds.texts(shard, raw, key) if text.strip()]
+                encoded[key] = _encode_texts(texts, empty=shard.samples - len(texts))
+            else:
+                encoded[key] = _copy_ids(shard, *mds.token_ids(shard, raw, key))
+    except InputError as exc:
+        return {}, 0, [(0, str(exc))], 0
+    return encoded, shard.samples, [], shard.raw_bytes
+
+
+def _copy_ids(shard: mds.Shard, ids: np.ndarray, lengths: np.ndarray) -> EncodedKey:
+    tokenizer = _WORKER["tokenizer"]
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    bad = np.flatnonzero((ids >= vocab) | (ids < 0) if ids.dtype.kind == "i" else ids >= vocab)
+    if len(bad):
+        sample = int(np.searchsorted(np.cumsum(lengths), bad[0], "right"))
+        raise InputError(f"{shard.path}: sample {sample} holds token id {ids[bad[0]]}, outside the "
+                         f"tokenizer's vocabulary of {vocab} (wrong --tokenizer-model?)")
+    prefix, suffix, eod = _WORKER["ids_frame"]
+    ids, lengths = frame(ids, lengths, _WORKER["config"].ids_framing, prefix, suffix, eod=eod)
+    empty = int(np.count_nonzero(lengths == 0))
+    lengths = lengths[lengths > 0]
+    return EncodedKey(ids.astype(_WORKER["dtype"]), lengths, np.ones(len(lengths), np.int64), empty)
 
 
 def _encode_texts(texts: List[str], empty: int) -> EncodedKey:
@@ -178,8 +223,8 @@ def preprocess(config: PreprocessConfig) -> Summary:
     summary = Summary(outputs={key: output_prefix(config, key) for key in config.json_keys})
     temps = {key: temp_paths(prefix) for key, prefix in summary.outputs.items()}
     progress = _Progress(config.log_interval, _plain_size(paths))
-    record = _new_info(config, tokenizer)
-    infos = {key: replace(record) for key in temps}
+    kinds = mds.column_kinds(paths, config.json_keys, missing_ok=True) if _is_mds(paths) else {}
+    infos = {key: _new_info(config, tokenizer, kinds.get(key, "text")) for key in temps}
     try:
         builders = {key: IndexedDatasetBuilder(temps[key][0], dtype=dtype) for key in temps}
         chunks = _encoded_chunks(config, paths, tokenizer, dtype)
@@ -207,12 +252,18 @@ def preprocess(config: PreprocessConfig) -> Summary:
     return summary
 
 
-def _new_info(config: PreprocessConfig, tokenizer: Tokenizer) -> DatasetInfo:
-    """The record of one output, before any document is counted."""
+def _new_info(config: PreprocessConfig, tokenizer: Tokenizer, kind: str) -> DatasetInfo:
+    """The record of one output (`kind`: "text", or "ids" for an MDS token-id column), before any
+    document is counted. For ids, `prefix`/`suffix` are what --ids-framing guarantees (nothing is
+    known of the source's own framing under `keep`)."""
     prefix, suffix = document_frame(tokenizer, config)
     stamp = TokenizerStamp(tokenizer_fingerprint(config.tokenizer_model),
                            tokenizer.get_vocab_size(with_added_tokens=True))
     framing = dict(wrap=config.wrap, append_eod=config.append_eod, prefix=list(prefix), suffix=list(suffix))
+    if kind == "ids":
+        prefix, suffix, eod = ids_frame(tokenizer, config)
+        framing = dict(ids_framing=config.ids_framing, append_eod=config.append_eod, prefix=list(prefix),
+                       suffix=list(suffix if config.ids_framing == "wrap" else eod))
     level = "sentence" if config.split_sentences else "document"
     return DatasetInfo(stamp, framing, level, tool="tools/preprocess_data.py")
 
@@ -228,15 +279,20 @@ def _validate(config: PreprocessConfig):
             "--append-eod: documents already end with the template's [SEP]; add --no-wrap for "
             "Megatron-LM's layout (bare tokens + EOD)"
         )
-    paths = readers.expand_inputs(config.input)
+    if mds.is_mds(config.input):
+        paths = _validate_mds(config)
+    else:
+        paths = readers.expand_inputs(config.input)
     for path in paths:
+        if isinstance(path, mds.Shard):
+            continue
         if path.endswith(readers.PARQUET_SUFFIXES):
             readers.check_parquet_columns(path, config.json_keys)
         elif path.endswith(".zst"):
             readers.open_binary(path).close()  # fails early without zstandard
     try:
         tokenizer = load_tokenizer(config.tokenizer_model)
-        if config.wrap:
+        if config.wrap or config.ids_framing != "keep":
             wrap_ids(tokenizer)
         if config.append_eod:
             eod_id(tokenizer)
@@ -247,15 +303,41 @@ def _validate(config: PreprocessConfig):
     return paths, tokenizer
 
 
+def _validate_mds(config: PreprocessConfig) -> List[mds.Shard]:
+    shards = mds.find_shards(config.input)
+    if not config.skip_invalid:  # else encode_shard finds them, and they are skipped and counted
+        for shard in shards:
+            mds.check_shard(shard)
+    kinds = mds.column_kinds(shards, config.json_keys, missing_ok=config.skip_invalid)
+    if config.ids_framing not in FRAMINGS:
+        raise InputError(f"--ids-framing: {config.ids_framing!r} is not one of {', '.join(FRAMINGS)}")
+    if "ids" in kinds.values() and config.append_eod and config.ids_framing != "strip":
+        raise InputError("--append-eod on token-id columns needs --ids-framing strip (else documents "
+                         "would end with both the template's [SEP] and the EOD)")
+    if "ids" in kinds.values() and config.split_sentences:
+        raise InputError("--split-sentences needs text; token-id columns are already tokenized")
+    return shards
+
+
+def _is_mds(paths: list) -> bool:
+    return bool(paths) and isinstance(paths[0], mds.Shard)
+
+
 def _encoded_chunks(config: PreprocessConfig, paths: List[str], tokenizer: Tokenizer, dtype: type):
-    """Yield encode_chunk results in input order with at most ~2 chunks per worker in flight."""
+    """Yield encode_chunk (encode_shard for MDS) results in input order with at most ~2 chunks (shards)
+    per worker in flight."""
     context = get_context("fork" if sys.platform == "linux" else "spawn")
     init = (tokenizer, config, dtype)
     with ProcessPoolExecutor(config.workers, context, _init_worker, init) as pool:
         pending = deque()
         try:
-            for chunk in readers.iter_chunks(paths, config.json_keys, config.chunk_size):
-                pending.append(pool.submit(encode_chunk, chunk))
+            if _is_mds(paths):
+                work = ((encode_shard, shard) for shard in paths)
+            else:
+                chunks = readers.iter_chunks(paths, config.json_keys, config.chunk_size)
+                work = ((encode_chunk, chunk) for chunk in chunks)
+            for function, item in work:
+                pending.append(pool.submit(function, item))
                 if len(pending) >= 2 * config.workers + 1:
                     yield pending.popleft().result()
             while pending:
@@ -267,28 +349,30 @@ def _encoded_chunks(config: PreprocessConfig, paths: List[str], tokenizer: Token
 
 def _count_errors(errors: list, skip_invalid: bool, summary: Summary) -> None:
     if errors and not skip_invalid:
-        raise InputError(f"{errors[0][1]} (fix the record or pass --skip-invalid)")
+        raise InputError(f"{errors[0][1]} (fix the input or pass --skip-invalid)")
     for _, message in errors[: max(0, 5 - summary.invalid)]:
         log.warning("skipped %s", message)
     summary.invalid += len(errors)
 
 
 def _write(builder: IndexedDatasetBuilder, enc: EncodedKey, summary: Summary) -> None:
-    """Append one chunk's documents, in order, to one key's dataset."""
+    """Append one chunk's documents, in order, to one key's dataset: what the builder's add_document
+    does per document, once per chunk (a per-document call would cap the copy of MDS token ids)."""
     summary.empty += enc.empty
     summary.documents += len(enc.seqs_per_doc)
     summary.tokens += len(enc.tokens)
     summary.sentences += len(enc.lengths)
-    seq_ends = np.cumsum(enc.seqs_per_doc)
-    tok_ends = np.cumsum(enc.lengths)[seq_ends - 1] if len(seq_ends) else seq_ends
-    seq_start = tok_start = 0
-    for seq_end, tok_end in zip(seq_ends.tolist(), tok_ends.tolist()):
-        builder.add_document(enc.tokens[tok_start:tok_end], enc.lengths[seq_start:seq_end].tolist())
-        seq_start, tok_start = seq_end, tok_end
+    builder.data_file.write(np.asarray(enc.tokens, dtype=builder.dtype).tobytes(order="C"))
+    first = len(builder.sequence_lengths)
+    builder.sequence_lengths.extend(enc.lengths.tolist())
+    builder.document_indices.extend((first + np.cumsum(enc.seqs_per_doc)).tolist())
 
 
 def _plain_size(paths: List[str]):
-    """Total input bytes when every file is uncompressed JSONL (then an ETA is exact), else None."""
+    """Total input bytes when every file is uncompressed JSONL or an MDS shard (whose raw size its
+    index gives), so that an ETA is exact; else None."""
+    if _is_mds(paths):
+        return sum(p.raw_bytes for p in paths)
     if all(p.endswith((".jsonl", ".json")) for p in paths):
         return sum(os.path.getsize(p) for p in paths)
     return None

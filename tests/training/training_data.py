@@ -13,14 +13,20 @@ SPECIAL = dict(cls_token_id=CLS, sep_token_id=SEP, pad_token_id=PAD, mask_token_
                num_ordinary_tokens=1000, extra_special_token_ids=())
 
 
-def write_corpus(directory, num_docs=400, min_len=8, max_len=48, seed=0) -> str:
-    """Documents whose bodies repeat a short random motif (learnable: the loss falls fast)."""
+def corpus_bodies(num_docs=400, min_len=8, max_len=48, seed=0):
+    """Document bodies (without [CLS]/[SEP]) that repeat a short random motif (learnable: the loss
+    falls fast); each document is 2 tokens longer once framed."""
     rng = numpy.random.default_rng(seed)
-    prefix = os.path.join(str(directory), "docs")
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
     for _ in range(num_docs):
         motif = rng.integers(0, 50, rng.integers(2, 5))
-        body = numpy.resize(motif, rng.integers(min_len, max_len + 1) - 2)
+        yield numpy.resize(motif, rng.integers(min_len, max_len + 1) - 2)
+
+
+def write_corpus(directory, num_docs=400, min_len=8, max_len=48, seed=0) -> str:
+    """An indexed dataset of `corpus_bodies` framed [CLS] body [SEP]; returns its prefix."""
+    prefix = os.path.join(str(directory), "docs")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
+    for body in corpus_bodies(num_docs, min_len, max_len, seed):
         doc = numpy.concatenate([[CLS], body, [SEP]]).astype(numpy.int64)
         builder.add_document(doc, [len(doc)])
     builder.finalize(prefix + ".idx")
