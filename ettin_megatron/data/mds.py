@@ -18,8 +18,8 @@ The format (streaming/base/format/mds in GitHub mosaicml/streaming):
   `ndarray:uint32` still carries a shape prefix; only a static shape leaves the bare values.
 - `str`: UTF-8 bytes.
 
-Decoding is vectorized over a shard's samples (numpy gathers over the offsets, one boolean mask to
-pull every sample's values out at once): no Python work per token, a little per shard.
+Decoding is vectorized over a shard's samples (numpy gathers over the offsets and column headers),
+and the ids are pulled out with one slice per sample: no Python work per token.
 """
 
 import bz2
@@ -275,12 +275,10 @@ def texts(shard: Shard, raw: bytes, column: str) -> List[str]:
 
 
 def gather(u8: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Concatenate the byte ranges [begin_i, end_i) (sorted, disjoint) in one pass: +1 at each begin,
-    -1 at each end, a running sum marks the bytes to keep."""
-    marks = np.zeros(len(u8) + 1, np.int8)
-    marks[begin] += 1
-    marks[end] -= 1
-    return u8[np.cumsum(marks[:-1], dtype=np.int8).view(np.bool_)]
+    """Concatenate the byte ranges [begin_i, end_i): one memcpy per sample. A per-sample slice costs
+    ~0.5 us of Python, far below the copy of a sample's ids (a byte mask over the whole shard, tried
+    first, was ~30x slower: it passes over every byte three times)."""
+    return np.concatenate([u8[a:b] for a, b in zip(begin.tolist(), end.tolist())] or [u8[:0]])
 
 
 def _u32(u8: np.ndarray, at: np.ndarray) -> np.ndarray:

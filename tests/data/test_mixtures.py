@@ -1,6 +1,7 @@
 """Mixture YAML files -> Megatron's blend list; the three Ettin phases carry the recipe's numbers."""
 
 import os
+import re
 
 import pytest
 
@@ -20,8 +21,21 @@ def test_ettin_phase_mixtures(phase, monkeypatch):
     sources, total = PHASES[phase]
     assert len(prefixes) == len(set(prefixes)) == sources
     assert sum(weights) == pytest.approx(total)
-    assert all(p.startswith(f"/data/ettin/{phase}/") and p.endswith("_text_document") for p in prefixes)
+    assert all(p.startswith(f"/data/ettin/{phase}/") and p.endswith("_input_ids_document") for p in prefixes)
     assert weights == sorted(weights, reverse=True)  # listed largest first, as in the paper
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_header_commands_make_exactly_the_mixture_prefixes(phase, monkeypatch):
+    """The header's loop converts each released folder into `<folder>_input_ids_document` (the output
+    name preprocess_data.py gives --json-keys input_ids): one folder per prefix, none missing."""
+    monkeypatch.setenv("ETTIN_DATA", "/data/ettin")
+    path = os.path.join(EXAMPLES, f"{phase}.yaml")
+    header = " ".join(line.lstrip("#").strip().rstrip("\\") for line in open(path) if line.startswith("#"))
+    folders = re.search(r"for src in (.*?); do", header).group(1).split()
+    assert f"--input $ETTIN_RAW/{phase}/$src --json-keys input_ids" in header
+    assert f"--output-prefix $ETTIN_DATA/{phase}/$src " in header
+    assert mixture_blend(path)[1] == [f"/data/ettin/{phase}/{f}_input_ids_document" for f in folders]
 
 
 def test_unset_placeholder_is_reported(monkeypatch):
