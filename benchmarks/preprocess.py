@@ -138,8 +138,12 @@ def tree_pss(proc: psutil.Process) -> int:
 
 
 def measure(method: str, corpus: str, workers: int, tokenizer: str, work: str) -> dict:
-    cmd = [sys.executable, __file__, "--run", method, "--input", corpus, "--workers", str(workers),
-           "--tokenizer-model", tokenizer, "--output", os.path.join(work, f"out_{method}")]
+    return run_measured([sys.executable, __file__, "--run", method, "--input", corpus, "--workers", str(workers),
+                         "--tokenizer-model", tokenizer, "--output", os.path.join(work, f"out_{method}")])
+
+
+def run_measured(cmd: list) -> dict:
+    """Run `cmd`, sampling the PSS of its process tree; return its last stdout line (JSON) + peak_pss."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     watched, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
