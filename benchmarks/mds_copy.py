@@ -2,9 +2,9 @@
 
 The corpus is written by tests/data/mds_writer.py (which rewrites the reference MDSWriter's shards
 byte for byte): `input_ids` as ndarray:uint32 plus an `id` str column, as in Ettin's release, zstd,
-64 MiB shards (MDSWriter's default size limit), sha1 hashes (so their verification is in the cost),
+64 MiB shards (MDSWriter's default size limit; --shard-mb), sha1 hashes (so their verification is in the cost),
 samples of 64-2047 tokens with Zipf-distributed ids (compressible like text, not like noise). The
-tokenizer is a word-level one with ModernBERT's 50368 ids (the vocabulary check is what costs, not
+tokenizer is a word-level one with ModernBERT's ids (the vocabulary check is what costs, not
 the tokenizer). Each run is a fresh `tools/preprocess_data.py`-equivalent process; we report the
 fastest of --repeats runs, tokens per CPU-second of the whole process tree (the per-core figure, which
 stays meaningful on a shared machine) and the peak proportional set size of the tree.
@@ -27,20 +27,22 @@ from preprocess import cpu_seconds, run_measured  # benchmarks/preprocess.py
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ettin_megatron.data.tokenizer import MODERNBERT_IDS as IDS  # noqa: E402
 from tests.data.mds_writer import id_tokenizer, write_mds  # noqa: E402
 
 
-def make_corpus(out: str, tokens: int, seed: int = 0) -> None:
+def make_corpus(out: str, tokens: int, shard_bytes: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
 
     def rows():
         written = 0
         while written < tokens:
-            ids = np.minimum(rng.zipf(1.1, int(rng.integers(64, 2048))), 50279).astype(np.uint32)
+            ids = np.minimum(rng.zipf(1.1, int(rng.integers(64, 2048))), IDS.unk - 1).astype(np.uint32)
             written += len(ids)
             yield {"input_ids": ids, "id": str(written)}
 
-    write_mds(out, {"input_ids": "ndarray:uint32", "id": "str"}, rows(), compression="zstd", hashes=["sha1"])
+    write_mds(out, {"input_ids": "ndarray:uint32", "id": "str"}, rows(), compression="zstd", hashes=["sha1"],
+              size_limit=shard_bytes)
 
 
 def child(args) -> None:
@@ -65,6 +67,7 @@ def main(argv=None) -> None:
     p.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--shard-mb", type=int, default=64, help="shard size limit (MiB; MDSWriter's default: 64)")
     p.add_argument("--run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
@@ -74,13 +77,14 @@ def main(argv=None) -> None:
         args.workers = args.workers[0]
         return child(args)
     with tempfile.TemporaryDirectory() as work:
-        tokenizer = id_tokenizer(os.path.join(work, "tok"), 50368, 50281, 50282)
+        tokenizer = id_tokenizer(os.path.join(work, "tok"), IDS.vocab_size, IDS.cls, IDS.sep)
         corpora = {}
         for scale in args.scales:
             corpora[scale] = os.path.join(work, f"x{scale}")
-            make_corpus(corpora[scale], args.tokens * scale)
+            make_corpus(corpora[scale], args.tokens * scale, args.shard_mb << 20)
             size = sum(os.path.getsize(os.path.join(corpora[scale], f)) for f in os.listdir(corpora[scale]))
-            print(f"corpus x{scale}: {size / 1e6:.0f} MB of zstd shards", flush=True)
+            shards = len(os.listdir(corpora[scale])) - 1
+            print(f"corpus x{scale}: {size / 1e6:.0f} MB in {shards} zstd shards", flush=True)
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         print("| workers | corpus | tokens | tokens/s | tokens per CPU-s | peak PSS (MB) |")
         print("|---|---|---|---|---|---|")

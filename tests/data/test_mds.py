@@ -13,6 +13,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
 from ettin_megatron.data.readers import InputError
+from ettin_megatron.data.tokenizer import MODERNBERT_IDS
 from tests.data.conftest import write_jsonl
 from tests.data.test_errors import assert_no_output
 from tests.data.test_tools import tool
@@ -23,13 +24,14 @@ from tests.training.training_data import CLS, SEP, SPECIAL, VOCAB, base_args, co
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "mds")
 EXPECTED = np.load(os.path.join(FIXTURES, "expected.npz"), allow_pickle=True)
 TOKENIZED = ["tokenized", "tokenized-merged", "tokenized-uint16-raw", "tokenized-dynamic"]
-MODERNBERT_CLS, MODERNBERT_SEP = 50281, 50282
+MODERNBERT_CLS, MODERNBERT_SEP = MODERNBERT_IDS.cls, MODERNBERT_IDS.sep
 
 
 @pytest.fixture(scope="module")
 def ids_tokenizer(tmp_path_factory):
     """ModernBERT's vocabulary size and [CLS]/[SEP] ids, without the real tokenizer."""
-    return id_tokenizer(str(tmp_path_factory.mktemp("ids_tok")), 50368, MODERNBERT_CLS, MODERNBERT_SEP)
+    return id_tokenizer(str(tmp_path_factory.mktemp("ids_tok")), MODERNBERT_IDS.vocab_size, MODERNBERT_CLS,
+                        MODERNBERT_SEP)
 
 
 def convert(tmp_path, source, tokenizer, name="out", keys=("input_ids",), **options):
@@ -71,7 +73,7 @@ def test_token_ids_are_copied_unchanged(tmp_path, ids_tokenizer, name):
     expected = expected_documents(name)
     assert len(docs) == len(expected) == summary.records == summary.documents  # merged: parts once
     assert all(np.array_equal(d, e) for d, e in zip(docs, expected))
-    assert IndexedDataset(summary.outputs["input_ids"]).index.dtype == np.uint16  # fits 50368 ids
+    assert IndexedDataset(summary.outputs["input_ids"]).index.dtype == np.uint16  # fits ModernBERT's ids
 
 
 @pytest.mark.parametrize("name,framing", [("tokenized-uint16-raw", "wrap"), ("tokenized", "wrap"),
@@ -216,7 +218,7 @@ def test_missing_column_names_the_shard_before_any_work(tmp_path, ids_tokenizer)
 
 
 def test_ids_beyond_the_vocabulary_name_the_shard_and_sample(tmp_path, tokenizer_dir):
-    with pytest.raises(InputError, match=r"part_0/shard.00000.mds.zstd: sample 0 holds token id 50281, "
+    with pytest.raises(InputError, match=rf"part_0/shard.00000.mds.zstd: sample 0 holds token id {MODERNBERT_CLS}, "
                                          r"outside the tokenizer's vocabulary of \d+ "):
         convert(tmp_path, os.path.join(FIXTURES, "tokenized"), tokenizer_dir, workers=2)
     assert_no_output(tmp_path)
