@@ -88,6 +88,16 @@ def test_framing_is_added_or_removed_where_needed(tmp_path, ids_tokenizer, name,
         assert np.array_equal(doc, want)
 
 
+def test_record_beside_the_output_says_how_ids_were_framed(tmp_path, ids_tokenizer):
+    prefix = convert(tmp_path, os.path.join(FIXTURES, "tokenized-uint16-raw"), ids_tokenizer,
+                     ids_framing="wrap").outputs["input_ids"]
+    record = json.load(open(prefix + ".meta.json"))
+    assert record["framing"] == dict(ids_framing="wrap", append_eod=False, prefix=[MODERNBERT_CLS],
+                                     suffix=[MODERNBERT_SEP])
+    assert record["max_token_id"] == MODERNBERT_SEP > EXPECTED["tokenized-uint16-raw_ids"].max()
+    assert record["documents"] == len(EXPECTED["tokenized-uint16-raw_lengths"])
+
+
 def test_strip_with_append_eod_ends_documents_with_sep(tmp_path, ids_tokenizer):
     summary = convert(tmp_path, os.path.join(FIXTURES, "tokenized"), ids_tokenizer, ids_framing="strip",
                       wrap=False, append_eod=True)
