@@ -8,11 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ettin_megatron.config import ettin_config
-from ettin_megatron.convert.hf_mapping import hf_config
 from ettin_megatron.data.train_tokenizer import train_tokenizer
+from tests.hf_models import VOCAB, random_hf_model, tiny_config
 
-VOCAB = 384  # the tokenizer's vocabulary is at most this; a multiple of 64 (splits over TP=2)
 WORDS = ("the quick brown fox jumps over lazy dog python library provides functions for working with "
          "text numbers files and networks a model learns to predict masked words from their context "
          "encoders read both directions while decoders read left to right").split()
@@ -38,29 +36,9 @@ def token_ids(tokenizer_dir) -> dict:
     return {f"{n.lower()}_token_id": tok.token_to_id(f"[{n}]") for n in ("CLS", "SEP", "PAD", "MASK")}
 
 
-def tiny_config(objective: str, **overrides):
-    values = dict(vocab_size=VOCAB, objective=objective, local_attention_window=16, num_layers=4,
-                  global_rope_theta=160_000.0, local_rope_theta=10_000.0)
-    values.update(overrides)
-    return ettin_config("tiny", **values)
-
-
-def random_hf_model(objective: str, tokenizer_dir, seed: int = 0):
-    """A HF ModernBERT (encoder or decoder) whose every weight is random (norms and bias included)."""
-    import transformers
-
-    config = hf_config(tiny_config(objective), token_ids(tokenizer_dir))
-    cls = transformers.ModernBertForMaskedLM if objective == "mlm" else transformers.ModernBertDecoderForCausalLM
-    torch.manual_seed(seed)
-    model = cls(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.05 + (1.0 if "norm" in name else 0.0))
-    return model
-
-
 def make_hf_dir(directory: Path, objective: str, tokenizer_dir, seed: int = 0) -> Path:
-    model = random_hf_model(objective, tokenizer_dir, seed)
+    """A saved random HF ModernBERT (encoder or decoder) with the tiny tokenizer's special ids."""
+    model = random_hf_model(tiny_config(objective), token_ids(tokenizer_dir), seed)
     model.save_pretrained(str(directory))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(Path(tokenizer_dir) / name, directory / name)

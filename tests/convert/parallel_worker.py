@@ -63,7 +63,7 @@ def worker(rank, root, imported, tokenizer_dir, ids, mask):
     from ettin_megatron.model import EttinModel
     from ettin_megatron.runtime import ParallelLayout, initialize
 
-    from .helpers import VOCAB, tiny_config
+    from tests.hf_models import VOCAB, tiny_config
 
     root = Path(root)
     logits, losses = {}, {}

@@ -17,7 +17,7 @@ from ettin_megatron.model.attention import (
 from ettin_megatron.model import EttinModel
 from ettin_megatron.model.ettin_model import packed_seq_params
 
-from .hf_models import tiny_config
+from tests.hf_models import tiny_config
 
 LENGTHS = [40, 7, 25, 1]
 HEADS, DIM = 2, 16

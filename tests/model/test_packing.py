@@ -6,7 +6,7 @@ import torch
 from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
 
-from .hf_models import VOCAB, tiny_config
+from tests.hf_models import VOCAB, tiny_config
 
 
 @pytest.mark.parametrize("objective", ["mlm", "clm"])

@@ -15,7 +15,7 @@ from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
 from tests.ranks import run_ranks
 
-from .hf_models import VOCAB, tiny_config
+from tests.hf_models import VOCAB, tiny_config
 
 OBJECTIVES = ("mlm", "clm")
 LENGTHS = [37, 18, 64, 11]  # several documents, some longer than the 16-token window

@@ -10,7 +10,7 @@ from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
 from ettin_megatron.model.rope import rotary_angles_by_kind
 
-from .hf_models import VOCAB, tiny_config
+from tests.hf_models import VOCAB, tiny_config
 
 # What makes the host wait for the device when the tensor lives on a GPU: reading a value back.
 HOST_READS = {

@@ -14,7 +14,7 @@ from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
 from tests.ranks import run_ranks
 
-from .hf_models import VOCAB, tiny_config
+from tests.hf_models import VOCAB, tiny_config
 
 MESSAGE = f"token ids must lie in [0, {VOCAB}), the model's vocabulary"
 
