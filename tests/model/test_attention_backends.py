@@ -20,7 +20,7 @@ from ettin_megatron.model.ettin_model import packed_seq_params
 from tests.hf_models import tiny_config
 
 LENGTHS = [40, 7, 25, 1]
-HEADS, DIM = 2, 16
+HEADS, DIM = 2, 64  # the tiny config's heads and head dim (TE builds its kernel for them)
 
 
 def dense_reference(q, k, v, lengths, window, causal):
@@ -60,27 +60,61 @@ def test_sdpa_matches_the_definition(window, causal):
 # Backends other than the reference that run here; flex runs everywhere for its forward pass (eager on
 # the CPU, where it has no backward), so its block mask is checked on every machine.
 OTHER_BACKENDS = ["flex"] + [b for b in available_backends() if b not in ("sdpa", "flex")]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def backend_inputs(backend: str, seed: int) -> list[torch.Tensor]:
+    """q, k, v on this machine's device; flash-attn and TE take half precision only."""
+    dtype = torch.bfloat16 if backend in ("flash", "te") else torch.float32
+    return [x.to(DEVICE, dtype) for x in packed_qkv(seed)]
+
+
+def tolerance(backend: str) -> float:
+    """float32 on the CPU: summation order only; on a GPU, TF32 (flex) or bfloat16 (flash, te)."""
+    if DEVICE == "cpu":
+        return 1e-5
+    return 3e-2 if backend in ("flash", "te") else 2e-3
+
+
+def attend(backend: str, objective: str, layer_number: int, q, k, v) -> torch.Tensor:
+    """One layer's core attention (layer 1 is global, layer 2 local) on the packed documents."""
+    config = tiny_config(objective, local_attention_window=8, attention_backend_name=backend)
+    module = EttinCoreAttention(config, layer_number=layer_number).to(DEVICE)
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    return module(q, k, v, None, packed_seq_params=packed_seq_params(cu, max(LENGTHS)))
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
-@pytest.mark.parametrize("layer_number", [1, 2])  # layer 1 is global, layer 2 local
+@pytest.mark.parametrize("layer_number", [1, 2])
 def test_backend_matches_sdpa(backend, objective, layer_number, monkeypatch):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":  # let the CPU construct the flex module for a forward-only check
+    if DEVICE == "cpu":  # let the CPU construct the flex module for a forward-only check
         monkeypatch.setattr("ettin_megatron.model.attention.available_backends", lambda: ["sdpa", "flex"])
-    config = tiny_config(objective, local_attention_window=8, attention_backend_name=backend)
-    reference_config = tiny_config(objective, local_attention_window=8, attention_backend_name="sdpa")
-    module = EttinCoreAttention(config, layer_number=layer_number)
-    reference = EttinCoreAttention(reference_config, layer_number=layer_number)
-    q, k, v = (x.to(device) for x in packed_qkv(seed=layer_number))
-    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32, device=device)
-    params = packed_seq_params(cu, max(LENGTHS))
-    expected = reference(q, k, v, None, packed_seq_params=params)
+    q, k, v = backend_inputs(backend, seed=layer_number)
     with torch.no_grad():
-        out = module(q, k, v, None, packed_seq_params=params)
+        out = attend(backend, objective, layer_number, q, k, v)
+        expected = attend("sdpa", objective, layer_number, q.float(), k.float(), v.float())
     assert out.shape == (sum(LENGTHS), HEADS * DIM)
-    assert torch.allclose(out.float(), expected.float(), atol=1e-5 if device == "cpu" else 2e-3)
+    assert torch.allclose(out.float(), expected, atol=tolerance(backend))
+
+
+@pytest.mark.parametrize("backend", ["flex", "flash", "te"])
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+@pytest.mark.parametrize("layer_number", [1, 2])
+def test_backend_backward_matches_sdpa(backend, objective, layer_number):
+    """Gradients of q, k and v through each backend equal those through sdpa (in float32)."""
+    if DEVICE == "cpu":
+        pytest.skip(f"{backend}'s backward needs a GPU (flex has none on the CPU in torch 2.13; "
+                    "flash-attn and TE are GPU-only)")
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed on this machine")
+    inputs = [x.requires_grad_() for x in backend_inputs(backend, seed=layer_number)]
+    references = [x.detach().float().requires_grad_() for x in inputs]
+    grad_out = torch.randn(sum(LENGTHS), HEADS * DIM, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    attend(backend, objective, layer_number, *inputs).backward(grad_out.to(inputs[0].dtype))
+    attend("sdpa", objective, layer_number, *references).backward(grad_out)
+    for name, x, reference in zip("qkv", inputs, references):
+        assert torch.allclose(x.grad.float(), reference.grad, atol=tolerance(backend)), name
 
 
 def test_unknown_or_unavailable_backend_is_refused_with_one_line():
