@@ -7,8 +7,10 @@ one TP / PP / VPP loads at any other::
     {root}/iter_0001200/                         a dist_checkpointing directory:
         "model" (or "model0", "model1", ... per virtual pipeline chunk), plus whatever the caller adds
         (optimizer, scheduler, RNG, data position)
-    {root}/iter_0001200/ettin_config.json        the model's defining fields (config.MODEL_FIELDS)
-                                                 and the tokenizer it was trained with
+    {root}/iter_0001200/ettin_config.json        the model's defining fields (config.MODEL_FIELDS),
+                                                 the tokenizer it was trained with and its training
+                                                 objective (mlm, clm or mntp: an MNTP encoder's
+                                                 output at i predicts token i + 1, see export_hf)
 
 A save goes to ``iter_N.tmp`` and is renamed once every rank has finished; only then does the
 ``latest`` file move (written to a temp file and renamed). A save killed midway leaves the previous
@@ -95,8 +97,9 @@ def _aside(directory: Path) -> Path:
 
 
 def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, extra: dict | None = None,
-                    tokenizer: str | None = None) -> Path:
-    """Save model chunks (+ ``extra`` sharded entries) as iteration ``iteration``; collective over all ranks."""
+                    tokenizer: str | None = None, training_objective: str | None = None) -> Path:
+    """Save model chunks (+ ``extra`` sharded entries) as iteration ``iteration``; collective over all ranks.
+    ``training_objective`` (default: the config's) is recorded beside the model fields."""
     final = iteration_dir(root, iteration)
     staging, aside = final.with_name(final.name + ".tmp"), _aside(final)
     marker = Path(root) / LATEST
@@ -109,7 +112,8 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
         state = {**model_sharded_state_dict(model_chunks), **(extra or {})}
         dist_checkpointing.save(state, str(staging))
         if is_writer():
-            description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration}
+            description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration,
+                           "training_objective": training_objective or config.objective}
             (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
             if final.exists():  # else an existing aside may be the only copy left by a killed re-save
                 shutil.rmtree(aside, ignore_errors=True)

@@ -3,7 +3,8 @@
   python tools/fill_mask.py DIR "The Python [MASK] library provides functions." [--top-k 5]
 
 Uses transformers' own pipeline("fill-mask") on the directory (offline), as a user of the released
-model would.
+model would. An MNTP-trained encoder (config.json: ``ettin_training_objective: "mntp"``) predicts a
+masked token from the position before it, so for those the mask's scores are read there instead.
 """
 
 from __future__ import annotations
@@ -27,15 +28,41 @@ def fill_mask(model_dir: str, text: str, top_k: int = 5) -> list[dict]:
     config = Path(model_dir) / "config.json"
     if not config.is_file():
         raise ValueError(f"{model_dir} has no config.json; pass an exported Hugging Face directory.")
-    if json.loads(config.read_text()).get("model_type") != "modernbert":
+    fields = json.loads(config.read_text())
+    if fields.get("model_type") != "modernbert":
         raise ValueError(f"{model_dir} is not an encoder (ModernBertForMaskedLM); fill-mask needs one.")
     from transformers import pipeline
+
+    from ettin_megatron.convert.hf_mapping import TRAINING_OBJECTIVE_KEY
 
     fill = pipeline("fill-mask", model=model_dir, tokenizer=model_dir, device="cpu")
     mask = fill.tokenizer.mask_token
     if text.count(mask) != 1:
         raise ValueError(f"the text must contain the mask token {mask} exactly once.")
+    if fields.get(TRAINING_OBJECTIVE_KEY) == "mntp":
+        return _next_token_fill(fill, text, top_k)
     return fill(text, top_k=top_k)
+
+
+def _next_token_fill(fill, text: str, top_k: int) -> list[dict]:
+    """The pipeline's output format, with the mask's scores from the output one position before it
+    (MNTP: the output at i predicts token i + 1; [CLS] comes first, so the mask is never at 0)."""
+    import torch
+
+    tokenizer = fill.tokenizer
+    batch = tokenizer(text, return_tensors="pt")
+    ids = batch["input_ids"][0]
+    position = int((ids == tokenizer.mask_token_id).nonzero()[0, 0])
+    with torch.no_grad():
+        probs = fill.model(**batch).logits[0, position - 1].float().softmax(-1)
+    scores, tokens = probs.topk(top_k)
+    predictions = []
+    for score, token in zip(scores.tolist(), tokens.tolist()):
+        filled = ids.clone()
+        filled[position] = token
+        predictions.append({"score": score, "token": token, "token_str": tokenizer.decode([token]),
+                            "sequence": tokenizer.decode(filled, skip_special_tokens=True)})
+    return predictions
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,11 @@ files, generation_config.json (decoders) and the sentence-transformers files (me
 encoder, last-token pooling for a decoder). ``objective`` exports the same weights as the other
 architecture (an encoder checkpoint as a decoder, or the reverse).
 
+An MNTP-trained checkpoint (decoder -> encoder) exported as an encoder is a ModernBertForMaskedLM whose
+output at i predicts token i + 1: config.json says so under ``ettin_training_objective: "mntp"``
+(hf_mapping.TRAINING_OBJECTIVE_KEY) and tools/fill_mask.py reads the mask's prediction one position
+earlier. It is exported, not refused: its uses as an encoder (embeddings, fine-tuning) are unaffected.
+
 Memory: the TP = PP = 1 model once, in the checkpoint's dtype, plus the re-laid QKV matrices (about a
 quarter of the weights); the safetensors file is streamed tensor by tensor.
 """
@@ -26,7 +31,7 @@ from .hf_files import (
     write_generation_config,
     write_sentence_transformers_files,
 )
-from .hf_mapping import hf_config, to_hf_state_dict
+from .hf_mapping import TRAINING_OBJECTIVE_KEY, hf_config, to_hf_state_dict
 from .megatron_side import load_megatron_model, read_description
 from .safetensors_io import write_safetensors
 
@@ -70,6 +75,8 @@ def megatron_to_hf(load: str | os.PathLike, output: str | os.PathLike, tokenizer
         out_dtype = DTYPE_NAMES[dtype] if dtype else config.params_dtype
         hf = hf_config(config, ids)
         hf.dtype = {v: k for k, v in DTYPE_NAMES.items()}[out_dtype]
+        if description.get("training_objective") == "mntp" and config.objective == "mlm":
+            setattr(hf, TRAINING_OBJECTIVE_KEY, "mntp")
         hf.save_pretrained(staging)
         tensors = to_hf_state_dict(model.state_dict(), config)
         write_safetensors(staging / "model.safetensors", tensors, dtype=out_dtype)

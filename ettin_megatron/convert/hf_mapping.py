@@ -27,6 +27,11 @@ MODEL_TYPES = {"mlm": "modernbert", "clm": "modernbert-decoder"}
 ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "clm": "ModernBertDecoderForCausalLM"}
 #: The special-token fields a Hugging Face ModernBERT config holds.
 HF_TOKEN_ID_FIELDS = ("cls_token_id", "sep_token_id", "pad_token_id")
+#: The config.json key that marks an encoder trained with MNTP (LLM2Vec's masked next-token prediction,
+#: the decoder -> encoder recipe): its output at position i predicts token i + 1, not token i, so a
+#: masked token is read from the position before it (tools/fill_mask.py does). Stock transformers
+#: ignores the key; embeddings and fine-tuning do not depend on the head's offset.
+TRAINING_OBJECTIVE_KEY = "ettin_training_objective"
 #: ModernBERT / ModernBertDecoder config fields that change the forward pass, with the one value an
 #: Ettin model implements (what hf_config_dict writes). The others either map to EttinConfig fields
 #: (ettin_overrides_from_hf) or leave the forward pass alone: dropouts, deterministic_flash_attn,

@@ -25,7 +25,7 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..config import ConfigError, ettin_config
 from .hf_files import copy_tokenizer, read_hf_config_json, resolve_tokenizer, tokenizer_ids
-from .hf_mapping import check_hf_tensor, ettin_overrides_from_hf, from_hf_state_dict, hf_shapes
+from .hf_mapping import TRAINING_OBJECTIVE_KEY, check_hf_tensor, ettin_overrides_from_hf, from_hf_state_dict, hf_shapes
 from .megatron_side import build_model, conversion_config
 from .safetensors_io import HFWeights
 
@@ -116,6 +116,7 @@ def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective
     ``require_tokenizer``: --verify needs one, and should fail before the conversion, not after)."""
     hf_dir, save = Path(hf_dir), Path(save)
     fields = read_hf_model_fields(hf_dir)
+    mntp = read_hf_config_json(hf_dir).get(TRAINING_OBJECTIVE_KEY) == "mntp" and objective in (None, "mlm")
     weights = HFWeights(hf_dir)
     target_fields = {**fields, **({"objective": objective} if objective else {})}
     ettin_config(None, **target_fields, tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp)
@@ -146,7 +147,8 @@ def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective
         copy_tokenizer(tokenizer_path, save / "tokenizer")
         tokenizer_copy = str((save / "tokenizer").resolve())
     try:
-        return save_checkpoint(save, iteration, [model], model.config, tokenizer=tokenizer_copy)
+        return save_checkpoint(save, iteration, [model], model.config, tokenizer=tokenizer_copy,
+                               training_objective="mntp" if mntp else None)
     except BaseException:
         shutil.rmtree(save / "tokenizer", ignore_errors=True)
         raise

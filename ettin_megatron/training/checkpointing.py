@@ -77,7 +77,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(root, iteration: int, consumed_samples: int, model_chunks, optimizer, scheduler, config,
-         tokenizer: str | None = None):
+         tokenizer: str | None = None, training_objective: str | None = None):
     """Save model + optimizer + scheduler + RNG + data position as iteration ``iteration`` (collective)."""
     chunks = unwrap(model_chunks)
     extra = {
@@ -86,7 +86,8 @@ def save(root, iteration: int, consumed_samples: int, model_chunks, optimizer, s
         "training_state": {"iteration": iteration, "consumed_samples": consumed_samples, "layout": _layout()},
         "rng_state": _rng_sharded_object(rng_state()),
     }
-    return save_checkpoint(root, iteration, chunks, config, extra=extra, tokenizer=tokenizer)
+    return save_checkpoint(root, iteration, chunks, config, extra=extra, tokenizer=tokenizer,
+                           training_objective=training_objective)
 
 
 def has_checkpoint(path) -> bool:

@@ -199,7 +199,8 @@ def evaluate(run: Run, step: int) -> dict:
 
 def _save(run: Run, iteration: int, consumed: int) -> None:
     path = checkpointing.save(run.args.run.save, iteration, consumed, run.model, run.optimizer, run.scheduler,
-                              run.config, tokenizer=run.args.data.tokenizer_model)
+                              run.config, tokenizer=run.args.data.tokenizer_model,
+                              training_objective=run.args.model.objective)
     _print(f"saved checkpoint {path}")
 
 

@@ -77,3 +77,37 @@ def test_decoder_generate(exported):
     with torch.no_grad():
         first = model(prompt_ids).logits[0, -1].argmax().item()
     assert out[0, prompt_ids.shape[1]].item() == first
+
+
+def test_mntp_encoder_is_labelled_and_fill_mask_reads_the_position_before_the_mask(hf_dirs, tmp_path):
+    """An MNTP encoder's output at i predicts token i + 1 (LLM2Vec). The label goes checkpoint -> config.json
+    -> checkpoint, and fill-mask scores the mask with our own model's logits one position earlier."""
+    from transformers import AutoTokenizer
+
+    from ettin_megatron.convert.import_hf import hf_to_megatron
+    from ettin_megatron.convert.megatron_side import load_megatron_model
+    from ettin_megatron.convert.verify import ettin_logits
+    from tools.fill_mask import fill_mask
+
+    checkpoint = hf_to_megatron(hf_dirs["mlm"], tmp_path / "ckpt")
+    description = json.loads((checkpoint / "ettin_config.json").read_text())
+    assert description["training_objective"] == "mlm"
+    description["training_objective"] = "mntp"  # what a --objective mntp run records (test_checkpointing)
+    (checkpoint / "ettin_config.json").write_text(json.dumps(description))
+    directory = megatron_to_hf(checkpoint, tmp_path / "hf")
+    assert json.loads((directory / "config.json").read_text())["ettin_training_objective"] == "mntp"
+    assert "ettin_training_objective" not in json.loads(
+        (megatron_to_hf(checkpoint, tmp_path / "as_decoder", objective="clm") / "config.json").read_text())
+    reimported = hf_to_megatron(directory, tmp_path / "again")
+    assert json.loads((reimported / "ettin_config.json").read_text())["training_objective"] == "mntp"
+
+    text = "The quick brown [MASK] jumps."
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    batch = tokenizer(text, return_tensors="pt")
+    position = batch["input_ids"][0].tolist().index(tokenizer.mask_token_id)
+    model, _ = load_megatron_model(checkpoint)
+    probs = ettin_logits(model.eval(), batch["input_ids"], batch["attention_mask"])[0, position - 1].softmax(-1)
+    expected = probs.topk(3)
+    predictions = fill_mask(str(directory), text, top_k=3)
+    assert [p["token"] for p in predictions] == expected.indices.tolist()
+    assert torch.allclose(torch.tensor([p["score"] for p in predictions]), expected.values, atol=1e-5)

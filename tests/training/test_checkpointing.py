@@ -5,6 +5,7 @@ re-saves iteration 2 with the final rename failing. The --load errors then run i
 ``python -m ettin_megatron.pretrain``'s ``main``: one ``error:`` line, and no process group was made.
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +30,8 @@ def _checkpoints(rank, prefix, root):
     from ettin_megatron.training.loop import pretrain
     from ettin_megatron.training.setup import build_model, build_model_config, unwrap
 
-    args = make_arguments(**base_args(prefix, train_iters=2, save=f"{root}/run"))
+    # MNTP (decoder -> encoder): an encoder model whose checkpoint must say how it was trained.
+    args = make_arguments(**base_args(prefix, train_iters=2, save=f"{root}/run", objective="mntp"))
     pretrain(args, special_tokens=SPECIAL)
     config = build_model_config(args)
     model = unwrap(build_model(args, config))
@@ -78,6 +80,13 @@ def _argv(prefix, *extra) -> list[str]:
     return ["--data-path", prefix, "--vocab-size", str(VOCAB), "--seq-length", "32", "--micro-batch-size", "2",
             "--global-batch-size", "8", "--split", "90,10,0", "--attention-backend", "sdpa", "--spec", "local",
             "--eval-iters", "0", *extra]
+
+
+def test_the_training_objective_is_recorded(checkpoints):
+    """An MNTP encoder's head is shifted (its output at i predicts i + 1): export needs to know (export_hf)."""
+    _, directory, _ = checkpoints
+    description = json.loads((directory / "run" / "iter_0000002" / "ettin_config.json").read_text())
+    assert (description["model"]["objective"], description["training_objective"]) == ("mlm", "mntp")
 
 
 def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
