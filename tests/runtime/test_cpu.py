@@ -50,22 +50,31 @@ def test_rng_tracker_forks_a_separate_stream_and_restores_the_default():
 
 
 def test_megatron_optimizer_with_clipping_steps_on_the_cpu():
-    """get_megatron_optimizer allocates on 'cuda' and checks 'torch.cuda.FloatTensor' types."""
+    """get_megatron_optimizer allocates on 'cuda' and checks 'torch.cuda.FloatTensor' types; the
+    optimizer --clip-grad builds scales every gradient by clip / (global norm) before its step."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from ettin_megatron.config import ettin_config
     from ettin_megatron.model import EttinModel
+    from ettin_megatron.training.arguments import make_arguments
+    from ettin_megatron.training.optimizer import build_optimizer
 
+    clip = 0.05
     config = ettin_config("tiny", vocab_size=256, num_layers=1)
     model = DistributedDataParallel(config, DistributedDataParallelConfig(), EttinModel(config, spec="local"))
-    optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=1.0), [model])
-    tokens = torch.randint(0, 256, (1, 32))
+    optimizer = build_optimizer(make_arguments(lr=1e-2, clip_grad=clip), [model])
+    tokens = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
     before = [p.detach().clone() for p in model.parameters()]
     model.zero_grad_buffer()
     model(tokens, torch.arange(32)[None], labels=tokens).mean().backward()
+    raw = [p.main_grad.detach().clone() for p in model.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in raw])).item()
+    assert norm > 2 * clip  # so that clipping must change the gradients
     success, grad_norm, _ = optimizer.step()
-    assert success and grad_norm > 0
+    assert success and grad_norm == pytest.approx(norm, rel=1e-5)  # the norm before clipping
+    scale = clip / (norm + 1e-6)  # megatron's clip_coeff
+    for param, gradient in zip(model.parameters(), raw):
+        torch.testing.assert_close(param.grad, gradient * scale, rtol=1e-5, atol=1e-9)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
