@@ -13,6 +13,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatase
 
 from ettin_megatron.data import dataset_info
 from ettin_megatron.data.dataset_info import read_info, sampled_max_token_id
+from ettin_megatron.data.inspect import inspect_dataset
 from ettin_megatron.data.merge import merge_datasets
 from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
 from ettin_megatron.data.readers import InputError
@@ -70,6 +71,9 @@ def test_merge_records_the_concatenation(tmp_path, tokenizer_dir):
     merged, tokens = read_info(str(tmp_path / "ab")), all_tokens(str(tmp_path / "ab"))
     assert (merged.documents, merged.tokens, merged.max_token_id) == (50, len(tokens), int(tokens.max()))
     assert merged.tokenizer == read_info(a).tokenizer and merged.tool == "tools/merge_datasets.py"
+    report = inspect_dataset(str(tmp_path / "ab"), samples=0)
+    assert f"tokenizer sha256 {tokenizer_fingerprint(tokenizer_dir)[:16]}, {merged.tokenizer.vocab_size} tokens" in report
+    assert f"per document (document level); max token id {int(tokens.max())}" in report
 
 
 def test_merge_refuses_other_tokenizers_and_unrecorded_inputs(tmp_path, tokenizer_dir):
