@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 
 from ettin_megatron.pretrain import main
+from tests.data.conftest import tokenizer_dir  # noqa: F401 (fixture)
 from tests.ranks import run_ranks
 from tests.training.training_data import SPECIAL, VOCAB, base_args, pretrain_error, write_corpus
 
@@ -76,8 +77,12 @@ def checkpoints(tmp_path_factory):
     return prefix, directory, result
 
 
-def _argv(prefix, *extra) -> list[str]:
-    return ["--data-path", prefix, "--vocab-size", str(VOCAB), "--seq-length", "32", "--micro-batch-size", "2",
+def _argv(prefix, tokenizer, *extra) -> list[str]:
+    """The command line of the fixture's run. The small tokenizer only supplies special ids that fit
+    --vocab-size (ModernBERT's default ids do not, and are refused); the data has no record, so it is
+    not compared with the tokenizer that made it."""
+    return ["--data-path", prefix, "--tokenizer-model", tokenizer, "--vocab-size", str(VOCAB), "--seq-length", "32",
+            "--micro-batch-size", "2",
             "--global-batch-size", "8", "--split", "90,10,0", "--attention-backend", "sdpa", "--spec", "local",
             "--eval-iters", "0", *extra]
 
@@ -97,54 +102,57 @@ def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
     assert after_marker == entries  # no iter_0000002.old left behind
 
 
-def test_resuming_a_finished_run_is_refused(capsys, checkpoints):
+def test_resuming_a_finished_run_is_refused(capsys, checkpoints, tokenizer_dir):
     prefix, root, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(root / "next"),
-                                "--train-iters", "2"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"),
+                                        "--save", str(root / "next"), "--train-iters", "2"))
     assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} is at iteration 2 / 16 samples, already at "
                     "or past this run's end; to start the next phase from it pass --finetune (weights only) or "
                     "raise --train-iters.")
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-samples", "16"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-samples", "16"))
     assert line.endswith("raise --train-samples.")
     assert not (root / "next").exists()
 
 
-def test_relaunching_a_finished_run_succeeds_without_training(capsys, checkpoints):
+def test_relaunching_a_finished_run_succeeds_without_training(capsys, checkpoints, tokenizer_dir):
     """--save == --load: a requeued job that is already done exits 0 and writes nothing."""
     prefix, root, _ = checkpoints
     before = {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*")}
-    argv = _argv(prefix, "--load", str(root / "run"), "--save", str(root / "run"), "--train-iters", "2")
+    argv = _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--save", str(root / "run"), "--train-iters", "2")
     assert main(argv) == 0
     assert "this run is already complete, nothing to do." in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*")} == before
 
 
-def test_finetune_needs_a_checkpoint(capsys, checkpoints, tmp_path):
+def test_finetune_needs_a_checkpoint(capsys, checkpoints, tmp_path, tokenizer_dir):
     prefix, _, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(tmp_path / "typo"), "--finetune", "--train-iters", "1"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "typo"), "--finetune",
+                                        "--train-iters", "1"))
     assert line == f"error: --load {tmp_path / 'typo'} holds no checkpoint to fine-tune from; fix --load."
 
 
-def test_a_damaged_checkpoint_is_one_line(capsys, checkpoints, tmp_path):
+def test_a_damaged_checkpoint_is_one_line(capsys, checkpoints, tmp_path, tokenizer_dir):
     prefix, root, _ = checkpoints
     shutil.copytree(root / "run", tmp_path / "run")
     (tmp_path / "run" / "iter_0000002" / "common.pt").write_bytes(b"not a torch file")
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(tmp_path / "run"), "--train-iters", "4"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "run"), "--train-iters", "4"))
     assert line.startswith(f"error: {tmp_path / 'run' / 'iter_0000002'} is incomplete or damaged (")
     assert line.endswith("load an earlier iteration.")
 
 
-def test_another_model_shape_is_refused(capsys, checkpoints):
+def test_another_model_shape_is_refused(capsys, checkpoints, tokenizer_dir):
     prefix, root, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--vocab-size", "2048"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-iters", "4",
+                                        "--vocab-size", "2048"))
     assert "is another model shape (vocab_size 1024 vs 2048: checkpoint vs this run)" in line
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4", "--model-size", "17m"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-iters", "4",
+                                        "--model-size", "17m"))
     assert "num_layers 4 vs 7, hidden_size 128 vs 256" in line
 
 
-def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints):
+def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints, tokenizer_dir):
     prefix, root, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "weights"), "--train-iters", "4"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "weights"), "--train-iters", "4"))
     assert line.endswith("holds weights only (no training state); load it with --finetune.")
 
 
@@ -152,11 +160,11 @@ def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints):
     ("12abc", "does not name an iteration ('12abc'); fix or delete it."),
     ("7", "names iteration 7 but"),
 ])
-def test_a_bad_latest_marker_is_not_a_fresh_start(capsys, tmp_path, marker, message):
+def test_a_bad_latest_marker_is_not_a_fresh_start(capsys, tmp_path, marker, message, tokenizer_dir):
     prefix = write_corpus(tmp_path, num_docs=20)
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text(marker + "\n")
-    argv = _argv(prefix, "--load", str(tmp_path / "ckpt"), "--train-iters", "1")
+    argv = _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "ckpt"), "--train-iters", "1")
     assert message in pretrain_error(capsys, argv)
     if marker == "7":
         (tmp_path / "ckpt" / "iter_0000007.old").mkdir()  # a re-save killed between its two renames
