@@ -126,7 +126,8 @@ def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, toke
 def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, work: Path) -> Path:
     """Train with pretrain, export to Hugging Face; the HF directory."""
     run = work / f"{objective}_{layout}"
-    sh(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29517",
+    sh(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
+       "--master-port", str(29517 + ("mlm", "clm").index(objective)),  # the objectives may run side by side
        "-m", "ettin_megatron.pretrain", *pretrain_flags(objective, layout, iters, prefix, tokenizer),
        "--save", str(run / "ckpt"), log=work / f"{objective}_{layout}.log")
     sh(sys.executable, "tools/convert_checkpoint.py", "megatron-to-hf", "--load", str(run / "ckpt"),
