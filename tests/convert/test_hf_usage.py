@@ -1,5 +1,6 @@
 """The exported directories work the way users use them: pipeline("fill-mask"),
-SentenceTransformer(dir).encode, and generate()."""
+SentenceTransformer(dir).encode, and generate(); fill-mask and generate agree with our own model's
+logits (EttinModel, loaded from the checkpoint), not only with the exported model."""
 
 import json
 
@@ -10,20 +11,38 @@ from ettin_megatron.convert.export_hf import megatron_to_hf
 
 
 @pytest.fixture(scope="module")
-def exported(parallel_run, tmp_path_factory):
-    root = tmp_path_factory.mktemp("exported")
+def checkpoints(parallel_run):
     trained = parallel_run["root"] / "trained"
-    return {"mlm": megatron_to_hf(trained / "tp2" / "mlm", root / "encoder"),
-            "clm": megatron_to_hf(trained / "pp2" / "clm", root / "decoder")}
+    return {"mlm": trained / "tp2" / "mlm", "clm": trained / "pp2" / "clm"}
 
 
-def test_encoder_fill_mask_pipeline(exported):
-    from transformers import pipeline
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
+    return {"mlm": megatron_to_hf(checkpoints["mlm"], root / "encoder"),
+            "clm": megatron_to_hf(checkpoints["clm"], root / "decoder")}
 
+
+def our_logits(checkpoint):
+    """input_ids [1, s] -> the logits [1, s, vocab] of our EttinModel, loaded from ``checkpoint``."""
+    from ettin_megatron.convert.megatron_side import load_megatron_model
+    from ettin_megatron.convert.verify import ettin_logits
+
+    model, _ = load_megatron_model(checkpoint)
+    return lambda input_ids: ettin_logits(model.eval(), input_ids, torch.ones_like(input_ids))
+
+
+def test_encoder_fill_mask_pipeline(exported, checkpoints):
+    from transformers import AutoTokenizer, pipeline
+
+    text = "The quick brown [MASK] jumps."
     fill = pipeline("fill-mask", model=str(exported["mlm"]), device="cpu")
-    predictions = fill("The quick brown [MASK] jumps.", top_k=3)
-    assert len(predictions) == 3
-    assert all(0.0 <= p["score"] <= 1.0 and isinstance(p["token_str"], str) for p in predictions)
+    predictions = fill(text, top_k=3)
+    input_ids = AutoTokenizer.from_pretrained(str(exported["mlm"]))(text, return_tensors="pt")["input_ids"]
+    position = input_ids[0].tolist().index(fill.tokenizer.mask_token_id)
+    expected = our_logits(checkpoints["mlm"])(input_ids)[0, position].softmax(-1).topk(3)
+    assert [p["token"] for p in predictions] == expected.indices.tolist()
+    assert torch.allclose(torch.tensor([p["score"] for p in predictions]), expected.values, atol=1e-5)
 
 
 def test_fill_mask_tool(exported, capsys):
@@ -60,7 +79,7 @@ def test_sentence_transformers_pooling(exported, objective):
     assert torch.allclose(embeddings.cpu(), expected, atol=1e-5)
 
 
-def test_decoder_generate(exported):
+def test_decoder_generate(exported, checkpoints):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     directory = exported["clm"]
@@ -73,10 +92,13 @@ def test_decoder_generate(exported):
     prompt_ids = torch.cat([torch.tensor([[tokenizer.cls_token_id]]), prompt["input_ids"]], dim=1)
     out = model.generate(prompt_ids, max_new_tokens=6, do_sample=False)
     assert out.shape[1] > prompt_ids.shape[1] and torch.equal(out[:, : prompt_ids.shape[1]], prompt_ids)
-    # greedy decoding agrees with the model's own argmax of the next token
-    with torch.no_grad():
-        first = model(prompt_ids).logits[0, -1].argmax().item()
-    assert out[0, prompt_ids.shape[1]].item() == first
+    # greedy decoding is our model's argmax, token after token (HF stops early at EOS)
+    logits, ours = our_logits(checkpoints["clm"]), prompt_ids
+    while ours.shape[1] < out.shape[1]:
+        ours = torch.cat([ours, logits(ours)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, ours)
+    with torch.no_grad():  # and the exported model's logits along the way are ours (argmax alone is coarse)
+        torch.testing.assert_close(model(out).logits, logits(out), atol=1e-4, rtol=1e-4)
 
 
 def test_mntp_encoder_is_labelled_and_fill_mask_reads_the_position_before_the_mask(hf_dirs, tmp_path):
