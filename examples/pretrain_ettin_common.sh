@@ -11,7 +11,8 @@
 #   TOKENIZER       tokenizer directory or tokenizer.json
 #   SAVE, LOAD      checkpoint roots (LOAD resumes; FINETUNE=1 loads weights only)
 #   PRECISION       bf16 | fp8 | fp32   (default: bf16 on a GPU, fp32 on the CPU)
-#   TRAIN_ITERS     optimizer steps (overrides the recipe's train samples)
+#   TRAIN_ITERS     optimizer steps of the demo (recipes count tokens: TRAIN_TOKENS)
+#   TRAIN_TOKENS    input tokens to train (overrides the recipe's train_tokens)
 #   MICRO_BATCH, GLOBAL_BATCH, SEQ_LENGTH, LR                           recipe overrides
 #   TENSORBOARD_DIR event files for TensorBoard (needs: pip install -e ".[tensorboard]")
 #   WORK_DIR        demo work dir (default: ./runs/demo), EXTRA_ARGS: more pretrain flags
@@ -84,6 +85,7 @@ else
   # shellcheck disable=SC2206  # DATA_PATH is a Megatron-style list: split on spaces
   [ -n "${DATA_PATH:-}" ] && ARGS+=(--data-path $DATA_PATH)
   [ -n "${TRAIN_ITERS:-}" ] && ARGS+=(--train-iters "$TRAIN_ITERS")
+  [ -n "${TRAIN_TOKENS:-}" ] && ARGS+=(--train-tokens "$TRAIN_TOKENS")
   [ -n "${MICRO_BATCH:-}" ] && ARGS+=(--micro-batch-size "$MICRO_BATCH")
   [ -n "${GLOBAL_BATCH:-}" ] && ARGS+=(--global-batch-size "$GLOBAL_BATCH")
   [ -n "${SEQ_LENGTH:-}" ] && ARGS+=(--seq-length "$SEQ_LENGTH")

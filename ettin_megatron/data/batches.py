@@ -7,6 +7,8 @@ Contract: a micro-batch is ONE packed row of all its samples' attention segments
     position_ids  LongTensor[1, T]    restart at 0 at each attention segment (RoPE positions)
     cu_seqlens    IntTensor[n_segments + 1], int32, 0 first, T last (varlen attention boundaries)
     max_seqlen    int                 the longest segment
+    num_tokens    int                 the samples' tokens, T without the padding segment (what token
+                                      budgets count, the same at any TP)
 No position holds a pad token unless `pad_to_multiple_of` asks for one (see collate), so no compute
 is spent on padding: this is the "unpadded" training of ModernBERT / Ettin.
 """
@@ -43,7 +45,8 @@ def collate(
             f"segment_lengths sum to {int(lengths.sum())} but the samples hold {tokens.numel()} "
             "tokens: every sample's segment_lengths must cover exactly its tokens."
         )
-    padding = -tokens.numel() % pad_to_multiple_of
+    num_tokens = tokens.numel()
+    padding = -num_tokens % pad_to_multiple_of
     if padding:
         tokens = torch.cat([tokens, torch.full((padding,), pad_token_id, dtype=torch.long)])
         labels = torch.cat([labels, torch.zeros(padding, dtype=torch.long)])
@@ -59,6 +62,7 @@ def collate(
         "position_ids": (torch.arange(tokens.numel()) - segment_starts)[None],
         "cu_seqlens": cu_seqlens.to(torch.int32),
         "max_seqlen": int(lengths.max()) if lengths.numel() else 0,
+        "num_tokens": num_tokens,
     }
 
 

@@ -89,6 +89,9 @@ class DataArgs:
     rampup_batch_size: list[int] | None = arg(None, "Batch-size warm-up: START INCREMENT SAMPLES "
                                               "(Megatron-LM's --rampup-batch-size; START and INCREMENT are "
                                               "rounded up to multiples of micro batch x DP).")
+    rampup_batch_size_tokens: list[int] | None = arg(None, "--rampup-batch-size of a --train-tokens run: "
+                                                     "START INCREMENT TOKENS, the batch (in samples) grows "
+                                                     "from START by INCREMENT over TOKENS input tokens.")
     mask_rate: float = arg(0.3, "MLM / MNTP masking rate of the training split (eval uses 15%).")
 
 
@@ -105,15 +108,19 @@ class OptimArgs:
                                   choices=("minus_sqrt", "linear", "cosine", "exponential"))
     lr_warmup_init: float = arg(0.0, "LR at step 0 of the warmup.")
     # Each schedule length may be given in steps (x the global batch) or in samples, whichever way the
-    # run's length is given; one of the pair, not both.
+    # run's length is given (one of the pair, not both); a --train-tokens run gives them in tokens.
     lr_warmup_iters: int = arg(0, "Linear warmup in optimizer steps.")
     lr_warmup_samples: int = arg(0, "Linear warmup in samples (instead of --lr-warmup-iters).")
+    lr_warmup_tokens: int = arg(0, "Linear warmup in input tokens (--train-tokens runs).")
     lr_decay_iters: int | None = arg(None, "Steps over which the LR decays (default: the whole run).")
     lr_decay_samples: int | None = arg(None, "Samples over which the LR decays (instead of "
                                        "--lr-decay-iters).")
+    lr_decay_tokens: int | None = arg(None, "Input tokens over which the LR decays (--train-tokens runs; "
+                                      "default: the whole run).")
     lr_wsd_decay_iters: int | None = arg(None, "WSD: the final annealing steps (default: all decay steps).")
     lr_wsd_decay_samples: int | None = arg(None, "WSD: the final annealing samples (instead of "
                                            "--lr-wsd-decay-iters).")
+    lr_wsd_decay_tokens: int | None = arg(None, "WSD: the final annealing input tokens (--train-tokens runs).")
     weight_decay: float = arg(3e-4, "Decoupled weight decay (not on norms and biases).")
     adam_beta1: float = arg(0.9, "Adam beta1.")
     adam_beta2: float = arg(0.98, "Adam beta2.")
@@ -129,6 +136,9 @@ class RunArgs:
     recipe: str | None = arg(None, "YAML recipe setting any of these fields; flags override it.")
     train_iters: int | None = arg(None, "Optimizer steps to train.")
     train_samples: int | None = arg(None, "Samples to train (alternative to --train-iters).")
+    train_tokens: int | None = arg(None, "Input tokens to train (Ettin's budgets; alternative to the two "
+                                   "above): the run stops at the first step that reaches them, and its "
+                                   "LR schedule and batch warm-up count tokens too.")
     seed: int = arg(21, "Seed of the model init, dropout and data order (Ettin: 21).")
     bf16: bool = arg(False, "BF16 mixed precision (fp32 main weights and grads).")
     fp8_format: str | None = arg(None, "FP8 GEMMs through Transformer Engine: e4m3 | hybrid.",
@@ -145,7 +155,16 @@ class RunArgs:
 
 
 SCHEDULE_LENGTHS = ("lr_warmup", "lr_decay", "lr_wsd_decay")
-"""LR schedule lengths with an ``_iters`` and a ``_samples`` form (see optimizer.schedule_steps)."""
+"""LR schedule lengths with an ``_iters``, a ``_samples`` and a ``_tokens`` form (see
+optimizer.schedule_steps)."""
+
+UNITS = ("iters", "samples", "tokens")
+
+ALTERNATIVES = (("data_path", "data_mix"), tuple(f"train_{unit}" for unit in UNITS),
+                ("rampup_batch_size", "rampup_batch_size_tokens"),
+                *(tuple(f"{length}_{unit}" for unit in UNITS) for length in SCHEDULE_LENGTHS))
+"""Fields that say one thing in different forms: a form given on the command line drops the recipe's
+others."""
 
 GROUPS = {"model": ModelArgs, "parallel": ParallelArgs, "data": DataArgs, "optim": OptimArgs, "run": RunArgs}
 
@@ -254,11 +273,10 @@ def parse_args(argv: list[str] | None = None) -> Arguments:
     """Defaults, then the recipe (if ``--recipe``), then the flags given on the command line."""
     given = vars(build_parser().parse_args(argv))
     values = read_recipe(given["recipe"]) if given.get("recipe") else {}
-    pairs = [("data_path", "data_mix"), ("train_iters", "train_samples")] + [
-        (f"{length}_iters", f"{length}_samples") for length in SCHEDULE_LENGTHS]
-    for flag, other in pairs + [(b, a) for a, b in pairs]:
-        if flag in given:  # the command line's data / lengths replace the recipe's, whichever form
-            values.pop(other, None)
+    for forms in ALTERNATIVES:  # the command line's data / lengths replace the recipe's, whichever form
+        if any(form in given for form in forms):
+            for form in forms:
+                values.pop(form, None)
     values.update(given)
     return make_arguments(**values)
 
@@ -289,14 +307,10 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
     if d.global_batch_size % (d.micro_batch_size * dp):
         raise ConfigError(f"global batch size {d.global_batch_size} is not divisible by micro batch size "
                           f"{d.micro_batch_size} x data parallel size {dp}; change one of them.")
-    if d.rampup_batch_size is not None:
-        _fit_rampup(d, dp)
-    if (r.train_iters is None) == (r.train_samples is None):
-        raise ConfigError("set exactly one of --train-iters and --train-samples.")
-    for length in SCHEDULE_LENGTHS:
-        if getattr(o, f"{length}_iters") and getattr(o, f"{length}_samples"):
-            flag = "--" + length.replace("_", "-")
-            raise ConfigError(f"pass {flag}-iters or {flag}-samples, not both.")
+    _check_units(args)
+    for name in ("rampup_batch_size", "rampup_batch_size_tokens"):
+        if getattr(d, name) is not None:
+            _fit_rampup(d, dp, name)
     if not d.data_path and not d.data_mix:
         raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
                           "or --data-mix MIXTURE.yaml.")
@@ -366,8 +380,38 @@ def _vocabulary(args: Arguments, special_tokens: dict | None) -> tuple[int, Toke
     return vocab_size, tokenizer, flag
 
 
-def _fit_rampup(d: DataArgs, dp: int) -> None:
-    """Fit --rampup-batch-size to this run's data parallelism, in place.
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_units(args: Arguments) -> None:
+    """One length of each kind, and one unit per run: a --train-tokens run measures its schedule and
+    batch warm-up in tokens (the scheduler then counts tokens), any other run in iterations / samples
+    (Megatron-LM's units, which mix freely: an iteration is a global batch of samples)."""
+    r, o, d = args.run, args.optim, args.data
+    if sum(getattr(r, f"train_{unit}") is not None for unit in UNITS) != 1:
+        raise ConfigError("set exactly one of --train-iters, --train-samples and --train-tokens.")
+    for length in SCHEDULE_LENGTHS:
+        given = [_flag(f"{length}_{unit}") for unit in UNITS if getattr(o, f"{length}_{unit}")]
+        if len(given) > 1:
+            raise ConfigError(f"pass {' or '.join(given)}, not both.")
+    if d.rampup_batch_size is not None and d.rampup_batch_size_tokens is not None:
+        raise ConfigError("pass --rampup-batch-size or --rampup-batch-size-tokens, not both.")
+    token_run = r.train_tokens is not None
+    wrong = ([f"{length}_{unit}" for length in SCHEDULE_LENGTHS
+              for unit in (("iters", "samples") if token_run else ("tokens",)) if getattr(o, f"{length}_{unit}")]
+             + [name for name in ("rampup_batch_size" if token_run else "rampup_batch_size_tokens",)
+                if getattr(d, name) is not None])
+    if wrong and token_run:
+        raise ConfigError(f"a --train-tokens run counts its schedule in tokens: replace {_flag(wrong[0])} "
+                          f"by its tokens form.")
+    if wrong:
+        raise ConfigError(f"{_flag(wrong[0])} counts tokens, which only a --train-tokens run does: give the "
+                          "run length as --train-tokens, or this length in iterations or samples.")
+
+
+def _fit_rampup(d: DataArgs, dp: int, name: str) -> None:
+    """Fit --rampup-batch-size (or its tokens form, ``name``) to this run's data parallelism, in place.
 
     Megatron's calculator needs START and INCREMENT to be multiples of micro batch x DP whose steps
     land exactly on the global batch. Recipes give them for Ettin's 4 GPUs, so rather than refuse
@@ -375,25 +419,26 @@ def _fit_rampup(d: DataArgs, dp: int) -> None:
     to the next such multiple that divides what remains; a START that reaches the global batch leaves
     nothing to ramp, so the warm-up is dropped. One line says what changed.
     """
-    if len(d.rampup_batch_size) != 3:
-        raise ConfigError("--rampup-batch-size takes three numbers: START INCREMENT SAMPLES.")
-    start, increment, samples = d.rampup_batch_size
-    if min(start, increment, samples) < 1:
-        raise ConfigError(f"--rampup-batch-size {start} {increment} {samples}: all three must be positive.")
+    flag, rampup = _flag(name), getattr(d, name)
+    if len(rampup) != 3:
+        length = "TOKENS" if name.endswith("tokens") else "SAMPLES"
+        raise ConfigError(f"{flag} takes three numbers: START INCREMENT {length}.")
+    start, increment, length = rampup
+    if min(start, increment, length) < 1:
+        raise ConfigError(f"{flag} {start} {increment} {length}: all three must be positive.")
     if start > d.global_batch_size:
-        raise ConfigError(f"--rampup-batch-size start {start} exceeds --global-batch-size "
-                          f"{d.global_batch_size}; lower it.")
+        raise ConfigError(f"{flag} start {start} exceeds --global-batch-size {d.global_batch_size}; lower it.")
     step = d.micro_batch_size * dp
     fitted_start = min(-(-start // step) * step, d.global_batch_size)
     rest = (d.global_batch_size - fitted_start) // step  # in units of step
     units = next((k for k in range(-(-increment // step), rest + 1) if rest % k == 0), rest)
-    fitted = [fitted_start, units * step, samples] if rest else None
-    if fitted != d.rampup_batch_size:
+    fitted = [fitted_start, units * step, length] if rest else None
+    if fitted != rampup:
         now = " ".join(map(str, fitted)) if fitted else "none (START reaches the global batch)"
         if os.environ.get("RANK", "0") == "0":
-            print(f"--rampup-batch-size {start} {increment} {samples} adjusted to {now}: START and INCREMENT "
+            print(f"{flag} {start} {increment} {length} adjusted to {now}: START and INCREMENT "
                   f"must be multiples of micro batch x DP = {step} that reach {d.global_batch_size}.", flush=True)
-        d.rampup_batch_size = fitted
+        setattr(d, name, fitted)
 
 
 def data_prefixes(args: Arguments) -> list[str]:
@@ -405,11 +450,15 @@ def data_prefixes(args: Arguments) -> list[str]:
     return list(get_blend_from_list(args.data.data_path)[0])
 
 
-def reached_end(args: Arguments, iteration: int, consumed_samples: int) -> bool:
-    """Whether a run that has trained ``iteration`` steps on ``consumed_samples`` samples is done."""
-    if args.run.train_iters is not None:
-        return iteration >= args.run.train_iters
-    return consumed_samples >= args.run.train_samples
+def reached_end(args: Arguments, iteration: int, consumed_samples: int, consumed_tokens: int) -> bool:
+    """Whether a run that has trained ``iteration`` steps on ``consumed_samples`` samples of
+    ``consumed_tokens`` input tokens is done (a budget ends at the first step that reaches it)."""
+    r = args.run
+    if r.train_iters is not None:
+        return iteration >= r.train_iters
+    if r.train_tokens is not None:
+        return consumed_tokens >= r.train_tokens
+    return consumed_samples >= r.train_samples
 
 
 def virtual_pipeline_size(args: Arguments, num_layers: int) -> int | None:

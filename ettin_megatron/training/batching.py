@@ -2,8 +2,10 @@
 
 The number of micro-batches per step is megatron's global NumMicroBatchesCalculator (with Megatron-LM's
 ``--rampup-batch-size START INCREMENT SAMPLES``: the global batch grows by INCREMENT from START over
-SAMPLES samples). Which samples a rank reads is a pure function of ``consumed_samples`` (the data
-position saved in checkpoints), exactly as Megatron-LM's MegatronPretrainingSampler: the step's global
+SAMPLES samples). The calculator only divides a position by the ramp length, so
+``--rampup-batch-size-tokens START INCREMENT TOKENS`` hands it TOKENS as the length and the consumed
+input tokens as the position (``ramp_position``). Which samples a rank reads is a pure function of
+``consumed_samples`` (the data position saved in checkpoints), exactly as Megatron-LM's MegatronPretrainingSampler: the step's global
 batch is samples [consumed, consumed + global_batch), cut into micro-batches of ``micro_batch_size x
 DP`` consecutive samples, of which data-parallel rank r takes the r-th slice. A resumed run, or a
 run at another TP / PP, therefore reads the same samples in the same steps.
@@ -11,6 +13,7 @@ run at another TP / PP, therefore reads the same samples in the same steps.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 from megatron.core import num_microbatches_calculator as nmc
@@ -22,17 +25,56 @@ from .arguments import Arguments
 
 def init_microbatches(args: Arguments, rank: int, data_parallel_size: int) -> None:
     """(Re)configure megatron's global micro-batch calculator for this run."""
+    d = args.data
     nmc.destroy_num_microbatches_calculator()
     nmc.init_num_microbatches_calculator(
-        rank, args.data.rampup_batch_size, args.data.global_batch_size, args.data.micro_batch_size,
+        rank, d.rampup_batch_size or d.rampup_batch_size_tokens, d.global_batch_size, d.micro_batch_size,
         data_parallel_size,
     )
 
 
-def update_microbatches(consumed_samples: int) -> tuple[int, int]:
-    """Advance the ramp-up to ``consumed_samples``; returns (micro-batches per step, global batch size)."""
-    nmc.update_num_microbatches(consumed_samples, consistency_check=True)
+def ramp_position(args: Arguments, consumed_samples: int, consumed_tokens: int) -> int:
+    """Where the batch-size ramp-up stands, in the unit of its length. Both counts are functions of the
+    data position alone (the tokens are those of samples [0, consumed_samples)), so the step's batch
+    is too, whatever the parallel layout or restart."""
+    return consumed_tokens if args.data.rampup_batch_size_tokens else consumed_samples
+
+
+def update_microbatches(position: int) -> tuple[int, int]:
+    """Advance the ramp-up to ``position`` (ramp_position's); returns (micro-batches per step, global
+    batch size)."""
+    nmc.update_num_microbatches(position, consistency_check=True)
     return nmc.get_num_microbatches(), nmc.get_current_global_batch_size()
+
+
+PROBE_SAMPLES = 1024
+"""Samples whose mean length sizes a token-budget run's train split before its first step."""
+
+
+def planned_samples(args: Arguments) -> int:
+    """Train samples to build: the run's samples (iterations x the global batch, an upper bound under
+    ramp-up), or for a token budget the fewest that can hold it (a sample has at most seq_length
+    tokens), which token_budget_samples then corrects."""
+    r, d = args.run, args.data
+    if r.train_tokens is not None:
+        return -(-r.train_tokens // d.seq_length)
+    return r.train_samples or r.train_iters * d.global_batch_size
+
+
+def token_budget_samples(args: Arguments, dataset, consumed_samples: int, consumed_tokens: int) -> int:
+    """Train samples a --train-tokens run reads in all, estimated: those read so far plus the rest of the
+    budget at the mean tokens per sample (of the samples read so far; before the first step, of the
+    dataset's first PROBE_SAMPLES, a shuffled draw), with 5% to spare and one global batch for the last
+    step's overshoot. Samples are shorter than seq_length by a data-dependent amount (short documents,
+    chunk tails), so no fixed count holds a token budget. Every rank reads the same samples, so every
+    rank gets the same number."""
+    if consumed_samples:
+        mean = consumed_tokens / consumed_samples
+    else:
+        probe = range(min(len(dataset), PROBE_SAMPLES))
+        mean = sum(len(dataset[i]["tokens"]) for i in probe) / len(probe)
+    left = max(args.run.train_tokens - consumed_tokens, 0)
+    return consumed_samples + math.ceil(left / mean * 1.05) + args.data.global_batch_size
 
 
 def step_micro_batches(dataset, consumed_samples: int, num_microbatches: int, micro_batch_size: int,

@@ -4,7 +4,8 @@ A training checkpoint is the model checkpoint plus these entries of ``extra``:
 
     optimizer            megatron's optimizer.sharded_state_dict (reshardable: any TP / PP / DP)
     opt_param_scheduler  the LR scheduler's state (a plain object)
-    training_state       {"iteration", "consumed_samples", "layout": [TP, PP, DP]} (plain object)
+    training_state       {"iteration", "consumed_samples", "consumed_tokens", "layout": [TP, PP, DP]}
+                         (plain object; the data position and the input tokens read up to it)
     rng_state            per-rank RNG states (python, numpy, torch, the TP tracker), one ShardedObject
                          per (PP, TP, DP) rank; restored only at the same layout, where it makes a
                          resumed run bit-exact. At another layout the run resumes without it.
@@ -37,7 +38,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..config import ConfigError, SizePreset, one_line
-from .arguments import Arguments, reached_end
+from .arguments import UNITS, Arguments, reached_end
 from .setup import unwrap
 
 SHAPE_FIELDS = (*(f.name for f in fields(SizePreset)), "vocab_size")
@@ -76,14 +77,15 @@ def set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def save(root, iteration: int, consumed_samples: int, model_chunks, optimizer, scheduler, config,
-         tokenizer: str | None = None, training_objective: str | None = None):
+def save(root, iteration: int, consumed_samples: int, consumed_tokens: int, model_chunks, optimizer, scheduler,
+         config, tokenizer: str | None = None, training_objective: str | None = None):
     """Save model + optimizer + scheduler + RNG + data position as iteration ``iteration`` (collective)."""
     chunks = unwrap(model_chunks)
     extra = {
         "optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks)),
         "opt_param_scheduler": scheduler.state_dict(),
-        "training_state": {"iteration": iteration, "consumed_samples": consumed_samples, "layout": _layout()},
+        "training_state": {"iteration": iteration, "consumed_samples": consumed_samples,
+                           "consumed_tokens": consumed_tokens, "layout": _layout()},
         "rng_state": _rng_sharded_object(rng_state()),
     }
     return save_checkpoint(root, iteration, chunks, config, extra=extra, tokenizer=tokenizer,
@@ -138,25 +140,28 @@ def check_load(args: Arguments, model: dict) -> Path | None:
                           "iteration.") from None
     if state is None:
         raise ConfigError(f"{directory} holds weights only (no training state); load it with --finetune.")
-    iteration, consumed = state["iteration"], state["consumed_samples"]
-    if reached_end(args, iteration, consumed):
+    iteration, consumed, tokens = state["iteration"], state["consumed_samples"], state.get("consumed_tokens")
+    if tokens is None and args.run.train_tokens is not None:
+        raise ConfigError(f"{directory} predates token counting (no consumed tokens): resume it with "
+                          "--train-samples or --train-iters, or load it with --finetune.")
+    if reached_end(args, iteration, consumed, tokens or 0):
+        where = f"iteration {iteration} / {consumed} samples / {tokens or 0} tokens"
         if args.run.save and Path(args.run.save).resolve() == Path(args.run.load).resolve():
-            raise RunFinished(f"{directory} is at iteration {iteration} / {consumed} samples: this run is "
-                              "already complete, nothing to do.")
-        length = "--train-iters" if args.run.train_iters is not None else "--train-samples"
-        raise ConfigError(f"checkpoint {directory} is at iteration {iteration} / {consumed} samples, already at "
-                          f"or past this run's end; to start the next phase from it pass --finetune (weights "
-                          f"only) or raise {length}.")
+            raise RunFinished(f"{directory} is at {where}: this run is already complete, nothing to do.")
+        length = next(f"--train-{unit}" for unit in UNITS if getattr(args.run, f"train_{unit}") is not None)
+        raise ConfigError(f"checkpoint {directory} is at {where}, already at or past this run's end; to start "
+                          f"the next phase from it pass --finetune (weights only) or raise {length}.")
     return directory
 
 
-def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) -> tuple[int, int]:
-    """Restore the checkpoint ``check_load`` accepted; returns (iteration, consumed_samples) to continue
-    from ((0, 0) with finetune)."""
+def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) -> tuple[int, int, int]:
+    """Restore the checkpoint ``check_load`` accepted; returns (iteration, consumed_samples,
+    consumed_tokens) to continue from ((0, 0, 0) with finetune; tokens 0 for a checkpoint older than
+    token counting, which check_load allows only where tokens are just reported)."""
     chunks = unwrap(model_chunks)
     if finetune:
         load_checkpoint(directory, chunks)
-        return 0, 0
+        return 0, 0, 0
     common = dist_checkpointing.load_common_state_dict(str(directory))
     same_layout = common["training_state"]["layout"] == _layout()
     extra = {"optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True)}
@@ -168,7 +173,7 @@ def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) 
     if same_layout:
         set_rng_state(loaded["rng_state"])
     state = common["training_state"]
-    return state["iteration"], state["consumed_samples"]
+    return state["iteration"], state["consumed_samples"], state.get("consumed_tokens", 0)
 
 
 __all__ = ["RunFinished", "check_load", "has_checkpoint", "load", "save"]

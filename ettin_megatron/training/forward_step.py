@@ -8,9 +8,11 @@ all DP ranks), as Megatron-LM does. The step's loss is therefore the mean over e
 the global batch, whatever the micro-batch size, DP size or packing.
 
 The report ``{"lm loss": [loss_sum, num_tokens, ...]}`` holds, in training, the micro-batch's input tokens
-(for tokens/s) and the (query, key) pairs its attention scored (for MFU, counted on the device from
-its documents), and in evaluation the number of correct argmax predictions; the loop sums reports over
-micro-batches and DP ranks.
+(its samples' tokens, padding excluded: tokens/s and token budgets) and the (query, key) pairs its
+attention scored (for MFU, counted on the device from its documents), and in evaluation the number of
+correct argmax predictions; the loop sums reports over micro-batches and DP ranks. The token counts of
+one micro-batch are exact in float32 (below 2**24); the loop sums them in float64 so that a step's
+counts stay exact.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ def _next_batch(data_iterator, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def loss_func(loss_mask: torch.Tensor, pairs: torch.Tensor, output_tensor: torch.Tensor):
+def loss_func(loss_mask: torch.Tensor, input_tokens: int, pairs: torch.Tensor, output_tensor: torch.Tensor):
     """Per-token losses [1, T] -> (sum over loss_mask, labelled tokens,
     {"lm loss": [sum, labelled tokens, input tokens, attention pairs]})."""
     mask = loss_mask.reshape(-1).float()
     loss = torch.sum(output_tensor.float().reshape(-1) * mask)
     num_tokens = mask.sum().detach().to(torch.int)
-    report = torch.stack([loss.detach(), mask.sum().detach(), torch.tensor(float(mask.numel()), device=mask.device),
+    report = torch.stack([loss.detach(), mask.sum().detach(), torch.tensor(float(input_tokens), device=mask.device),
                           pairs.float()])
     return loss, num_tokens, {"lm loss": report}
 
@@ -81,6 +83,7 @@ def make_forward_step(device: torch.device, config, evaluation: bool = False):
             output = model(batch["tokens"], batch["position_ids"], packed_seq_params=params)
             return output, partial(eval_loss_func, batch["labels"], batch["loss_mask"])
         output = model(batch["tokens"], batch["position_ids"], labels=batch["labels"], packed_seq_params=params)
-        return output, partial(loss_func, batch["loss_mask"], attended_pairs(batch["cu_seqlens"], config))
+        return output, partial(loss_func, batch["loss_mask"], batch["num_tokens"],
+                               attended_pairs(batch["cu_seqlens"], config))
 
     return forward_step

@@ -6,10 +6,11 @@
                                                   chunks in DDP, optimizer, schedule (setup.py,
                                                   optimizer.py), --load (checkpointing.py), datasets
                                                   (batching.py: EttinDataset on megatron's builder)
-      for each step:
+      for each step, until the iteration, sample or token budget is reached:
           train_step                              this step's micro-batches (batching.step_micro_batches),
                                                   forward + backward (megatron's 1F1B / interleaved
-                                                  schedule), optimizer and LR step
+                                                  schedule), optimizer and LR step (by samples, or by the
+                                                  step's input tokens in a --train-tokens run)
           log / evaluate / save                   metrics.py, evaluate, checkpointing.py
 
 Everything that runs is Megatron-Core's; this file only orders the calls. ``pretrain`` returns the
@@ -50,6 +51,7 @@ class Run:
     eval_batches: int
     dp_rank: int
     dp_size: int
+    special: dict  # EttinDatasetConfig's token-id fields, to rebuild the data (grow_train_data)
     metrics: Metrics | None = None
     forward_backward: object = field(default_factory=get_forward_backward_func)
 
@@ -76,24 +78,25 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
         _print(str(finished))
         return []
 
-    run, iteration, consumed = setup(args, vocab, special, dp_size, resume)
+    run, iteration, consumed, tokens = setup(args, vocab, special, dp_size, resume)
     history = []
-    while not reached_end(args, iteration, consumed):
-        batch_size, loss, grad_norm = train_step(run, consumed)
+    while not reached_end(args, iteration, consumed, tokens):
+        batch_size, step_tokens, loss, grad_norm = train_step(run, consumed, tokens)
         iteration += 1
         consumed += batch_size
+        tokens += step_tokens
 
         # Report, validate, save.
         row = {"step": iteration, "loss": loss, "lr": current_lr(run.optimizer), "grad_norm": grad_norm,
-               "batch_size": batch_size}
-        if iteration == 1 or iteration % args.run.log_interval == 0 or reached_end(args, iteration, consumed):
-            row = run.metrics.log_step(iteration, consumed, loss, row["lr"], grad_norm, batch_size)
+               "batch_size": batch_size, "tokens": tokens}
+        if iteration == 1 or iteration % args.run.log_interval == 0 or reached_end(args, iteration, consumed, tokens):
+            row = run.metrics.log_step(iteration, consumed, tokens, loss, row["lr"], grad_norm, batch_size)
         history.append(row)
         if args.run.eval_interval and iteration % args.run.eval_interval == 0 and run.eval_batches:
             history.append(evaluate(run, iteration))
         exiting = bool(args.run.exit_interval and iteration % args.run.exit_interval == 0)
         if args.run.save and (exiting or (args.run.save_interval and iteration % args.run.save_interval == 0)):
-            _save(run, iteration, consumed)
+            _save(run, iteration, consumed, tokens)
         if exiting:
             break
 
@@ -101,14 +104,14 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
         if run.eval_batches and (not args.run.eval_interval or iteration % args.run.eval_interval):
             history.append(evaluate(run, iteration))
         if args.run.save and not (args.run.save_interval and iteration % args.run.save_interval == 0):
-            _save(run, iteration, consumed)
+            _save(run, iteration, consumed, tokens)
     run.metrics.close()
     return history
 
 
-def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resume) -> tuple[Run, int, int]:
+def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resume) -> tuple[Run, int, int, int]:
     """Process groups, model chunks in DDP, optimizer, schedule, the --load checkpoint and the datasets;
-    returns the run and where it starts (step, consumed samples)."""
+    returns the run and where it starts (step, consumed samples, consumed tokens)."""
     layout = ParallelLayout(args.parallel.tensor_model_parallel_size, args.parallel.pipeline_model_parallel_size,
                             virtual_pipeline_size(args, PRESETS[args.model.model_size].num_layers))
     initialize(layout, seed=args.run.seed)
@@ -119,30 +122,45 @@ def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resum
     wire_schedule_hooks(config, model, optimizer, args)
     batching.init_microbatches(args, torch.distributed.get_rank(), dp_size)
 
-    iteration, consumed = 0, 0
+    iteration, consumed, tokens = 0, 0, 0
     if resume:
-        iteration, consumed = checkpointing.load(resume, model, optimizer, scheduler, args.run.finetune)
-        _print(f"loaded {args.run.load}: continuing at step {iteration}, {consumed:,} samples consumed")
+        iteration, consumed, tokens = checkpointing.load(resume, model, optimizer, scheduler, args.run.finetune)
+        _print(f"loaded {args.run.load}: continuing at step {iteration}, {consumed:,} samples / {tokens:,} tokens "
+               "consumed")
     elif args.run.load:
         _print(f"no checkpoint in {args.run.load} yet: starting from scratch")
 
     # Every rank reads data (pipeline stages all need the packing boundaries).
     gbs, eval_batches = args.data.global_batch_size, args.run.eval_iters
-    total_samples = args.run.train_samples or args.run.train_iters * gbs
-    train_ds, valid_ds = batching.build_datasets(args, total_samples, eval_batches * gbs, special)
+    train_ds, valid_ds = batching.build_datasets(args, batching.planned_samples(args), eval_batches * gbs, special)
     if valid_ds is None:
         eval_batches = 0  # the split leaves no validation documents
     run = Run(args, config, model, optimizer, scheduler, train_ds, valid_ds, eval_batches,
-              parallel_state.get_data_parallel_rank(), dp_size)
+              parallel_state.get_data_parallel_rank(), dp_size, special)
+    if args.run.train_tokens is not None:
+        grow_train_data(run, consumed, tokens, 0)
 
     params = count_parameters(config)
     world_size = torch.distributed.get_world_size()
-    run.metrics = Metrics(args.run.tensorboard_dir, args.run.train_iters, args.run.train_samples,
+    run.metrics = Metrics(args.run.tensorboard_dir, args.run.train_iters, args.run.train_samples, args.run.train_tokens,
                           config, params, world_size, args.model.objective)
     _print(f"model {args.model.model_size} ({args.model.objective}): {params / 1e6:.1f}M parameters, "
            f"TP={layout.tensor_parallel} PP={layout.pipeline_parallel} VPP={layout.virtual_pipeline_parallel} "
            f"DP={dp_size}")
-    return run, iteration, consumed
+    return run, iteration, consumed, tokens
+
+
+def grow_train_data(run: Run, consumed: int, tokens: int, batch_size: int) -> None:
+    """Make the train split hold what a --train-tokens run reads: the next ``batch_size`` samples and the
+    rest of the budget (batching.token_budget_samples). Asking for more samples only appends to the
+    sample index, so the samples read so far and their order are unchanged (resume stays exact). Every
+    rank decides alike from the same counts, so the rebuild (a collective) happens on all of them."""
+    args, have = run.args, len(run.train_ds)
+    need = max(consumed + batch_size, batching.token_budget_samples(args, run.train_ds, consumed, tokens))
+    if need > have:
+        _print(f"the token budget needs about {need:,} train samples, {have:,} built: building them")
+        run.train_ds, run.valid_ds = batching.build_datasets(
+            args, need, run.eval_batches * args.data.global_batch_size, run.special)
 
 
 def micro_batches(run: Run, dataset, start: int, num_micro: int):
@@ -155,13 +173,16 @@ def micro_batches(run: Run, dataset, start: int, num_micro: int):
     return its[0] if len(its) == 1 else its
 
 
-def train_step(run: Run, consumed: int) -> tuple[int, float, float | None]:
-    """One optimizer step on the global batch at ``consumed``: (batch size, loss, grad norm).
+def train_step(run: Run, consumed: int, tokens: int) -> tuple[int, int, float, float | None]:
+    """One optimizer step on the global batch at sample ``consumed`` (``tokens`` input tokens read before
+    it): (batch size, its input tokens, loss, grad norm).
 
     Megatron's pipeline schedule (1F1B / interleaved) runs forward + backward over the micro-batches;
     its optimizer steps (skipping the step when the loss scaler finds overflows) and the scheduler
-    advances by the batch's samples."""
-    num_micro, batch_size = batching.update_microbatches(consumed)
+    advances by the batch's samples, or in a --train-tokens run by its input tokens (see optimizer.py)."""
+    num_micro, batch_size = batching.update_microbatches(batching.ramp_position(run.args, consumed, tokens))
+    if run.args.run.train_tokens is not None and consumed + batch_size > len(run.train_ds):
+        grow_train_data(run, consumed, tokens, batch_size)  # the estimate fell short
     for chunk in run.model:
         chunk.zero_grad_buffer()
     run.optimizer.zero_grad()
@@ -169,12 +190,13 @@ def train_step(run: Run, consumed: int) -> tuple[int, float, float | None]:
         forward_step_func=run.train_forward, data_iterator=micro_batches(run, run.train_ds, consumed, num_micro),
         model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length, micro_batch_size=1,
         forward_only=False)
+    loss_sum, labelled, input_tokens, pairs = _reduce(_sum_reports(reports, 4)).tolist()
+    input_tokens = round(input_tokens)
     updated, grad_norm, _ = run.optimizer.step()
     if updated:
-        run.scheduler.step(increment=batch_size)
-    loss_sum, tokens, input_tokens, pairs = _reduce(_sum_reports(reports, 4)).tolist()
-    run.metrics.add_tokens(int(input_tokens), pairs)
-    return batch_size, loss_sum / max(tokens, 1), None if grad_norm is None else float(grad_norm)
+        run.scheduler.step(increment=input_tokens if run.args.run.train_tokens is not None else batch_size)
+    run.metrics.add_tokens(input_tokens, pairs)
+    return batch_size, input_tokens, loss_sum / max(labelled, 1), None if grad_norm is None else float(grad_norm)
 
 
 def evaluate(run: Run, step: int) -> dict:
@@ -183,7 +205,7 @@ def evaluate(run: Run, step: int) -> dict:
         chunk.eval()
     gbs = run.args.data.global_batch_size
     num_micro = gbs // (run.args.data.micro_batch_size * run.dp_size)
-    totals = torch.zeros(3)
+    totals = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for k in range(run.eval_batches):
             reports = run.forward_backward(
@@ -197,19 +219,20 @@ def evaluate(run: Run, step: int) -> dict:
     return run.metrics.log_validation(step, loss_sum / max(tokens, 1), correct / max(tokens, 1), int(tokens))
 
 
-def _save(run: Run, iteration: int, consumed: int) -> None:
-    path = checkpointing.save(run.args.run.save, iteration, consumed, run.model, run.optimizer, run.scheduler,
-                              run.config, tokenizer=run.args.data.tokenizer_model,
+def _save(run: Run, iteration: int, consumed: int, tokens: int) -> None:
+    path = checkpointing.save(run.args.run.save, iteration, consumed, tokens, run.model, run.optimizer,
+                              run.scheduler, run.config, tokenizer=run.args.data.tokenizer_model,
                               training_objective=run.args.model.objective)
     _print(f"saved checkpoint {path}")
 
 
 def _sum_reports(reports: list, size: int) -> torch.Tensor:
     """Sum this rank's micro-batch reports of ``size`` values, [loss sum, labelled tokens, input tokens
-    and attention pairs, or correct] (the reports exist only on the last pipeline stage; zeros elsewhere)."""
-    total = torch.zeros(size)
+    and attention pairs, or correct] (the reports exist only on the last pipeline stage; zeros elsewhere),
+    in float64: a step's token counts (36M at 4608 x 7999) are beyond float32's exact integers."""
+    total = torch.zeros(size, dtype=torch.float64)
     for report in reports:
-        total += report["lm loss"].detach().float().cpu()
+        total += report["lm loss"].detach().double().cpu()
     return total
 
 

@@ -1,6 +1,6 @@
 """What a run reports: one line per logged step, validation lines, TensorBoard scalars.
 
-    step     20/200 | loss 6.8123 | lr 3.000e-03 | grad norm 1.234 | tokens/s 51,234 | MFU 41.2% | ETA 0:03:10
+    step     20/200 | loss 6.8123 | lr 3.000e-03 | grad norm 1.234 | tokens 81,920 | tokens/s 51,234 | MFU 41.2% | ETA 0:03:10
     validation step 200 | mlm loss 5.9012 | accuracy 0.1875 | tokens 12,345
 
 MFU is shown on GPUs whose peak BF16 dense throughput is known. Training FLOPs follow the usual
@@ -9,6 +9,7 @@ per (query, key) pair that attention scores, summed over the layers. The pairs a
 micro-batch's packed documents (``cu_seqlens``): attention never crosses a document, so a global layer
 scores L x L pairs per document of length L (about half when causal), not seq_length x seq_length,
 and a local layer only the pairs within its window.
+``tokens`` is the input tokens consumed so far (out of --train-tokens in a token-budget run).
 Lines are printed by the last rank (it holds the loss), as in Megatron-LM.
 """
 
@@ -65,10 +66,12 @@ class Metrics:
     """Formats and writes step and validation metrics; keeps the timing needed for tokens/s and ETA."""
 
     def __init__(self, tensorboard_dir: str | None, total_steps: int | None, total_samples: int | None,
-                 config, num_params: int, world_size: int, objective: str):
-        self.total_steps = total_steps
-        self.total_samples = total_samples
-        self.start_point = None  # (step, samples) of the first logged step: ETA counts from there
+                 total_tokens: int | None, config, num_params: int, world_size: int, objective: str):
+        self.total_steps, self.total_tokens = total_steps, total_tokens
+        # The run's length: (index into (step, samples, tokens), its end); ETA counts in that unit.
+        self.length = next((unit, total) for unit, total in enumerate((total_steps, total_samples, total_tokens))
+                           if total is not None)
+        self.start_point = None  # ((step, samples, tokens), time) of the first logged step
         self.config, self.num_params = config, num_params
         self.world_size = world_size
         self.objective = objective
@@ -91,28 +94,29 @@ class Metrics:
         self.window_tokens += tokens
         self.window_flops += training_flops(self.config, self.num_params, tokens, pairs)
 
-    def log_step(self, step: int, consumed_samples: int, loss: float, lr: float, grad_norm: float | None,
-                 batch_size: int) -> dict:
+    def log_step(self, step: int, consumed_samples: int, consumed_tokens: int, loss: float, lr: float,
+                 grad_norm: float | None, batch_size: int) -> dict:
         """Print (on the logging rank) and return the step's metrics; resets the tokens/s window."""
         now = time.time()
         elapsed = max(now - self.window_start, 1e-9)
         tokens_per_s = self.window_tokens / elapsed
         row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-               "batch_size": batch_size}
+               "batch_size": batch_size, "tokens": consumed_tokens}
         parts = [f"step {step:>7}" + (f"/{self.total_steps}" if self.total_steps else ""),
                  f"loss {loss:.4f}", f"lr {lr:.3e}"]
         if grad_norm is not None:
             parts.append(f"grad norm {grad_norm:.3f}")
+        parts.append(f"tokens {consumed_tokens:,}" + (f"/{self.total_tokens:,}" if self.total_tokens else ""))
         parts.append(f"tokens/s {tokens_per_s:,.0f}")
         if self.peak:
             row["mfu"] = self.window_flops / elapsed / (self.peak * self.world_size)
             parts.append(f"MFU {100 * row['mfu']:.1f}%")
+        position = (step, consumed_samples, consumed_tokens)
         if self.start_point is None:
-            self.start_point = (step, consumed_samples, now)
-        first_step, first_samples, first_time = self.start_point
-        if step > first_step:  # by steps (--train-iters) or by samples (--train-samples, ramp-up aware)
-            done, left = ((step - first_step, self.total_steps - step) if self.total_steps else
-                          (consumed_samples - first_samples, self.total_samples - consumed_samples))
+            self.start_point = (position, now)
+        (first, first_time), (unit, total) = self.start_point, self.length
+        if step > first[0]:  # in the run's unit: steps, samples or tokens (ramp-up aware)
+            done, left = position[unit] - first[unit], total - position[unit]
             eta = datetime.timedelta(seconds=round((now - first_time) / done * max(left, 0)))
             parts.append(f"ETA {eta}")
         if is_logging_rank():

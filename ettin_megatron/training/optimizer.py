@@ -11,7 +11,13 @@ rule cannot be plugged in without patching megatron. We keep megatron's AdamW an
 clipping on (``--clip-grad 1.0``) in its place.
 
 Schedule: ``OptimizerParamScheduler`` stepped in *samples*, as Megatron-LM does (so a batch-size
-ramp-up does not distort it): linear warmup from ``--lr-warmup-init`` to ``--lr``, then ``constant``
+ramp-up does not distort it), or, in a ``--train-tokens`` run, in *input tokens*: each step advances it
+by the step's real token count (every non-padding token the model reads, summed over the global
+batch), not its labelled tokens. Ettin's budgets (phase lengths, warm-ups) count input tokens, as
+Composer's token counter did, and the labelled share depends on the objective (~30% under MLM, almost
+all under CLM), so one recipe means the same data for encoder and decoder only in input tokens.
+The scheduler takes Python ints, so 2e12 tokens are exact, and its ratios are float64 divisions of
+integers below 2**53: the formulas hold at token granularity. Linear warmup from ``--lr-warmup-init`` to ``--lr``, then ``constant``
 (Ettin phase 1, warmup-stable), or ``WSD`` whose last ``wsd`` samples anneal to ``--min-lr`` with
 ``--lr-wsd-decay-style minus_sqrt``: lr = min + (peak - min)(1 - sqrt((n - (T - C)) / C)), which is
 the recipe's peak * (a + (1 - a)(1 - sqrt(...))) with a = min / peak.
@@ -43,7 +49,8 @@ def build_optimizer(args: Arguments, model_chunks):
 
 @dataclass(frozen=True)
 class ScheduleSteps:
-    """The schedule's lengths in samples (Megatron-LM's unit)."""
+    """The schedule's lengths in the run's unit: samples (Megatron-LM's), or input tokens in a
+    --train-tokens run."""
 
     warmup: int
     decay: int
@@ -51,14 +58,20 @@ class ScheduleSteps:
 
 
 def schedule_steps(args: Arguments) -> ScheduleSteps:
-    """Warmup / decay / WSD-anneal lengths in samples. Each comes from its *-samples flag or its
-    *-iters flag (steps x the global batch; validate refuses both), whichever way the run's own
-    length is given; decay defaults to the whole run and the WSD anneal to the whole decay."""
+    """Warmup / decay / WSD-anneal lengths in the run's unit. In a --train-tokens run each is its
+    *-tokens flag; otherwise its *-samples flag or its *-iters flag (steps x the global batch;
+    validate refuses both), whichever way the run's own length is given. Decay defaults to the whole
+    run and the WSD anneal to the whole decay."""
     o, r, gbs = args.optim, args.run, args.data.global_batch_size
-    run = r.train_samples if r.train_samples is not None else r.train_iters * gbs
-    warmup = o.lr_warmup_samples or o.lr_warmup_iters * gbs
-    decay = o.lr_decay_samples or (o.lr_decay_iters or 0) * gbs or run
-    wsd = o.lr_wsd_decay_samples or (o.lr_wsd_decay_iters or 0) * gbs or decay
+    if r.train_tokens is not None:
+        run, warmup, decay, wsd = r.train_tokens, o.lr_warmup_tokens, o.lr_decay_tokens, o.lr_wsd_decay_tokens
+    else:
+        run = r.train_samples if r.train_samples is not None else r.train_iters * gbs
+        warmup = o.lr_warmup_samples or o.lr_warmup_iters * gbs
+        decay = o.lr_decay_samples or (o.lr_decay_iters or 0) * gbs
+        wsd = o.lr_wsd_decay_samples or (o.lr_wsd_decay_iters or 0) * gbs
+    decay = decay or run
+    wsd = wsd or decay
     decay = max(decay, warmup + 1)  # megatron asserts warmup < decay (irrelevant for constant)
     return ScheduleSteps(warmup=warmup, decay=decay, wsd_decay=min(wsd, decay))
 

@@ -25,15 +25,27 @@ def prefix(tmp_path_factory):
 @pytest.mark.parametrize("argv, message", [
     (["--global-batch-size", "10", "--micro-batch-size", "4"], "not divisible by micro batch size 4"),
     (["--seq-length", "9000"], "exceeds the model's position limit 8192"),
-    (["--train-samples", "40", "--train-iters", "5"], "exactly one of --train-iters and --train-samples"),
+    (["--train-samples", "40", "--train-iters", "5"], "exactly one of --train-iters, --train-samples and --train-tokens"),
+    (["--train-tokens", "400", "--train-iters", "5"], "exactly one of --train-iters, --train-samples and --train-tokens"),
     (["--rampup-batch-size", "64", "8", "100"], "start 64 exceeds --global-batch-size 32"),
     (["--rampup-batch-size", "8", "8", "0"], "all three must be positive"),
     (["--lr-decay-iters", "4", "--lr-decay-samples", "32"], "--lr-decay-iters or --lr-decay-samples, not both"),
+    (["--lr-decay-samples", "32", "--lr-decay-tokens", "99"], "--lr-decay-samples or --lr-decay-tokens, not both"),
+    (["--train-tokens", "400", "--lr-warmup-iters", "2"],
+     "a --train-tokens run counts its schedule in tokens: replace --lr-warmup-iters by its tokens form."),
+    (["--train-tokens", "400", "--rampup-batch-size", "8", "8", "64"],
+     "a --train-tokens run counts its schedule in tokens: replace --rampup-batch-size by its tokens form."),
+    (["--lr-wsd-decay-tokens", "100"], "--lr-wsd-decay-tokens counts tokens, which only a --train-tokens run does"),
+    (["--rampup-batch-size-tokens", "8", "8", "100"], "--rampup-batch-size-tokens counts tokens, which only"),
+    (["--rampup-batch-size", "8", "8", "100", "--rampup-batch-size-tokens", "8", "8", "100"],
+     "pass --rampup-batch-size or --rampup-batch-size-tokens, not both."),
+    (["--train-tokens", "400", "--rampup-batch-size-tokens", "8", "8"],
+     "--rampup-batch-size-tokens takes three numbers: START INCREMENT TOKENS."),
     (["--finetune"], "--finetune needs --load"),
 ])
 def test_bad_configs_fail_in_one_line(capsys, prefix, argv, message):
     base = ["--data-path", prefix, "--train-iters", "5"]
-    if "--train-samples" in argv:
+    if "--train-samples" in argv or "--train-tokens" in argv:
         base = base[:2]
     line = pretrain_error(capsys, base + argv)
     assert message in line
@@ -62,13 +74,13 @@ def test_fp8_without_transformer_engine_layers_is_refused(capsys, prefix, spec, 
 def test_rampup_is_fitted_to_data_parallelism(capsys, prefix):
     """The recipes' warm-up starts at micro x 4 GPUs; at 8 GPUs (DP 8) megatron needs multiples of micro x 8."""
     args = parse_args(["--recipe", str(RECIPES / "encoder/150m/phase1.yaml"), "--data-path", prefix])
-    start, increment, samples = args.data.rampup_batch_size
+    start, increment, tokens = args.data.rampup_batch_size_tokens
     assert (start, increment) == (288, 288)  # micro batch 72 x 4
     assert validate(args, world_size=8) == 8
-    assert args.data.rampup_batch_size == [576, 576, samples]  # 72 x 8, and 576 divides 4608 - 576
+    assert args.data.rampup_batch_size_tokens == [576, 576, tokens]  # 72 x 8, and 576 divides 4608 - 576
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed == [f"--rampup-batch-size 288 288 {samples} adjusted to 576 576 {samples}: START and INCREMENT "
-                       "must be multiples of micro batch x DP = 576 that reach 4608."]
+    assert printed == [f"--rampup-batch-size-tokens 288 288 {tokens} adjusted to 576 576 {tokens}: START and "
+                       "INCREMENT must be multiples of micro batch x DP = 576 that reach 4608."]
 
     def fitted(rampup, world_size=1):
         args = make_arguments(data_path=[prefix], train_iters=5, micro_batch_size=4, global_batch_size=32,
@@ -88,6 +100,11 @@ def test_schedule_length_flag_replaces_the_recipes_other_form(tmp_path, prefix):
                        "--train-iters", "5"])
     assert (args.optim.lr_warmup_iters, args.optim.lr_warmup_samples) == (3, 0)
     validate(args, world_size=1)
+    # A token recipe's lengths, replaced on the command line by another unit (a short smoke run).
+    args = parse_args(["--recipe", str(RECIPES / "cross/encoder-to-decoder/17m.yaml"), "--data-path", prefix,
+                       "--train-iters", "5", "--lr-warmup-iters", "1", "--lr-wsd-decay-iters", "2"])
+    assert (args.run.train_tokens, args.optim.lr_warmup_tokens, args.optim.lr_wsd_decay_tokens) == (None, 0, None)
+    assert (args.run.train_iters, args.optim.lr_warmup_iters, args.optim.lr_wsd_decay_iters) == (5, 1, 2)
 
 
 def test_sentence_level_data_fails_before_any_work(capsys, tmp_path):
@@ -127,3 +144,38 @@ def test_every_recipe_parses_and_matches_its_generator():
             assert args.data.global_batch_size == 4608 and args.run.seed == 21
     decoder = read_recipe(RECIPES / "decoder/150m/phase2.yaml")
     assert decoder["objective"] == "clm" and decoder["lr"] == 8e-4 and decoder["min_lr"] == 4e-4
+
+
+# Ettin's token numbers, written here from shared/ettin-recipe.md (not read back from generate.py).
+PHASE_TOKENS = {1: 1_700_000_000_000, 2: 250_000_000_000, 3: 50_000_000_000}
+LR_WARMUP_TOKENS = {"17m": 4e9, "32m": 4e9, "68m": 3e9, "150m": 3e9, "400m": 2e9, "1b": 2e9}
+BATCH_WARMUP_TOKENS = {"17m": 125e9, "32m": 100e9, "68m": 75e9, "150m": 50e9, "400m": 10e9, "1b": 3e9}
+MICRO_BATCH = {"17m": 144, "32m": 128, "68m": 96, "150m": 72, "400m": 48, "1b": 24}
+
+
+@pytest.mark.parametrize("size", list(LR_WARMUP_TOKENS))
+def test_recipes_carry_ettins_token_budgets(prefix, size):
+    """Phase lengths, LR and batch-size warm-ups and the cross-objective lengths are the paper's token
+    counts, and the schedule the run builds from them counts tokens (4 GPUs, as Ettin: no adjustment)."""
+    from ettin_megatron.training.optimizer import ScheduleSteps, schedule_steps
+
+    def run(name, *flags):
+        args = parse_args(["--recipe", str(RECIPES / name), "--data-path", prefix, *flags])
+        validate(args, world_size=4)
+        return args, schedule_steps(args)
+
+    for kind in ("encoder", "decoder"):
+        for phase, length in PHASE_TOKENS.items():
+            args, steps = run(f"{kind}/{size}/phase{phase}.yaml")
+            assert (args.run.train_tokens, args.run.train_samples, args.run.train_iters) == (length, None, None)
+            if phase == 1:  # warmup-stable, batch-size warm-up from one micro-batch per GPU
+                assert steps.warmup == LR_WARMUP_TOKENS[size]
+                start = MICRO_BATCH[size] * 4
+                assert args.data.rampup_batch_size_tokens == [start, start, BATCH_WARMUP_TOKENS[size]]
+            else:  # 1-sqrt over the whole phase, no warm-up
+                assert steps == ScheduleSteps(warmup=0, decay=length, wsd_decay=length)
+                assert args.data.rampup_batch_size_tokens is None
+    for direction in ("decoder-to-encoder", "encoder-to-decoder"):  # 3B warm-up, linear over the last 10B
+        args, steps = run(f"cross/{direction}/{size}.yaml", "--load", "decay-phase-checkpoint")
+        assert args.run.train_tokens == 50_000_000_000
+        assert steps == ScheduleSteps(warmup=3_000_000_000, decay=50_000_000_000, wsd_decay=10_000_000_000)

@@ -7,6 +7,7 @@ re-saves iteration 2 with the final rename failing. The --load errors then run i
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -106,11 +107,13 @@ def test_resuming_a_finished_run_is_refused(capsys, checkpoints, tokenizer_dir):
     prefix, root, _ = checkpoints
     line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"),
                                         "--save", str(root / "next"), "--train-iters", "2"))
-    assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} is at iteration 2 / 16 samples, already at "
-                    "or past this run's end; to start the next phase from it pass --finetune (weights only) or "
-                    "raise --train-iters.")
+    assert re.fullmatch(re.escape(f"error: checkpoint {root / 'run' / 'iter_0000002'} is at iteration 2 / 16 samples / ")
+                        + r"[1-9][\d,]* tokens" + re.escape(", already at or past this run's end; to start the next "
+                        "phase from it pass --finetune (weights only) or raise --train-iters."), line), line
     line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-samples", "16"))
     assert line.endswith("raise --train-samples.")
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-tokens", "100"))
+    assert line.endswith("raise --train-tokens.")
     assert not (root / "next").exists()
 
 

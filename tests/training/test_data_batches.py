@@ -36,6 +36,7 @@ def test_collate_packs_samples_into_one_row():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
     assert batch["cu_seqlens"].tolist() == [0, 3, 5, 9]
     assert batch["max_seqlen"] == 4 and type(batch["max_seqlen"]) is int
+    assert batch["num_tokens"] == 9 and type(batch["num_tokens"]) is int
     for key in ("tokens", "labels", "position_ids"):
         assert batch[key].dtype == torch.long
     assert batch["loss_mask"].dtype == torch.float32 and batch["cu_seqlens"].dtype == torch.int32
@@ -49,6 +50,7 @@ def test_pad_to_multiple_of_appends_one_masked_pad_segment():
     assert batch["position_ids"][0, 9:].tolist() == [0, 1, 2]
     assert batch["cu_seqlens"].tolist() == [0, 3, 5, 9, 12]
     assert batch["max_seqlen"] == 4
+    assert batch["num_tokens"] == 9  # the samples' tokens: padding is not counted
     # Already a multiple: nothing is added.
     assert collate(SAMPLES, pad_to_multiple_of=3)["cu_seqlens"].tolist() == [0, 3, 5, 9]
 

@@ -25,7 +25,9 @@ LAYOUTS = {
 
 
 def _losses(history):
-    return [row["loss"] for row in history if "loss" in row]
+    """(losses, input tokens consumed after each step): the tokens must match exactly."""
+    rows = [row for row in history if "loss" in row]
+    return [row["loss"] for row in rows], [row["tokens"] for row in rows]
 
 
 def _train(prefix, init, **overrides):
@@ -63,13 +65,15 @@ def _parallel(rank, prefix, init):
 def test_parallel_layouts_match_single_rank(tmp_path):
     prefix = write_corpus(tmp_path)
     init = str(tmp_path / "init")
-    (reference,) = run_ranks(1, _reference, prefix, init)
+    ((reference, tokens),) = run_ranks(1, _reference, prefix, init)
     assert len(reference) == STEPS + 2 and reference[-1] < reference[0]
     results = run_ranks(2, _parallel, prefix, init)
     for name in LAYOUTS:
-        for rank in range(2):  # every rank reports the global loss
-            got = results[rank][name]
+        for rank in range(2):  # every rank reports the global loss and token count
+            got, got_tokens = results[rank][name]
             assert got == pytest.approx(reference[:STEPS], rel=RTOL), f"{name} rank {rank}: {got} vs {reference}"
+            assert got_tokens == tokens[:STEPS], f"{name} rank {rank}"
     for rank in range(2):
-        got = results[rank]["resume at TP=2"]
+        got, got_tokens = results[rank]["resume at TP=2"]
         assert got == pytest.approx(reference[STEPS:], rel=RTOL), f"resume rank {rank}: {got} vs {reference}"
+        assert got_tokens == tokens[STEPS:], f"resume rank {rank}"

@@ -1,16 +1,18 @@
 """The LR schedule is the recipe's formula, and batch-size warm-up changes the micro-batch count.
 
-Megatron's OptimizerParamScheduler (stepped in samples, as the loop does) against closed forms:
+Megatron's OptimizerParamScheduler (stepped in samples, or in tokens for a token budget, as the loop
+does) against closed forms:
 linear warmup, warmup-stable (constant), and WSD with the 1-sqrt anneal
 lr = peak * (a + (1 - a) * (1 - sqrt((n - (T - C)) / C))) over the last C of T steps.
 """
 
 import math
+import random
 
 import pytest
 
 from ettin_megatron.training.arguments import make_arguments, read_recipe
-from ettin_megatron.training.batching import init_microbatches, update_microbatches
+from ettin_megatron.training.batching import init_microbatches, ramp_position, update_microbatches
 from ettin_megatron.training.optimizer import ScheduleSteps, build_scheduler, schedule_steps
 
 GBS = 8
@@ -89,3 +91,53 @@ def test_batch_size_rampup_changes_micro_batches():
     expected = {0: (2, 16), 31: (2, 16), 32: (4, 32), 64: (6, 48), 95: (6, 48), 96: (8, 64), 500: (8, 64)}
     for consumed, (num_micro, gbs) in expected.items():
         assert update_microbatches(consumed) == (num_micro, gbs), consumed
+
+
+def _formula(n, peak, floor, T, warmup, C, style):
+    """The recipe's LR at n consumed units: linear warmup, stable, then the last C of T anneal to floor."""
+    if warmup and n <= warmup:
+        return peak * n / warmup
+    if n > T:
+        return floor
+    if n <= T - C:
+        return peak
+    ratio = (n - (T - C)) / C
+    return floor + (peak - floor) * (1 - (math.sqrt(ratio) if style == "minus_sqrt" else ratio))
+
+
+@pytest.mark.parametrize("recipe", [
+    # Ettin phase 2: 1-sqrt from peak to 0.5 x peak over the whole 250B tokens.
+    dict(train_tokens=250_000_000_000, lr=8e-4, min_lr=4e-4, lr_wsd_decay_style="minus_sqrt"),
+    # Cross-objective: 3B warm-up, linear decay to 0.02 x peak over the last 10B of 50B tokens.
+    dict(train_tokens=50_000_000_000, lr=4e-4, min_lr=8e-6, lr_wsd_decay_style="linear",
+         lr_warmup_tokens=3_000_000_000, lr_wsd_decay_tokens=10_000_000_000),
+])
+def test_token_schedule_is_the_formula_at_the_consumed_tokens(recipe):
+    """Stepped by uneven real token counts (as the loop does in a --train-tokens run), the LR after each
+    step is the formula evaluated at the exact number of tokens consumed, to the end of the phase."""
+    args = make_arguments(global_batch_size=GBS, micro_batch_size=1, data_path=["x"], lr_decay_style="WSD",
+                          **recipe)
+    optimizer = _Optimizer()
+    scheduler = build_scheduler(args, optimizer)
+    T, C = recipe["train_tokens"], recipe.get("lr_wsd_decay_tokens", recipe["train_tokens"])
+    warmup, consumed, rng, checked = recipe.get("lr_warmup_tokens", 0), 0, random.Random(0), 0
+    while consumed < T + 1_000_000_000:
+        step_tokens = rng.randrange(1, 500_000_000)
+        scheduler.step(increment=step_tokens)
+        consumed += step_tokens
+        expected = _formula(consumed, recipe["lr"], recipe["min_lr"], T, warmup, C, recipe["lr_wsd_decay_style"])
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12, abs=1e-18), consumed
+        checked += 1
+    assert scheduler.num_steps == consumed and checked > 150
+
+
+def test_batch_size_rampup_in_tokens_follows_the_consumed_tokens():
+    # 16 -> 64 in steps of 16 over 96,000 tokens (32,000 per increment); micro batch 4 x DP 2.
+    args = make_arguments(global_batch_size=64, micro_batch_size=4, rampup_batch_size_tokens=[16, 16, 96_000],
+                          data_path=["x"], train_tokens=10**6)
+    init_microbatches(args, rank=0, data_parallel_size=2)
+    expected = {0: (2, 16), 31_999: (2, 16), 32_000: (4, 32), 64_000: (6, 48), 95_999: (6, 48),
+                96_000: (8, 64), 500_000: (8, 64)}
+    for tokens, (num_micro, gbs) in expected.items():
+        position = ramp_position(args, consumed_samples=7, consumed_tokens=tokens)  # samples play no part
+        assert update_microbatches(position) == (num_micro, gbs), tokens
