@@ -12,6 +12,7 @@ from megatron.core.transformer.module import Float16Module
 from ..config import PRESETS, EttinConfig, ettin_config
 from ..data.tokenizer import MODERNBERT_IDS
 from ..model import EttinModel
+from ..model.init import initialize_weights
 from .arguments import Arguments, virtual_pipeline_size
 
 
@@ -43,7 +44,8 @@ def build_model_config(args: Arguments, vocab_size: int | None = None) -> EttinC
 
 
 def build_model(args: Arguments, config: EttinConfig) -> list:
-    """One EttinModel per virtual pipeline chunk of this rank, each wrapped in Megatron's DDP."""
+    """One EttinModel per virtual pipeline chunk of this rank, each wrapped in Megatron's DDP, with the
+    initial weights of --seed that every parallel layout shares (model/init.py)."""
     vpp = config.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp) if vpp else [None]:
@@ -53,6 +55,7 @@ def build_model(args: Arguments, config: EttinConfig) -> list:
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             spec=args.model.spec, vp_stage=vp_stage,
         )
+        initialize_weights(chunk, args.run.seed)
         for param in chunk.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
         if torch.cuda.is_available():

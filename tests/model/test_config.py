@@ -5,6 +5,7 @@ import torch
 
 from ettin_megatron.config import PRESETS, ConfigError, ettin_config
 from ettin_megatron.model import EttinModel
+from ettin_megatron.model.init import initialize_weights
 
 # Parameter counts (tied embeddings) from the Ettin paper / ../shared/ettin-recipe.md.
 PUBLISHED = {"17m": 16.9e6, "32m": 32.1e6, "68m": 68.5e6, "150m": 149.7e6, "400m": 395.9e6, "1b": 1031e6}
@@ -52,11 +53,17 @@ def test_invalid_configuration_fails_with_one_line(kwargs, message):
     assert "\n" not in text
 
 
-def test_initialisation_follows_the_recipe():
-    """Truncated normals (2 sigma) of std 0.02, output projections 0.02 / sqrt(2 x layers); norms 1, bias 0."""
+@pytest.mark.parametrize("init", ["construction", "layout-independent"])
+def test_initialisation_follows_the_recipe(init):
+    """Truncated normals (2 sigma) of std 0.02, output projections 0.02 / sqrt(2 x layers); norms 1, bias 0:
+    both as the model is built and as training redraws it (model/init.py)."""
     torch.manual_seed(0)
     config = ettin_config("17m")
     model = EttinModel(config, spec="local")
+    if init == "layout-independent":
+        before = {name: param.clone() for name, param in model.named_parameters()}
+        initialize_weights(model, seed=0)
+        assert not torch.equal(before["embedding.word_embeddings.weight"], model.embedding.word_embeddings.weight)
     out_std = 0.02 / (2 * config.num_layers) ** 0.5
     for name, param in model.named_parameters():
         if name.endswith("norm.weight") or "layernorm" in name:
