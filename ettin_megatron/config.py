@@ -126,6 +126,11 @@ class EttinConfig(TransformerConfig):
                 f"{self.num_attention_heads} attention heads are not divisible by tensor parallel size "
                 f"{tp}; pick a TP that divides {self.num_attention_heads}."
             )
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden size {self.hidden_size} is not divisible by {self.num_attention_heads} attention heads; "
+                "pick a head count that divides it."
+            )
         stages = self.pipeline_model_parallel_size * (self.virtual_pipeline_model_parallel_size or 1)
         if self.num_layers % stages:
             raise ConfigError(

@@ -11,7 +11,7 @@ from ettin_megatron.data.sample_corpus import build_sample_corpus
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--output", required=True, help="JSONL file to write (e.g. data/sample.jsonl)")
     return p
 

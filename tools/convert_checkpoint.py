@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(s):
@@ -36,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--verify-text", action="append", default=None, metavar="TEXT",
                        help="a sample sentence for --verify (repeatable; default: built-in sentences)")
 
-    m2h = sub.add_parser("megatron-to-hf", help="dist checkpoint -> Hugging Face directory")
+    m2h = sub.add_parser("megatron-to-hf", allow_abbrev=False, help="dist checkpoint -> Hugging Face directory")
     m2h.add_argument("--load", required=True, help="checkpoint root or iter_N directory")
     m2h.add_argument("--output", required=True, help="HF directory to write (replaced if an earlier export)")
     m2h.add_argument("--tokenizer", default=None,
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
                      help="dtype of model.safetensors (default: the checkpoint's)")
     common(m2h)
 
-    h2m = sub.add_parser("hf-to-megatron", help="Hugging Face directory -> dist checkpoint")
+    h2m = sub.add_parser("hf-to-megatron", allow_abbrev=False, help="Hugging Face directory -> dist checkpoint")
     h2m.add_argument("--hf-dir", required=True, help="HF model directory with config.json and *.safetensors")
     h2m.add_argument("--save", required=True, help="new (empty) checkpoint directory")
     h2m.add_argument("--iteration", type=int, default=0, help="iteration number to save as")

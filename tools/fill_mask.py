@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("model_dir", help="exported HF directory (an encoder: ModernBertForMaskedLM)")
     p.add_argument("text", help="text with the tokenizer's mask token, e.g. [MASK]")
     p.add_argument("--top-k", type=int, default=5, help="how many predictions to print")

@@ -12,7 +12,7 @@ from ettin_megatron.errors import EttinError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("prefix", help="dataset prefix (no .bin/.idx)")
     p.add_argument("--tokenizer-model", help="decode samples with this tokenizer (else show ids)")
     p.add_argument("--samples", type=int, default=3, help="documents to show")

@@ -12,7 +12,7 @@ from ettin_megatron.data.readers import InputError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--input", nargs="+", required=True,
                    help="dataset prefixes (no .bin/.idx), or a directory: all its datasets, sorted")
     p.add_argument("--output-prefix", required=True, help="prefix of the merged dataset")

@@ -36,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     io = p.add_argument_group("input/output")
     io.add_argument("--input", required=True,

@@ -11,7 +11,7 @@ from ettin_megatron.data.train_tokenizer import train_tokenizer
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--input", nargs="+", required=True, help="JSONL files, globs or directories")
     p.add_argument("--json-key", default="text", help="key holding the text")
     p.add_argument("--output-dir", required=True, help="directory to write tokenizer.json etc. into")

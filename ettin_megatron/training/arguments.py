@@ -16,14 +16,14 @@ import argparse
 import os
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
-from ..config import PRESETS, ConfigError
+from ..config import PRESETS, ConfigError, SizePreset
 from ..data.dataset_info import TokenizerStamp, check_dataset
 from ..data.datasets import require_documents
 from ..data.tokenizer import MODERNBERT_IDS, load_tokenizer, special_ids, tokenizer_fingerprint
@@ -53,6 +53,11 @@ class ModelArgs:
     vocab_size: int | None = arg(None, "Padded vocabulary; default: from --tokenizer-model (rounded "
                                  "up to a multiple of 64), else ModernBERT's "
                                  f"{MODERNBERT_IDS.padded_vocab_size}.")
+    # Megatron-LM's shape flags: each replaces one field of the --model-size preset.
+    num_layers: int | None = arg(None, "Transformer layers (default: the preset's).")
+    hidden_size: int | None = arg(None, "Hidden size (default: the preset's).")
+    ffn_hidden_size: int | None = arg(None, "GeGLU intermediate size (default: the preset's).")
+    num_attention_heads: int | None = arg(None, "Attention heads (default: the preset's).")
 
 
 @dataclass
@@ -83,6 +88,8 @@ class DataArgs:
     data_cache_path: str | None = arg(None, "Directory to cache the sample indices in, so later runs load "
                                       "them instead of rebuilding (default: none; rebuilt every run).")
     tokenizer_model: str | None = arg(None, "tokenizer.json (or its directory) the data was made with.")
+    tokenizer_type: str = arg("HuggingFaceTokenizer", "Megatron-LM's tokenizer kind; --tokenizer-model is "
+                              "always a Hugging Face tokenizer.", choices=("HuggingFaceTokenizer",))
     seq_length: int = arg(1024, "Maximum tokens per sample (one document per sample in Ettin).")
     micro_batch_size: int = arg(4, "Samples per micro-batch (packed into one unpadded row).")
     global_batch_size: int = arg(32, "Samples per optimizer step (Ettin: 4608).")
@@ -92,7 +99,8 @@ class DataArgs:
     rampup_batch_size_tokens: list[int] | None = arg(None, "--rampup-batch-size of a --train-tokens run: "
                                                      "START INCREMENT TOKENS, the batch (in samples) grows "
                                                      "from START by INCREMENT over TOKENS input tokens.")
-    mask_rate: float = arg(0.3, "MLM / MNTP masking rate of the training split (eval uses 15%).")
+    mask_rate: float = arg(0.3, "MLM / MNTP masking rate of the training split (eval uses 15%).",
+                           aliases=("--mask-prob",))
 
 
 @dataclass
@@ -112,6 +120,8 @@ class OptimArgs:
     lr_warmup_iters: int = arg(0, "Linear warmup in optimizer steps.")
     lr_warmup_samples: int = arg(0, "Linear warmup in samples (instead of --lr-warmup-iters).")
     lr_warmup_tokens: int = arg(0, "Linear warmup in input tokens (--train-tokens runs).")
+    lr_warmup_fraction: float | None = arg(None, "Linear warmup as a fraction of the decay length "
+                                           "(instead of the two above).")
     lr_decay_iters: int | None = arg(None, "Steps over which the LR decays (default: the whole run).")
     lr_decay_samples: int | None = arg(None, "Samples over which the LR decays (instead of "
                                        "--lr-decay-iters).")
@@ -141,12 +151,19 @@ class RunArgs:
                                    "LR schedule and batch warm-up count tokens too.")
     seed: int = arg(21, "Seed of the model init, dropout and data order (Ettin: 21).")
     bf16: bool = arg(False, "BF16 mixed precision (fp32 main weights and grads).")
+    fp16: bool = arg(False, "Refused: Ettin trains in BF16 (FP16 would need loss scaling); use --bf16.")
     fp8_format: str | None = arg(None, "FP8 GEMMs through Transformer Engine: e4m3 | hybrid.",
                                  choices=(None, "e4m3", "hybrid"))
     save: str | None = arg(None, "Checkpoint root to save to.")
     save_interval: int | None = arg(None, "Save every N steps (and at the end).")
     load: str | None = arg(None, "Checkpoint root (or iter dir) to resume from; missing or empty = fresh.")
     finetune: bool = arg(False, "With --load: weights only, fresh optimizer, schedule and data.")
+    override_opt_param_scheduler: bool = arg(False, "On resume, this run's LR schedule replaces the "
+                                             "checkpoint's where they differ.",
+                                             aliases=("--override-opt_param-scheduler",))
+    use_checkpoint_opt_param_scheduler: bool = arg(False, "On resume, keep the checkpoint's LR schedule "
+                                                   "where this run's differs.",
+                                                   aliases=("--use-checkpoint-opt_param-scheduler",))
     log_interval: int = arg(10, "Log every N steps.")
     eval_interval: int | None = arg(None, "Validate every N steps (None: only at the end).")
     eval_iters: int = arg(10, "Validation steps (global batches) per evaluation (0: none).")
@@ -162,7 +179,8 @@ UNITS = ("iters", "samples", "tokens")
 
 ALTERNATIVES = (("data_path", "data_mix"), tuple(f"train_{unit}" for unit in UNITS),
                 ("rampup_batch_size", "rampup_batch_size_tokens"),
-                *(tuple(f"{length}_{unit}" for unit in UNITS) for length in SCHEDULE_LENGTHS))
+                (*(f"lr_warmup_{unit}" for unit in UNITS), "lr_warmup_fraction"),
+                *(tuple(f"{length}_{unit}" for unit in UNITS) for length in SCHEDULE_LENGTHS[1:]))
 """Fields that say one thing in different forms: a form given on the command line drops the recipe's
 others."""
 
@@ -223,20 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     only the flags actually given override the recipe."""
     parser = argparse.ArgumentParser(
         prog="python -m ettin_megatron.pretrain", description="Pretrain an Ettin encoder or decoder.",
-        argument_default=argparse.SUPPRESS,
+        argument_default=argparse.SUPPRESS, allow_abbrev=False,
     )
     for group, cls in GROUPS.items():
         section = parser.add_argument_group(group, cls.__doc__)
         for f in fields(cls):
             base, is_list, _ = _unwrap(f.type)
-            flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help'].replace('%', '%%')} (default: {f.default if f.default is not MISSING else '[]'})"
+            flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+            help_text = f.metadata["help"].replace("%", "%%")
+            if "default" not in help_text:  # a help that explains its default says it once
+                help_text += f" (default: {f.default if f.default is not MISSING else '[]'})"
             if base is bool:
-                section.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+                section.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
             else:
                 choices = f.metadata.get("choices")
-                section.add_argument(flag, type=base, nargs="+" if is_list else None, help=help_text,
-                                     choices=[c for c in choices if c is not None] if choices else None)
+                section.add_argument(*flags, dest=f.name, type=base, nargs="+" if is_list else None,
+                                     help=help_text, choices=[c for c in choices if c is not None] if choices else None)
     return parser
 
 
@@ -311,6 +331,11 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
     for name in ("rampup_batch_size", "rampup_batch_size_tokens"):
         if getattr(d, name) is not None:
             _fit_rampup(d, dp, name)
+    if o.lr_warmup_fraction is not None:
+        if o.lr_warmup_iters or o.lr_warmup_samples or o.lr_warmup_tokens:
+            raise ConfigError("pass --lr-warmup-fraction or --lr-warmup-iters / -samples / -tokens, not both.")
+        if not 0 <= o.lr_warmup_fraction < 1:
+            raise ConfigError(f"--lr-warmup-fraction {o.lr_warmup_fraction} must be in [0, 1).")
     if not d.data_path and not d.data_mix:
         raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
                           "or --data-mix MIXTURE.yaml.")
@@ -341,6 +366,12 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
         raise ConfigError("--finetune needs --load (the checkpoint whose weights to start from).")
     if o.lr_decay_style == "WSD" and o.min_lr > o.lr:
         raise ConfigError(f"--min-lr {o.min_lr} is above --lr {o.lr}.")
+    if r.fp16:
+        raise ConfigError("--fp16 is not supported: Ettin trains in BF16 mixed precision; pass --bf16 "
+                          "(or nothing, for FP32).")
+    if r.override_opt_param_scheduler and r.use_checkpoint_opt_param_scheduler:
+        raise ConfigError("pass --override-opt_param-scheduler or --use-checkpoint-opt_param-scheduler, "
+                          "not both.")
     if r.fp8_format and not r.bf16:
         raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs run inside BF16 mixed precision).")
     if resolve_spec(args.model.spec) != "te" and r.fp8_format:  # the local linears would ignore FP8
@@ -459,6 +490,13 @@ def reached_end(args: Arguments, iteration: int, consumed_samples: int, consumed
     if r.train_tokens is not None:
         return consumed_tokens >= r.train_tokens
     return consumed_samples >= r.train_samples
+
+
+def model_shape(args: Arguments) -> SizePreset:
+    """The --model-size preset with the shape flags (--num-layers, --hidden-size, ...) given applied."""
+    preset = PRESETS[args.model.model_size]
+    return replace(preset, **{name: getattr(args.model, name) for name in vars(preset)
+                              if getattr(args.model, name) is not None})
 
 
 def virtual_pipeline_size(args: Arguments, num_layers: int) -> int | None:

@@ -26,10 +26,10 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from ..config import PRESETS, model_fields
+from ..config import model_fields
 from ..runtime import ParallelLayout, device, initialize
 from . import batching, checkpointing
-from .arguments import Arguments, reached_end, validate, virtual_pipeline_size
+from .arguments import Arguments, model_shape, reached_end, validate, virtual_pipeline_size
 from .forward_step import make_forward_step
 from .metrics import Metrics, is_logging_rank
 from .optimizer import build_optimizer, build_scheduler, current_lr
@@ -113,7 +113,7 @@ def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resum
     """Process groups, model chunks in DDP, optimizer, schedule, the --load checkpoint and the datasets;
     returns the run and where it starts (step, consumed samples, consumed tokens)."""
     layout = ParallelLayout(args.parallel.tensor_model_parallel_size, args.parallel.pipeline_model_parallel_size,
-                            virtual_pipeline_size(args, PRESETS[args.model.model_size].num_layers))
+                            virtual_pipeline_size(args, model_shape(args).num_layers))
     initialize(layout, seed=args.run.seed)
     config = build_model_config(args, vocab_size=vocab)
     model = build_model(args, config)

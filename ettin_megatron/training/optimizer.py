@@ -60,7 +60,8 @@ class ScheduleSteps:
 def schedule_steps(args: Arguments) -> ScheduleSteps:
     """Warmup / decay / WSD-anneal lengths in the run's unit. In a --train-tokens run each is its
     *-tokens flag; otherwise its *-samples flag or its *-iters flag (steps x the global batch;
-    validate refuses both), whichever way the run's own length is given. Decay defaults to the whole
+    validate refuses both), whichever way the run's own length is given; the warmup also as
+    --lr-warmup-fraction of the decay (Megatron-LM's). Decay defaults to the whole
     run and the WSD anneal to the whole decay."""
     o, r, gbs = args.optim, args.run, args.data.global_batch_size
     if r.train_tokens is not None:
@@ -71,6 +72,8 @@ def schedule_steps(args: Arguments) -> ScheduleSteps:
         decay = o.lr_decay_samples or (o.lr_decay_iters or 0) * gbs
         wsd = o.lr_wsd_decay_samples or (o.lr_wsd_decay_iters or 0) * gbs
     decay = decay or run
+    if o.lr_warmup_fraction is not None:
+        warmup = int(o.lr_warmup_fraction * decay)
     wsd = wsd or decay
     decay = max(decay, warmup + 1)  # megatron asserts warmup < decay (irrelevant for constant)
     return ScheduleSteps(warmup=warmup, decay=decay, wsd_decay=min(wsd, decay))
@@ -83,9 +86,38 @@ def build_scheduler(args: Arguments, optimizer) -> OptimizerParamScheduler:
         optimizer, init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr,
         lr_warmup_steps=steps.warmup, lr_decay_steps=steps.decay, lr_decay_style=o.lr_decay_style,
         start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=steps.decay, wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True,
+        use_checkpoint_opt_param_scheduler=args.run.use_checkpoint_opt_param_scheduler,
+        override_opt_param_scheduler=args.run.override_opt_param_scheduler,
         wsd_decay_steps=steps.wsd_decay, lr_wsd_decay_style=o.lr_wsd_decay_style,
     )
+
+
+WSD_FIELDS = ("wsd_decay_steps", "lr_wsd_decay_style")
+"""Schedule fields megatron's scheduler.state_dict leaves out; checkpoints keep them beside it."""
+
+
+def schedule_state(scheduler: OptimizerParamScheduler) -> dict:
+    """What a checkpoint stores of the schedule: megatron's state_dict plus the WSD anneal."""
+    return {**scheduler.state_dict(), **{name: getattr(scheduler, name) for name in WSD_FIELDS}}
+
+
+def planned_schedule(args: Arguments) -> dict:
+    """schedule_state of the scheduler this run builds, without an optimizer (none exists yet when
+    check_load compares it with a checkpoint's)."""
+    class _NoParams:
+        param_groups: list = []
+
+    return schedule_state(build_scheduler(args, _NoParams()))
+
+
+def load_schedule(scheduler: OptimizerParamScheduler, state: dict) -> None:
+    """Megatron's load_state_dict, with the WSD fields taken from the checkpoint too when its schedule
+    wins (--use-checkpoint-opt_param-scheduler)."""
+    if scheduler.use_checkpoint_opt_param_scheduler and not scheduler.override_opt_param_scheduler:
+        for name in WSD_FIELDS:
+            if name in state:
+                setattr(scheduler, name, state[name])
+    scheduler.load_state_dict(state)
 
 
 def current_lr(optimizer) -> float:

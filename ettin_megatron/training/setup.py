@@ -9,19 +9,21 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.transformer.module import Float16Module
 
-from ..config import PRESETS, EttinConfig, ettin_config
+from ..config import EttinConfig, ettin_config
 from ..data.tokenizer import MODERNBERT_IDS
 from ..model import EttinModel
 from ..model.init import initialize_weights
-from .arguments import Arguments, virtual_pipeline_size
+from .arguments import Arguments, model_shape, virtual_pipeline_size
 
 
 def build_model_config(args: Arguments, vocab_size: int | None = None) -> EttinConfig:
     """The EttinConfig of ``args`` (MNTP trains a bidirectional model, as MLM does)."""
     m, p, r = args.model, args.parallel, args.run
     dtype = torch.bfloat16 if r.bf16 else torch.float32
-    vpp = virtual_pipeline_size(args, PRESETS[m.model_size].num_layers)
+    shape = model_shape(args)
+    vpp = virtual_pipeline_size(args, shape.num_layers)
     overrides = dict(
+        **vars(shape),
         objective="clm" if m.objective == "clm" else "mlm",
         attention_backend_name=m.attention_backend,
         global_rope_theta=m.global_rope_theta, local_rope_theta=m.local_rope_theta,
