@@ -39,6 +39,7 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, SizePreset, one_line
 from .arguments import UNITS, Arguments, reached_end
+from .optimizer import load_schedule, planned_schedule, schedule_state
 from .setup import unwrap
 
 SHAPE_FIELDS = (*(f.name for f in fields(SizePreset)), "vocab_size")
@@ -83,7 +84,7 @@ def save(root, iteration: int, consumed_samples: int, consumed_tokens: int, mode
     chunks = unwrap(model_chunks)
     extra = {
         "optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks)),
-        "opt_param_scheduler": scheduler.state_dict(),
+        "opt_param_scheduler": schedule_state(scheduler),
         "training_state": {"iteration": iteration, "consumed_samples": consumed_samples,
                            "consumed_tokens": consumed_tokens, "layout": _layout()},
         "rng_state": _rng_sharded_object(rng_state()),
@@ -120,6 +121,7 @@ def check_load(args: Arguments, model: dict) -> Path | None:
     already at or past this run's end (resuming it would train no step): RunFinished instead when
     --save is --load, the relaunch of a finished run.
     """
+    _check_save(args)
     if not args.run.load or not has_checkpoint(args.run.load):
         if args.run.load and args.run.finetune:
             raise ConfigError(f"--load {args.run.load} holds no checkpoint to fine-tune from; fix --load.")
@@ -134,10 +136,11 @@ def check_load(args: Arguments, model: dict) -> Path | None:
     if args.run.finetune:
         return directory
     try:
-        state = dist_checkpointing.load_common_state_dict(str(directory)).get("training_state")
+        common = dist_checkpointing.load_common_state_dict(str(directory))
     except Exception as exc:  # dist_checkpointing and torch.load raise many types
         raise ConfigError(f"{directory} is incomplete or damaged ({one_line(exc)}); load an earlier "
                           "iteration.") from None
+    state = common.get("training_state")
     if state is None:
         raise ConfigError(f"{directory} holds weights only (no training state); load it with --finetune.")
     iteration, consumed, tokens = state["iteration"], state["consumed_samples"], state.get("consumed_tokens")
@@ -146,12 +149,40 @@ def check_load(args: Arguments, model: dict) -> Path | None:
                           "--train-samples or --train-iters, or load it with --finetune.")
     if reached_end(args, iteration, consumed, tokens or 0):
         where = f"iteration {iteration} / {consumed} samples / {tokens or 0} tokens"
-        if args.run.save and Path(args.run.save).resolve() == Path(args.run.load).resolve():
+        if _same_root(args.run.save, args.run.load):
             raise RunFinished(f"{directory} is at {where}: this run is already complete, nothing to do.")
         length = next(f"--train-{unit}" for unit in UNITS if getattr(args.run, f"train_{unit}") is not None)
         raise ConfigError(f"checkpoint {directory} is at {where}, already at or past this run's end; to start "
                           f"the next phase from it pass --finetune (weights only) or raise {length}.")
+    _check_schedule(args, directory, common["opt_param_scheduler"])
     return directory
+
+
+def _same_root(a, b) -> bool:
+    return bool(a and b) and Path(a).resolve() == Path(b).resolve()
+
+
+def _check_save(args: Arguments) -> None:
+    """A --save that already holds a run is continued only through --load: training it afresh would move
+    its latest marker back and orphan the later iterations."""
+    if args.run.save and not _same_root(args.run.save, args.run.load) and has_checkpoint(args.run.save):
+        held = resolve_checkpoint_dir(args.run.save).name
+        raise ConfigError(f"--save {args.run.save} already holds a run ({held}); pass --load {args.run.save} to "
+                          "resume it, or choose another --save.")
+
+
+def _check_schedule(args: Arguments, directory: Path, saved: dict) -> None:
+    """Refuse to resume under an LR schedule other than the checkpoint's (a longer --train-iters moves
+    the decay) unless a flag says which one wins, as Megatron-LM's scheduler does."""
+    if args.run.override_opt_param_scheduler or args.run.use_checkpoint_opt_param_scheduler:
+        return
+    planned = planned_schedule(args)
+    differing = [f"{name} {saved[name]} vs {planned[name]}" for name in planned
+                 if name != "num_steps" and name in saved and saved[name] != planned[name]]
+    if differing:
+        raise ConfigError(f"checkpoint {directory} has another LR schedule ({', '.join(differing)}: checkpoint "
+                          "vs this run, lengths in the run's unit); pass --use-checkpoint-opt_param-scheduler to keep "
+                          "the checkpoint's or --override-opt_param-scheduler to use this run's.")
 
 
 def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) -> tuple[int, int, int]:
@@ -169,7 +200,7 @@ def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) 
         extra["rng_state"] = _rng_sharded_object(rng_state())
     loaded = load_checkpoint(directory, chunks, extra=extra)
     optimizer.load_state_dict(loaded["optimizer"])
-    scheduler.load_state_dict(common["opt_param_scheduler"])
+    load_schedule(scheduler, common["opt_param_scheduler"])
     if same_layout:
         set_rng_state(loaded["rng_state"])
     state = common["training_state"]

@@ -25,7 +25,8 @@ def _run(prefix, **overrides):
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
 
-    args = make_arguments(**base_args(prefix, attention_output_dropout=0.1, lr_warmup_iters=2 * N, **overrides))
+    args = make_arguments(**base_args(prefix, attention_output_dropout=0.1, lr_warmup_iters=2 * N,
+                                      lr_decay_iters=2 * N, **overrides))  # one schedule for every part
     return [(r["loss"], r["grad_norm"], r["lr"]) for r in pretrain(args, special_tokens=SPECIAL) if "loss" in r]
 
 
