@@ -26,6 +26,7 @@ import torch
 from ..config import ConfigError, EttinConfig
 from .hf_files import (
     copy_tokenizer,
+    frame_prompts_for_generation,
     resolve_tokenizer,
     tokenizer_ids,
     write_generation_config,
@@ -86,6 +87,7 @@ def megatron_to_hf(load: str | os.PathLike, output: str | os.PathLike, tokenizer
                                           min(config.max_position_embeddings, 8192))
         if config.causal:
             write_generation_config(staging, ids)
+            frame_prompts_for_generation(staging, ids)
         finish_output(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -101,6 +101,25 @@ def write_generation_config(out_dir: Path, ids: dict) -> None:
     })
 
 
+def frame_prompts_for_generation(out_dir: Path, ids: dict) -> None:
+    """Make an exported decoder's tokenizer frame text as ``[CLS] text``, with bos [CLS] and eos [SEP].
+
+    Training wraps each document as [CLS] text [SEP] (the data keeps that framing), and [SEP] is the
+    generation EOS: a prompt ending in [SEP] is an ended document, so ``generate(**tokenizer(prompt))``
+    would continue past it. The exported tokenizer.json therefore adds only [CLS], and its configs name
+    bos / eos as Hugging Face's generation utilities and pipelines expect."""
+    from tokenizers import Tokenizer, processors
+
+    tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
+    cls, sep = tokenizer.id_to_token(ids["cls_token_id"]), tokenizer.id_to_token(ids["sep_token_id"])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A", pair=f"{cls} $A $B:1", special_tokens=[(cls, ids["cls_token_id"])])
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    for name in TOKENIZER_FILES[1:]:
+        content = json.loads((out_dir / name).read_text(encoding="utf-8"))
+        write_json(out_dir / name, {**content, "bos_token": cls, "eos_token": sep})
+
+
 def write_sentence_transformers_files(out_dir: Path, objective: str, hidden_size: int, max_seq_length: int) -> None:
     """modules.json + configs so that ``SentenceTransformer(out_dir)`` embeds with the exported model:
     mean pooling for an encoder, last-token pooling for a decoder. Written in the long-standing

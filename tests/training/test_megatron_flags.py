@@ -16,7 +16,7 @@ from tests.training.training_data import pretrain_error, write_corpus
 pytestmark = pytest.mark.timeout(300)  # a check that let a run through would wait for a second rank
 
 TOOLS = ["preprocess_data", "merge_datasets", "inspect_dataset", "convert_checkpoint", "fill_mask",
-         "train_tokenizer", "build_sample_corpus"]
+         "train_tokenizer", "build_sample_corpus", "generate"]
 
 
 @pytest.fixture(scope="module")
