@@ -11,7 +11,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from tokenizers import Tokenizer
 
 from ettin_megatron.data.dataset_info import read_info
-from ettin_megatron.data.readers import InputError
+from ettin_megatron.data.readers import InputError, open_dataset
 
 HISTOGRAM_WIDTH = 40
 
@@ -37,7 +37,7 @@ def inspect_dataset(
     """
     if not IndexedDataset.exists(prefix):
         raise InputError(f"{prefix}: no {prefix}.bin/{prefix}.idx pair (give the prefix, no suffix)")
-    dataset = IndexedDataset(prefix)
+    dataset = open_dataset(prefix)
     lengths = document_lengths(dataset)
     lines = [
         f"dataset   {prefix}",

@@ -13,7 +13,7 @@ from typing import List, Sequence
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from ettin_megatron.data.dataset_info import merged_info, read_info, write_info
-from ettin_megatron.data.readers import InputError
+from ettin_megatron.data.readers import InputError, open_dataset
 from ettin_megatron.files import publish, remove_temps, temp_paths
 
 
@@ -49,7 +49,7 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
         raise InputError("nothing to merge")
     if os.path.abspath(output_prefix) in {os.path.abspath(p) for p in prefixes}:
         raise InputError(f"{output_prefix}: the output is also an input")
-    dtypes = {prefix: IndexedDataset(prefix).index.dtype for prefix in prefixes}
+    dtypes = {prefix: open_dataset(prefix).index.dtype for prefix in prefixes}
     if len(set(dtypes.values())) > 1:
         detail = ", ".join(f"{p}: {d.__name__}" for p, d in dtypes.items())
         raise InputError(f"datasets have different token dtypes (different tokenizers?): {detail}")

@@ -183,3 +183,14 @@ def _is_unicode(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+def open_dataset(prefix: str):
+    """megatron's IndexedDataset at ``prefix``, with a one-line InputError for an empty .bin (a dataset
+    without documents), which megatron would fail to mmap with a traceback."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    if os.path.getsize(prefix + ".bin") == 0:
+        raise InputError(f"{prefix}.bin is empty (a dataset without documents); preprocess an input that has "
+                         "documents, or leave it out")
+    return IndexedDataset(prefix)
