@@ -7,6 +7,7 @@ ettin_megatron.data.preprocess (see its docstring for the pipeline).
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from ettin_megatron.data.framing import FRAMINGS
@@ -73,15 +74,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main process so that it unwinds as Ctrl-C does: the pool's workers end
+    (ProcessPoolExecutor's shutdown) and the temporary files are removed."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None) -> int:
     args = vars(parser().parse_args(argv))
     args.pop("tokenizer_type")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = preprocess(PreprocessConfig(**args))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, _Terminated) as stop:
+        print("interrupted: workers stopped, no output written", file=sys.stderr)
+        return 128 + (signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"done: {summary}", file=sys.stderr)
     return 0
 

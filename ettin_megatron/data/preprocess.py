@@ -15,7 +15,8 @@ Rules the acceptance tests pin down:
 - Sentence mode: each sentence is one sequence of the document; the template's prefix ([CLS]) goes on
   the first sentence and its suffix ([SEP], then the EOD if asked) on the last.
 - Outputs are written under temporary names and renamed only after every file is finalized; on any
-  error they are removed, so an interrupted run never leaves a complete-looking .bin/.idx pair.
+  error (and on SIGTERM / SIGINT in tools/preprocess_data.py) they are removed, so an interrupted run
+  never leaves a complete-looking .bin/.idx pair.
 - Beside each pair goes its record, {prefix}.meta.json (dataset_info.py): the tokenizer's fingerprint
   and size, the framing, the counts and the largest id, which training checks before any compute.
 """
@@ -23,6 +24,7 @@ Rules the acceptance tests pin down:
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -110,6 +112,7 @@ def _init_worker(tokenizer: Tokenizer, config: PreprocessConfig, dtype: type) ->
     costs ~0.2 s a process); under spawn it travels pickled. The Rust tokenizer is single-threaded:
     the parallelism is the worker processes, so --workers N uses N cores and runs stay comparable."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process ends us
     prefix, suffix = document_frame(tokenizer, config)
     split = sentence_splitter(config.keep_newlines, quiet=True) if config.split_sentences else None
     _WORKER.update(tokenizer=tokenizer, config=config, dtype=dtype, split=split,
@@ -237,6 +240,8 @@ def preprocess(config: PreprocessConfig) -> Summary:
                 summary.records += records
                 summary.input_bytes += nbytes
                 progress.update(summary)
+        if not summary.documents:
+            raise InputError(f"{config.input}: no documents (no records, or only empty texts); nothing written")
         for key, builder in builders.items():
             builder.finalize(temps[key][1])
             write_info(temps[key][2], infos[key])
