@@ -7,6 +7,8 @@ any compute with one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from .errors import EttinError
@@ -20,13 +22,20 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         pretrain(args)
     except EttinError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: {in_launcher_terms(str(error))}", file=sys.stderr, flush=True)
         return 2
     finally:
         from .runtime import destroy
 
         destroy()
     return 0
+
+
+def in_launcher_terms(message: str) -> str:
+    """The flags a message names, as the variables of the launcher that set them: the launchers'
+    --validate-only pass sets ETTIN_LAUNCHER_FLAGS to "--flag=VARIABLE ..." (unset: the message as is)."""
+    names = dict(pair.split("=", 1) for pair in os.environ.get("ETTIN_LAUNCHER_FLAGS", "").split())
+    return re.sub(r"--[a-z0-9-]+", lambda flag: names.get(flag.group(0), flag.group(0)), message)
 
 
 if __name__ == "__main__":  # dist_checkpointing's async writer spawns processes that re-import __main__

@@ -4,23 +4,30 @@
 #
 #   MODEL_SIZE      tiny | 17m | 32m | 68m | 150m | 400m | 1b          (default: tiny)
 #   PHASE           1 | 2 | 3: picks examples/recipes/<encoder|decoder>/<size>/phase<PHASE>.yaml
+#                   (tiny: phase 1 only)
 #   RECIPE          any recipe file instead of the one above
 #   TP, PP, VPP     tensor / pipeline / virtual pipeline sizes            (default: 1, 1, none)
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT         torchrun's rendezvous
 #   DATA_MIX        mixture YAML (examples/mixtures/), or DATA_PATH "prefix" / "w1 p1 w2 p2 ..."
 #   TOKENIZER       tokenizer directory or tokenizer.json
-#   SAVE, LOAD      checkpoint roots (LOAD resumes; FINETUNE=1 loads weights only)
+#   SAVE, LOAD      checkpoint roots; LOAD defaults to SAVE (a rerun resumes, Megatron-LM style);
+#                   FINETUNE=1 loads LOAD's weights only (then LOAD must be set)
 #   PRECISION       bf16 | fp8 | fp32   (default: bf16 on a GPU, fp32 on the CPU)
 #   TRAIN_ITERS     optimizer steps of the demo (recipes count tokens: TRAIN_TOKENS)
 #   TRAIN_TOKENS    input tokens to train (overrides the recipe's train_tokens)
-#   MICRO_BATCH, GLOBAL_BATCH, SEQ_LENGTH, LR                           recipe overrides
+#   MICRO_BATCH, GLOBAL_BATCH_SIZE, RAMPUP_BATCH_SIZE ("START INCREMENT SAMPLES"),
+#   RAMPUP_BATCH_SIZE_TOKENS ("START INCREMENT TOKENS"), SEQ_LENGTH, LR      recipe overrides
 #   TENSORBOARD_DIR event files for TensorBoard (needs: pip install -e ".[tensorboard]")
 #   WORK_DIR        demo work dir (default: ./runs/demo), EXTRA_ARGS: more pretrain flags
 #
 # With neither DATA_MIX nor DATA_PATH and MODEL_SIZE=tiny this is the offline demo: it builds a sample
 # corpus from text shipped with Python and a small BPE tokenizer in WORK_DIR (reused when present),
-# preprocesses it, trains the tiny model on the CPU or GPU, saves a checkpoint and, for the encoder,
-# exports it to Hugging Face and shows a fill-mask prediction.
+# preprocesses it, trains the tiny model (examples/recipes/<kind>/tiny/phase1.yaml) on the CPU or GPU,
+# saves a checkpoint, exports it to Hugging Face and shows a fill-mask prediction (encoder) or a
+# generated continuation (decoder). A rerun resumes it, or says it is complete.
+#
+# The arguments are checked once, in this process, before torchrun starts (pretrain --validate-only):
+# a mistake is one line naming the variable to change, and exit status 2.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +35,10 @@ PYTHON="${PYTHON:-python3}"
 # First run on a fresh machine: install the package into ./.venv (torch pinned to 2.13.0 so pip keeps
 # an existing or local CPU build rather than fetching a newer CUDA one).
 if ! "$PYTHON" -c "import ettin_megatron, megatron.core" 2>/dev/null; then
+  if [ -n "${SLURM_JOB_ID:-}" ]; then  # every node at once, on a shared filesystem: never from a job
+    echo "error: ettin_megatron is not installed for $PYTHON; install it before submitting (pip install -e .)" >&2
+    exit 2
+  fi
   if [ ! -x "$REPO/.venv/bin/python" ] || ! "$REPO/.venv/bin/python" -c "import ettin_megatron" 2>/dev/null; then
     echo "ettin_megatron is not installed: creating $REPO/.venv (one time)" >&2
     "$PYTHON" -m venv "$REPO/.venv"
@@ -38,7 +49,6 @@ if ! "$PYTHON" -c "import ettin_megatron, megatron.core" 2>/dev/null; then
 fi
 OBJECTIVE="${OBJECTIVE:?set by pretrain_ettin_encoder.sh / pretrain_ettin_decoder.sh}"
 MODEL_SIZE="${MODEL_SIZE:-tiny}"
-PHASE="${PHASE:-1}"
 TP="${TP:-1}"; PP="${PP:-1}"; VPP="${VPP:-}"
 NPROC_PER_NODE="${NPROC_PER_NODE:-1}"; NNODES="${NNODES:-1}"; NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"; MASTER_PORT="${MASTER_PORT:-29500}"
@@ -62,6 +72,10 @@ esac
 if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]; then
   # The offline demo: sample corpus -> tokenizer -> .bin/.idx, all reused when present.
   DEMO=1
+  if [ "${PHASE:-1}" != 1 ] || [ -n "${RECIPE:-}" ]; then
+    echo "error: the demo trains phase 1 of the tiny recipe only; unset PHASE / RECIPE, or set DATA_PATH or DATA_MIX" >&2
+    exit 2
+  fi
   mkdir -p "$WORK_DIR"
   [ -f "$WORK_DIR/corpus.jsonl" ] || "$PYTHON" "$REPO/tools/build_sample_corpus.py" --output "$WORK_DIR/corpus.jsonl"
   [ -f "$WORK_DIR/tokenizer/tokenizer.json" ] || \
@@ -71,42 +85,60 @@ if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]
       --tokenizer-model "$WORK_DIR/tokenizer" --workers "$(nproc 2>/dev/null || echo 2)"
   TOKENIZER="${TOKENIZER:-$WORK_DIR/tokenizer}"
   SAVE="${SAVE:-$WORK_DIR/checkpoints/$KIND}"
-  ARGS+=(--data-path "$WORK_DIR/data/sample_text_document" --split 98,2,0
-         --seq-length "${SEQ_LENGTH:-128}" --micro-batch-size "${MICRO_BATCH:-16}" --global-batch-size "${GLOBAL_BATCH:-32}"
-         --train-iters "${TRAIN_ITERS:-300}" --lr "${LR:-3e-3}" --lr-warmup-iters 10 --weight-decay 0.01
-         --lr-decay-style WSD --lr-wsd-decay-style minus_sqrt --min-lr 3e-4
-         --lr-wsd-decay-iters $(( ${TRAIN_ITERS:-300} * 3 / 10 + 1 ))
-         --attention-output-dropout 0.0 --log-interval 10 --eval-iters 2)
+  DATA_PATH="$WORK_DIR/data/sample_text_document"
+  # The recipe anneals over the last 30% of its 300 steps; a shorter demo keeps that proportion.
+  [ -n "${TRAIN_ITERS:-}" ] && ARGS+=(--lr-wsd-decay-iters $(( TRAIN_ITERS * 3 / 10 + 1 )))
 else
   DEMO=0
-  RECIPE="${RECIPE:-$REPO/examples/recipes/$KIND/$MODEL_SIZE/phase$PHASE.yaml}"
-  ARGS+=(--recipe "$RECIPE")
-  [ -n "${DATA_MIX:-}" ] && ARGS+=(--data-mix "$DATA_MIX")
-  # shellcheck disable=SC2206  # DATA_PATH is a Megatron-style list: split on spaces
-  [ -n "${DATA_PATH:-}" ] && ARGS+=(--data-path $DATA_PATH)
-  [ -n "${TRAIN_ITERS:-}" ] && ARGS+=(--train-iters "$TRAIN_ITERS")
-  [ -n "${TRAIN_TOKENS:-}" ] && ARGS+=(--train-tokens "$TRAIN_TOKENS")
-  [ -n "${MICRO_BATCH:-}" ] && ARGS+=(--micro-batch-size "$MICRO_BATCH")
-  [ -n "${GLOBAL_BATCH:-}" ] && ARGS+=(--global-batch-size "$GLOBAL_BATCH")
-  [ -n "${SEQ_LENGTH:-}" ] && ARGS+=(--seq-length "$SEQ_LENGTH")
-  [ -n "${LR:-}" ] && ARGS+=(--lr "$LR")
 fi
+RECIPE="${RECIPE:-$REPO/examples/recipes/$KIND/$MODEL_SIZE/phase${PHASE:-1}.yaml}"
+GLOBAL_BATCH_SIZE="${GLOBAL_BATCH_SIZE:-${GLOBAL_BATCH:-}}"  # GLOBAL_BATCH: the former name
+if [ "${FINETUNE:-0}" != 1 ]; then
+  LOAD="${LOAD:-${SAVE:-}}"  # Megatron-LM's convention: a relaunch continues its own checkpoints
+fi
+ARGS+=(--recipe "$RECIPE")
+[ -n "${DATA_MIX:-}" ] && ARGS+=(--data-mix "$DATA_MIX")
+# shellcheck disable=SC2206  # DATA_PATH and RAMPUP_BATCH_SIZE are Megatron-style lists: split on spaces
+[ -n "${DATA_PATH:-}" ] && ARGS+=(--data-path $DATA_PATH)
+[ -n "${TRAIN_ITERS:-}" ] && ARGS+=(--train-iters "$TRAIN_ITERS")
+[ -n "${TRAIN_TOKENS:-}" ] && ARGS+=(--train-tokens "$TRAIN_TOKENS")
+[ -n "${MICRO_BATCH:-}" ] && ARGS+=(--micro-batch-size "$MICRO_BATCH")
+[ -n "${GLOBAL_BATCH_SIZE:-}" ] && ARGS+=(--global-batch-size "$GLOBAL_BATCH_SIZE")
+# shellcheck disable=SC2206
+[ -n "${RAMPUP_BATCH_SIZE:-}" ] && ARGS+=(--rampup-batch-size $RAMPUP_BATCH_SIZE)
+# shellcheck disable=SC2206
+[ -n "${RAMPUP_BATCH_SIZE_TOKENS:-}" ] && ARGS+=(--rampup-batch-size-tokens $RAMPUP_BATCH_SIZE_TOKENS)
+[ -n "${SEQ_LENGTH:-}" ] && ARGS+=(--seq-length "$SEQ_LENGTH")
+[ -n "${LR:-}" ] && ARGS+=(--lr "$LR")
 [ -n "${TOKENIZER:-}" ] && ARGS+=(--tokenizer-model "$TOKENIZER")
 [ -n "${SAVE:-}" ] && ARGS+=(--save "$SAVE")
 [ -n "${LOAD:-}" ] && ARGS+=(--load "$LOAD")
 [ "${FINETUNE:-0}" = 1 ] && ARGS+=(--finetune)
 [ -n "${TENSORBOARD_DIR:-}" ] && ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR")
 
+# Check everything once, here, before torchrun starts one process per GPU; a refusal names this
+# launcher's variables instead of pretrain's flags.
+export ETTIN_LAUNCHER_FLAGS="--nproc-per-node=NPROC_PER_NODE --nnodes=NNODES --model-size=MODEL_SIZE
+  --recipe=RECIPE --tensor-model-parallel-size=TP --pipeline-model-parallel-size=PP
+  --virtual-pipeline-model-parallel-size=VPP --data-mix=DATA_MIX --data-path=DATA_PATH --tokenizer-model=TOKENIZER
+  --save=SAVE --load=LOAD --finetune=FINETUNE=1 --train-iters=TRAIN_ITERS --train-tokens=TRAIN_TOKENS --micro-batch-size=MICRO_BATCH
+  --global-batch-size=GLOBAL_BATCH_SIZE --rampup-batch-size=RAMPUP_BATCH_SIZE --rampup-batch-size-tokens=RAMPUP_BATCH_SIZE_TOKENS
+  --seq-length=SEQ_LENGTH --lr=LR
+  --tensorboard-dir=TENSORBOARD_DIR"
 # shellcheck disable=SC2086  # EXTRA_ARGS: free-form extra flags
+WORLD_SIZE=$(( NPROC_PER_NODE * NNODES )) "$PYTHON" -m ettin_megatron.pretrain --validate-only "${ARGS[@]}" ${EXTRA_ARGS:-}
+unset ETTIN_LAUNCHER_FLAGS
+
+# shellcheck disable=SC2086
 "$PYTHON" -m torch.distributed.run --nproc-per-node "$NPROC_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK" \
   --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
   -m ettin_megatron.pretrain "${ARGS[@]}" ${EXTRA_ARGS:-}
 
-if [ "$DEMO" = 1 ] && [ "$KIND" = encoder ]; then
-  if [ -f "$REPO/tools/convert_checkpoint.py" ] && [ -f "$REPO/tools/fill_mask.py" ]; then
-    "$PYTHON" "$REPO/tools/convert_checkpoint.py" megatron-to-hf --load "$SAVE" --output "$WORK_DIR/hf/$KIND"
+if [ "$DEMO" = 1 ]; then
+  "$PYTHON" "$REPO/tools/convert_checkpoint.py" megatron-to-hf --load "$SAVE" --output "$WORK_DIR/hf/$KIND"
+  if [ "$KIND" = encoder ]; then
     "$PYTHON" "$REPO/tools/fill_mask.py" "$WORK_DIR/hf/$KIND" "The Python [MASK] library provides functions."
   else
-    echo "note: tools/convert_checkpoint.py / tools/fill_mask.py not found; stopping after the checkpoint in $SAVE"
+    "$PYTHON" "$REPO/tools/generate.py" "$WORK_DIR/hf/$KIND" "The Python standard library"
   fi
 fi

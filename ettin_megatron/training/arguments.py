@@ -20,12 +20,12 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
-from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
 from ..config import PRESETS, ConfigError, SizePreset
 from ..data.dataset_info import TokenizerStamp, check_dataset
 from ..data.datasets import require_documents
+from ..data.readers import open_dataset
 from ..data.tokenizer import MODERNBERT_IDS, load_tokenizer, special_ids, tokenizer_fingerprint
 from ..model.layer_specs import resolve_spec
 
@@ -168,6 +168,8 @@ class RunArgs:
     eval_interval: int | None = arg(None, "Validate every N steps (None: only at the end).")
     eval_iters: int = arg(10, "Validation steps (global batches) per evaluation (0: none).")
     tensorboard_dir: str | None = arg(None, "TensorBoard event directory.")
+    validate_only: bool = arg(False, "Check the arguments, data and --load in this one process, then exit "
+                              "(0, or 2 with the error) without training; the launchers run it before torchrun.")
     exit_interval: int | None = arg(None, "Stop (after saving) at a step divisible by N.")
 
 
@@ -321,7 +323,8 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
     p, d, r, o = args.parallel, args.data, args.run, args.optim
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
     if world_size % model_parallel:
-        raise ConfigError(f"{world_size} processes are not divisible by TP x PP = {model_parallel}; "
+        raise ConfigError(f"{world_size} processes (--nproc-per-node x --nnodes) are not divisible by "
+                          f"--tensor-model-parallel-size x --pipeline-model-parallel-size = {model_parallel}; "
                           "change the process count or the parallel sizes.")
     dp = world_size // model_parallel
     if d.global_batch_size % (d.micro_batch_size * dp):
@@ -350,7 +353,7 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
         if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
             raise ConfigError(f"no dataset at {prefix} (.bin/.idx); run tools/preprocess_data.py or fix "
                               "--data-path.")
-        dataset = IndexedDataset(prefix)
+        dataset = open_dataset(prefix)
         require_documents(dataset, prefix)
         check_dataset(prefix, dataset, vocab_size, tokenizer, tokenizer_flag)
     if d.seq_length > args.model.max_position_embeddings:

@@ -75,7 +75,10 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     try:
         resume = checkpointing.check_load(args, model_fields(build_model_config(args, vocab_size=vocab)))
     except checkpointing.RunFinished as finished:
-        _print(str(finished))
+        if not args.run.validate_only:  # the run itself says so
+            _print(str(finished))
+        return []
+    if args.run.validate_only:
         return []
 
     run, iteration, consumed, tokens = setup(args, vocab, special, dp_size, resume)

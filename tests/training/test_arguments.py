@@ -139,7 +139,7 @@ def test_every_recipe_parses_and_matches_its_generator():
     expected = generate.recipes()
     for name, text in expected.items():
         assert (RECIPES / name).read_text() == text, f"{name} is stale: run python examples/recipes/generate.py"
-        if name != "common.yaml":
+        if name != "common.yaml" and "/tiny/" not in name:
             args = parse_args(["--recipe", str(RECIPES / name)])
             assert args.data.global_batch_size == 4608 and args.run.seed == 21
     decoder = read_recipe(RECIPES / "decoder/150m/phase2.yaml")

@@ -1,0 +1,133 @@
+"""The launchers as users run them: examples/pretrain_ettin_*.sh on their own data, and the SLURM script
+under a fake srun / scontrol that record their arguments and environment.
+
+A launcher error is checked once, before torchrun starts: one line naming the launcher variable to
+change, exit status 2. A rerun with the same SAVE resumes (LOAD defaults to SAVE) and, once complete,
+exits 0 without training. Jobs never install the package.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ettin_megatron.runtime.distributed import free_port
+from tests.convert.helpers import train_tiny_tokenizer
+
+pytestmark = pytest.mark.timeout(600)
+SBATCH = Path("examples/slurm/pretrain_ettin.sbatch")
+
+
+@pytest.fixture(scope="module")
+def own_data(tmp_path_factory):
+    """A tokenizer and a dataset preprocessed with it: what a user brings."""
+    from tools.preprocess_data import main
+
+    root = tmp_path_factory.mktemp("own")
+    tokenizer = train_tiny_tokenizer(root)
+    assert main(["--input", str(root / "corpus.jsonl"), "--output-prefix", str(root / "data"),
+                 "--tokenizer-model", str(tokenizer), "--workers", "1", "--log-interval", "0"]) == 0
+    return str(root / "data_text_document"), str(tokenizer)
+
+
+def launch(tmp_path, kind="encoder", **variables):
+    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()), WORK_DIR=str(tmp_path / "demo"),
+               **variables)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return subprocess.run(["bash", f"examples/pretrain_ettin_{kind}.sh"], env=env, capture_output=True, text=True,
+                          timeout=560)
+
+
+def refusal(done) -> str:
+    """The one line of a launcher refusal: exit 2, nothing from torchrun."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "ChildFailedError" not in done.stderr and "torch.distributed" not in done.stderr, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    return line
+
+
+def test_errors_are_checked_once_and_name_the_launcher_variable(tmp_path, own_data):
+    prefix, tokenizer = own_data
+    own = dict(DATA_PATH=prefix, TOKENIZER=tokenizer)
+    assert refusal(launch(tmp_path, TP="2", **own)) == (
+        "error: 1 processes (NPROC_PER_NODE x NNODES) are not divisible by TP x PP = 2; change the process "
+        "count or the parallel sizes.")
+    assert refusal(launch(tmp_path, MODEL_SIZE="17m", MICRO_BATCH="8", GLOBAL_BATCH_SIZE="8", **own)) == (
+        "error: RAMPUP_BATCH_SIZE_TOKENS start 576 exceeds GLOBAL_BATCH_SIZE 8; lower it.")
+    assert refusal(launch(tmp_path, PHASE="2")) == (
+        "error: the demo trains phase 1 of the tiny recipe only; unset PHASE / RECIPE, or set DATA_PATH or DATA_MIX")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_tiny_on_own_data_then_a_rerun_resumes_or_says_it_is_complete(tmp_path, own_data):
+    prefix, tokenizer = own_data
+    own = dict(MODEL_SIZE="tiny", DATA_PATH=prefix, TOKENIZER=tokenizer, SAVE=str(tmp_path / "ckpt"),
+               MICRO_BATCH="4", GLOBAL_BATCH_SIZE="8")
+    first = launch(tmp_path, TRAIN_ITERS="2", **own)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (tmp_path / "ckpt/latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    again = launch(tmp_path, TRAIN_ITERS="2", **own)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("this run is already complete, nothing to do.") == 1
+    assert (tmp_path / "ckpt/latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+
+def _fake_slurm(tmp_path) -> dict:
+    """srun and scontrol that record what they were given; the environment of a 2-node job."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/usr/bin/env bash\n{sys.executable} -c "import json, os, sys; '
+                                  f"json.dump({{'argv': sys.argv[1:], 'env': dict(os.environ)}}, "
+                                  f"open('{tmp_path}/srun.json', 'w'))\" \"$@\"\n")
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'node7\\nnode8\\n'\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=sys.executable, SLURM_JOB_ID="42",
+                SLURM_NNODES="2", SLURM_JOB_NODELIST="node[7-8]", SLURM_CPUS_PER_TASK="64")
+
+
+def test_sbatch_checks_before_srun_and_passes_cpus_per_task(tmp_path):
+    env = _fake_slurm(tmp_path)
+    directives = [line.split("=", 1) for line in SBATCH.read_text().splitlines() if line.startswith("#SBATCH --")]
+    output = dict(d for d in directives if len(d) == 2)["#SBATCH --output"]
+    assert os.path.dirname(output) == "", "slurm opens --output before the script: only the submit dir exists"
+
+    def sbatch(**variables):
+        return subprocess.run(["bash", str(SBATCH)], env={**env, **variables}, capture_output=True, text=True,
+                              timeout=120)
+
+    mix = dict(DATA_MIX="examples/mixtures/phase1.yaml", MODEL_SIZE="400m")
+    done = sbatch(**mix)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: examples/mixtures/phase1.yaml names ${ETTIN_DATA}/...; set ETTIN_DATA to the preprocessed data root")
+    assert not (tmp_path / "srun.json").exists()
+
+    done = sbatch(**mix, ETTIN_DATA="/shared/ettin")
+    assert done.returncode == 0, done.stderr
+    srun = json.loads((tmp_path / "srun.json").read_text())
+    assert "--cpus-per-task=64" in srun["argv"] and srun["argv"][-1].endswith("bash examples/pretrain_ettin_encoder.sh")
+    assert {k: srun["env"][k] for k in ("MASTER_ADDR", "NNODES", "NPROC_PER_NODE", "ETTIN_DATA", "PYTHON")} == {
+        "MASTER_ADDR": "node7", "NNODES": "2", "NPROC_PER_NODE": "8", "ETTIN_DATA": "/shared/ettin",
+        "PYTHON": sys.executable}
+
+
+def test_jobs_never_install(tmp_path):
+    """Without the package, the job and the launcher inside it stop in one line: no .venv, no pip."""
+    env = _fake_slurm(tmp_path)
+    fake_python = tmp_path / "bin" / "python-without-ettin"
+    fake_python.write_text("#!/usr/bin/env bash\nexit 1\n")
+    fake_python.chmod(0o755)
+    repo = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{Path.cwd()}", str(repo)], check=True)
+    for script in (SBATCH, Path("examples/pretrain_ettin_encoder.sh")):
+        (repo / script).write_text(script.read_text())
+        (repo / "examples/pretrain_ettin_common.sh").write_text(Path("examples/pretrain_ettin_common.sh").read_text())
+        done = subprocess.run(["bash", str(script)], cwd=repo, env={**env, "PYTHON": str(fake_python)},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == (f"error: ettin_megatron is not installed for {fake_python}; install it before "
+                                       "submitting (pip install -e .)")
+        assert not (repo / ".venv").exists() and not (tmp_path / "srun.json").exists()
