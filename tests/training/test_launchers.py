@@ -131,3 +131,14 @@ def test_jobs_never_install(tmp_path):
         assert done.stderr.strip() == (f"error: ettin_megatron is not installed for {fake_python}; install it before "
                                        "submitting (pip install -e .)")
         assert not (repo / ".venv").exists() and not (tmp_path / "srun.json").exists()
+
+
+def test_readme_lists_every_launcher_variable():
+    import re
+
+    text = Path("examples/pretrain_ettin_common.sh").read_text() + SBATCH.read_text()
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-?]", text))
+    internal = {"OBJECTIVE", "SLURM_JOB_ID", "GLOBAL_BATCH"}  # set by the wrappers, by slurm; a former name
+    readme = Path("README.md").read_text()
+    missing = sorted(name for name in read - internal if f"`{name}`" not in readme)
+    assert not missing, missing
