@@ -17,7 +17,7 @@ import pytest
 from ettin_megatron.runtime.distributed import free_port
 from tests.convert.helpers import train_tiny_tokenizer
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)  # each launcher run starts python three times (check, torchrun, rank)
 SBATCH = Path("examples/slurm/pretrain_ettin.sbatch")
 
 
