@@ -174,20 +174,20 @@ def test_a_bad_latest_marker_is_not_a_fresh_start(capsys, tmp_path, marker, mess
         assert "rename iter_0000007.old (its previous copy) back to iter_0000007." in pretrain_error(capsys, argv)
 
 
-def test_a_save_that_holds_a_run_is_resumed_only_through_load(capsys, checkpoints, tmp_path):
+def test_a_save_that_holds_a_run_is_resumed_only_through_load(capsys, checkpoints, tokenizer_dir, tmp_path):
     """Training afresh into it would move its latest marker back and orphan iteration 2."""
     prefix, root, _ = checkpoints
     shutil.copytree(root / "run", tmp_path / "run")
-    line = pretrain_error(capsys, _argv(prefix, "--save", str(tmp_path / "run"), "--train-iters", "4"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--save", str(tmp_path / "run"), "--train-iters", "4"))
     assert line == (f"error: --save {tmp_path / 'run'} already holds a run (iter_0000002); pass --load "
                     f"{tmp_path / 'run'} to resume it, or choose another --save.")
-    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(tmp_path / "run"),
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--save", str(tmp_path / "run"),
                                         "--finetune", "--train-iters", "4"))
     assert "already holds a run (iter_0000002)" in line
     assert (tmp_path / "run" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
 
-def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, checkpoints):
+def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, checkpoints, tokenizer_dir):
     """A longer --train-iters moves the decay of a resumed run: refused unless Megatron-LM's
     --override-opt_param-scheduler (this run's) or --use-checkpoint-opt_param-scheduler (the
     checkpoint's) says which schedule wins; megatron's scheduler then takes that one."""
@@ -201,11 +201,11 @@ def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, ch
 
     prefix, root, _ = checkpoints
     run = str(root / "run")
-    argv = _argv(prefix, "--load", run, "--save", run, "--train-iters", "4", "--lr-warmup-iters", "2")
+    argv = _argv(prefix, tokenizer_dir, "--load", run, "--save", run, "--train-iters", "4", "--lr-warmup-iters", "2")
     line = pretrain_error(capsys, argv)
     assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} has another LR schedule (lr_decay_steps 17 "
                     "vs 32, wd_incr_steps 17 vs 32, wsd_decay_steps 16 vs 32: checkpoint vs this run, lengths in "
-                    "samples); pass "
+                    "the run's unit); pass "
                     "--use-checkpoint-opt_param-scheduler to keep the checkpoint's or "
                     "--override-opt_param-scheduler to use this run's.")
     saved = dist_checkpointing.load_common_state_dict(f"{run}/iter_0000002")["opt_param_scheduler"]

@@ -47,7 +47,7 @@ def test_shape_flags_override_the_preset_and_are_validated(capsys, monkeypatch, 
     assert (shape.num_layers, shape.hidden_size, shape.ffn_hidden_size, shape.num_attention_heads) == (2, 64, 96, 4)
     config = build_model_config(args, vocab_size=128)
     assert (config.num_layers, config.hidden_size, config.ffn_hidden_size, config.num_attention_heads) == (2, 64, 96, 4)
-    base = ["--data-path", prefix, "--train-iters", "2", "--vocab-size", "128", "--global-batch-size", "8"]
+    base = ["--data-path", prefix, "--train-iters", "2", "--global-batch-size", "8"]
     monkeypatch.setenv("WORLD_SIZE", "2")  # read before any process group: the checks run first
     assert "3 attention heads are not divisible by tensor parallel size 2" in pretrain_error(
         capsys, base + ["--num-attention-heads", "3", "--hidden-size", "96", "--tensor-model-parallel-size", "2"])
