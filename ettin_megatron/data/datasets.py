@@ -11,9 +11,9 @@ label convention) and ``segment_lengths`` (its attention segments, summing to ``
 batches.collate turns a list of them into the packed micro-batch the model consumes.
 
 Determinism: the sample index (which document tokens make sample i) is a function of the data, the
-split, ``random_seed`` and the layout; epoch e's document order is drawn from a generator seeded
-with (random_seed, e), so asking for more samples only appends epochs and never changes earlier
-samples. The masking of sample i is drawn from a generator seeded with
+split, ``random_seed``, the layout and its chunk sizes; epoch e's document order is drawn from a
+generator seeded with (random_seed, e), so asking for more samples only appends epochs and never
+changes earlier samples. The masking of sample i is drawn from a generator seeded with
 (random_seed, split, i). Sample i is therefore the same whatever the order, the process or the
 data-parallel layout that asks for it. (The prefixes of a blend share these seeds, so their samples
 of equal index draw the same random numbers; within each prefix masks still vary independently
@@ -36,7 +36,9 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
 from ettin_megatron.config import ConfigError
+from ettin_megatron.data.chunking import ChunkRules, stored_framing
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
+from ettin_megatron.data.sample_index import chunk_rows, concat_rows, index_dtype, shuffle_rows
 from ettin_megatron.data.tokenizer import MODERNBERT_IDS
 from ettin_megatron.runtime import is_writer
 
@@ -51,14 +53,29 @@ class EttinDatasetConfig(BlendedMegatronDatasetConfig):
     """
 
     layout: str = "document"
-    """"document" (Ettin): one document per sample, truncated to sequence_length, unpadded.
-    "packed" (ModernBERT): whole documents packed greedily in order up to sequence_length (a longer
-    document is truncated), each its own attention segment.
-    "concat" (GPT-style decoder): the token stream of the documents cut into samples of exactly
-    sequence_length tokens, one attention segment per sample; the stream's tail that does not fill
-    a sample is dropped at the end of each epoch. No extra (+1) token is read: the objective labels
-    the sample from its own tokens (the last token has no CLM label), so every layout and objective
-    combine freely and all concat samples have the same length."""
+    """What a sample is. "document" (Ettin): one chunk of one document. Each document body is cut
+    into consecutive chunks of at most sequence_length - 2 tokens, each framed [CLS] ... [SEP]
+    (a stored [CLS]/[SEP] frame is replaced, never doubled), with Ettin's rules for the short last
+    piece (min_chunk_size, always_skip_size; see chunking.py): every token is in exactly one sample
+    per epoch except the short tails that the always-skip rule drops.
+    "packed" (ModernBERT): those chunks packed greedily in order up to sequence_length, each its
+    own attention segment.
+    "concat" (GPT-style decoder): the stored token stream of the documents cut into samples of
+    exactly sequence_length tokens, one attention segment per sample; the stream's tail that does
+    not fill a sample is dropped at the end of each epoch. No extra (+1) token is read: the
+    objective labels the sample from its own tokens (the last token has no CLM label), so every
+    layout and objective combine freely and all concat samples have the same length.
+    Chunks are cut when the sample index is built, so another sequence_length re-chunks the same
+    preprocessed data."""
+
+    min_chunk_size: Optional[int] = None
+    """A last piece shorter than this (body tokens) takes a random number of tokens from the end of
+    the piece before it (Ettin's backfill). None: Ettin's 512, or half the sequence below 1024
+    (ChunkRules.for_sequence)."""
+
+    always_skip_size: Optional[int] = None
+    """A piece shorter than this (body tokens) is dropped unless it is the document's first.
+    None: Ettin's 128, or an eighth of the sequence below 1024."""
 
     objective: str = "mlm"
     """"mlm" | "clm" | "mntp", see objectives.apply_objective."""
@@ -110,9 +127,12 @@ class EttinDatasetConfig(BlendedMegatronDatasetConfig):
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.sequence_length < 1:
             raise ConfigError(f"sequence_length must be positive, got {self.sequence_length}.")
-        ordinary = set(ordinary_token_ids(self.num_ordinary_tokens, self.extra_special_token_ids))
+        if self.layout != "concat":  # resolve the default sizes (they name the cache) and check them
+            rules = ChunkRules.for_sequence(self.sequence_length, self.min_chunk_size, self.always_skip_size)
+            self.min_chunk_size, self.always_skip_size = rules.min_chunk_size, rules.always_skip_size
+        ordinary = ordinary_token_ids(self.num_ordinary_tokens, self.extra_special_token_ids)
         specials = (self.cls_token_id, self.sep_token_id, self.pad_token_id, self.mask_token_id)
-        if ordinary.intersection(specials):
+        if numpy.isin(specials, ordinary).any():
             raise ConfigError(
                 f"special token ids {specials} must not be ordinary tokens: set "
                 f"num_ordinary_tokens (now {self.num_ordinary_tokens}) below them or list them "
@@ -123,6 +143,10 @@ class EttinDatasetConfig(BlendedMegatronDatasetConfig):
                 self.masking(split)  # validates the rates now rather than at the first sample
             except ValueError as error:
                 raise ConfigError(str(error)) from None
+
+    def chunk_rules(self) -> ChunkRules:
+        """How the "document" and "packed" layouts cut documents (see chunking.py)."""
+        return ChunkRules(self.sequence_length, self.min_chunk_size, self.always_skip_size, self.random_seed)
 
     def masking(self, split: Split) -> Masking:
         """The MLM/MNTP masking of `split` (train: mask_rate, valid/test: eval_mask_rate)."""
@@ -135,50 +159,6 @@ class EttinDatasetConfig(BlendedMegatronDatasetConfig):
             mask_token_prob=self.mask_token_prob,
             random_token_prob=self.random_token_prob,
         )
-
-
-def pack_greedily(cum_lengths: numpy.ndarray, capacity: int) -> numpy.ndarray:
-    """Start positions of greedy in-order packing: a sample takes documents while they fit.
-
-    ``cum_lengths`` is [0, l0, l0+l1, ...] over documents each at most `capacity` long. The greedy
-    chain s -> next(s) is sequential, so it is evaluated by pointer doubling (log2(n) vectorized
-    steps) instead of a Python loop over what can be billions of samples.
-    """
-    n = len(cum_lengths) - 1
-    jump = numpy.searchsorted(cum_lengths, cum_lengths + capacity, side="right") - 1
-    steps = numpy.arange(n + 1)
-    position = numpy.zeros(n + 1, dtype=numpy.int64)
-    bit = 1
-    while bit <= n:
-        taken = (steps & bit) != 0
-        position[taken] = jump[position[taken]]
-        jump = jump[jump]
-        bit <<= 1
-    return position[position < n]
-
-
-def epoch_samples(layout: str, lengths: numpy.ndarray, sequence_length: int) -> numpy.ndarray:
-    """Rows (first document position, token offset, number of documents) of one epoch's samples.
-
-    `lengths` are the (non-zero) token counts of the epoch's documents in reading order.
-    """
-    n = len(lengths)
-    if layout == "document":
-        first = numpy.arange(n)
-        return numpy.stack([first, numpy.zeros(n, numpy.int64), numpy.ones(n, numpy.int64)], 1)
-    if layout == "packed":
-        first = pack_greedily(_cumsum0(numpy.minimum(lengths, sequence_length)), sequence_length)
-        count = numpy.diff(numpy.append(first, n))
-        return numpy.stack([first, numpy.zeros(len(first), numpy.int64), count], 1)
-    cum = _cumsum0(lengths)
-    start = numpy.arange(cum[-1] // sequence_length, dtype=numpy.int64) * sequence_length
-    first = numpy.searchsorted(cum, start, side="right") - 1
-    last = numpy.searchsorted(cum, start + sequence_length - 1, side="right") - 1
-    return numpy.stack([first, start - cum[first], last - first + 1], 1)
-
-
-def _cumsum0(values: numpy.ndarray) -> numpy.ndarray:
-    return numpy.concatenate([[0], numpy.cumsum(values, dtype=numpy.int64)])
 
 
 def require_documents(dataset: IndexedDataset, prefix: str) -> None:
@@ -209,6 +189,9 @@ class EttinDataset(MegatronDataset):
             indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config
         )
         self.masking = config.masking(index_split)
+        self.chunks = None if config.layout == "concat" else config.chunk_rules()
+        self.framing = (0, 0) if self.chunks is None else stored_framing(
+            indexed_dataset, config.cls_token_id, config.sep_token_id)
         self.document_index, self.sample_index = self._build_or_load_indices()
 
     @staticmethod
@@ -224,14 +207,18 @@ class EttinDataset(MegatronDataset):
 
     @staticmethod
     def _key_config_attributes() -> List[str]:
-        """The sample index depends on the layout too (objective and rates act per sample)."""
-        return MegatronDataset._key_config_attributes() + ["layout"]
+        """The sample index depends on the layout and chunk sizes too (objective and rates act per
+        sample)."""
+        return MegatronDataset._key_config_attributes() + ["layout", "min_chunk_size", "always_skip_size"]
 
     def __len__(self) -> int:
         return self.sample_index.shape[0]
 
     def __getitem__(self, idx: int) -> Dict[str, numpy.ndarray]:
-        parts = self._read(int(idx))
+        parts = [self.dataset.get(document, offset, length) for document, offset, length in self.pieces(idx)]
+        if self.chunks is not None:
+            cls, sep = [self.config.cls_token_id], [self.config.sep_token_id]
+            parts = [numpy.concatenate([cls, part, sep]) for part in parts]
         lengths = [len(part) for part in parts]
         segment_lengths = [sum(lengths)] if self.config.layout == "concat" else lengths
         rng = numpy.random.default_rng((self.config.random_seed, self.index_split.value, int(idx)))
@@ -245,50 +232,81 @@ class EttinDataset(MegatronDataset):
         sample["segment_lengths"] = numpy.asarray(segment_lengths, dtype=numpy.int64)
         return sample
 
-    def _read(self, idx: int) -> List[numpy.ndarray]:
-        """The document pieces of sample `idx`: each truncated to sequence_length, or for "concat"
-        all of them together cut to exactly sequence_length."""
-        first, offset, count = (int(value) for value in self.sample_index[idx])
-        budget = self.config.sequence_length
-        parts = []
-        for document in self.document_index[first : first + count]:
-            length = min(int(self.dataset.sequence_lengths[document]) - offset, budget)
-            parts.append(self.dataset.get(int(document), offset=offset, length=length))
-            offset = 0
-            if self.config.layout == "concat":
-                budget -= length
-        return parts
+    def pieces(self, idx: int) -> List[Tuple[int, int, int]]:
+        """(document, offset, length) of the stored tokens sample `idx` is made of: its chunks'
+        bodies (framed when read), or for "concat" the stream cut to exactly sequence_length."""
+        first, offset, count = (int(value) for value in self.sample_index[int(idx)])
+        lengths, pieces = self.dataset.sequence_lengths, []
+        if self.chunks is None:
+            budget = self.config.sequence_length
+            for document in self.document_index[first : first + count]:
+                length = min(int(lengths[document]) - offset, budget)
+                pieces.append((int(document), offset, length))
+                offset, budget = 0, budget - length
+            return pieces
+        lead = self.framing[0]
+        while len(pieces) < count:
+            document = int(self.document_index[first])
+            body = int(lengths[document]) - sum(self.framing)
+            start, length = self.chunks.span(body, document, offset)
+            pieces.append((document, lead + start, length))
+            offset += 1
+            if offset == self.chunks.counts(body):
+                first, offset = first + 1, 0
+        return pieces
 
     def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray]:
-        """Document order and sample rows, epoch by epoch until num_samples is reached.
+        """Document order and sample rows (sample_index.py), epoch by epoch until num_samples.
 
-        Each epoch shuffles this split's non-empty documents, lays them out (epoch_samples) and
-        shuffles the resulting samples, so that consecutive concat samples of one long document are
-        spread out as in megatron's GPTDataset. Samples never span two epochs.
+        Each epoch shuffles this split's documents (those with tokens: with a body for the chunking
+        layouts), lays out its samples and shuffles them, so that the chunks of one long document
+        are spread out as in megatron's GPTDataset. Samples never span two epochs.
         """
-        lengths = self.dataset.sequence_lengths
-        documents = self.indices[lengths[self.indices] > 0]
-        document_index, sample_index, num_built = [], [], 0
-        wanted, epoch = self.num_samples or 0, 0
-        while epoch == 0 or num_built < wanted:
+        stored = self.dataset.sequence_lengths
+        sizes = stored[self.indices] - (0 if self.chunks is None else sum(self.framing))
+        documents = self.indices[sizes > 0].astype(index_dtype(len(stored)))
+        orders, rows, wanted, epoch = [], [], self.num_samples or 0, 0
+        while epoch == 0 or sum(map(len, rows)) < wanted:
             rng = numpy.random.default_rng((self.config.random_seed, epoch))
-            order = documents[rng.permutation(len(documents))]
-            rows = epoch_samples(self.config.layout, lengths[order], self.config.sequence_length)
-            if len(rows) == 0 and num_built < wanted:
+            order = rng.permutation(documents)
+            if self.chunks is None:
+                epoch_rows = concat_rows(stored, order, self.config.sequence_length)
+            else:
+                body = stored[order] - sum(self.framing)
+                epoch_rows = chunk_rows(self.config.layout, body, order, self.chunks)
+            if len(epoch_rows) == 0 and wanted:
                 raise ConfigError(
                     f"The {self.index_split.name} split of {self.dataset_path} has no "
                     f"{self.config.layout} sample of length {self.config.sequence_length}: give it "
                     "more documents (split, data) or lower sequence_length."
                 )
-            rows[:, 0] += epoch * len(documents)
-            document_index.append(order)
-            sample_index.append(rows[rng.permutation(len(rows))])
-            num_built += len(rows)
+            if epoch == 0:
+                self._report(order, epoch_rows)
+            shuffle_rows(epoch_rows, rng)
+            orders.append(order)
+            rows.append(epoch_rows)
             epoch += 1
-        return (
-            numpy.concatenate(document_index).astype(numpy.int64),
-            numpy.concatenate(sample_index).astype(numpy.int64),
-        )
+        rows = [epoch_rows.astype(index_dtype(epoch * len(documents)), copy=False) for epoch_rows in rows]
+        for number, epoch_rows in enumerate(rows):
+            epoch_rows[:, 0] += number * len(documents)  # positions in the epochs' joined order
+        join = lambda arrays: arrays[0] if len(arrays) == 1 else numpy.concatenate(arrays)
+        return join(orders), join(rows)
+
+    def _report(self, order: numpy.ndarray, rows: numpy.ndarray) -> None:
+        """One line (writer rank): documents, tokens, samples and the share of tokens used, per epoch."""
+        if not is_writer():
+            return
+        lengths = self.dataset.sequence_lengths[order]
+        if self.chunks is None:
+            tokens = int(lengths.sum(dtype=numpy.int64))
+            used = len(rows) * self.config.sequence_length
+        else:
+            body = lengths - sum(self.framing)
+            tokens = int(body.sum(dtype=numpy.int64))
+            used = tokens - int(self.chunks.dropped(body).sum(dtype=numpy.int64))
+        print(f"{self.dataset_path} {self.index_split.name}: {len(order):,} documents, {tokens:,} tokens, "
+              f"{len(rows):,} {self.config.layout} samples of <= {self.config.sequence_length} tokens per "
+              f"epoch, {used / max(tokens, 1):.1%} of the tokens used", flush=True)
 
     def _build_or_load_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray]:
         """Megatron's index caching: load from config.path_to_cache when there, else build and (on

@@ -23,6 +23,7 @@ import yaml
 from megatron.core.datasets.utils import get_blend_from_list
 
 from ..config import PRESETS, ConfigError, SizePreset
+from ..data.chunking import ChunkRules
 from ..data.dataset_info import TokenizerStamp, check_dataset
 from ..data.datasets import require_documents
 from ..data.readers import open_dataset
@@ -83,14 +84,20 @@ class DataArgs:
                                "(IndexedDataset prefixes from tools/preprocess_data.py).")
     data_mix: str | None = arg(None, "Mixture YAML (see examples/mixtures/); replaces --data-path.")
     split: str = arg("969,30,1", "Train,valid,test split of the documents.")
-    data_layout: str = arg("document", "document (Ettin) | packed (ModernBERT) | concat (GPT).",
+    data_layout: str = arg("document", "document (Ettin: one chunk of a document per sample) | packed "
+                           "(ModernBERT: chunks packed up to --seq-length) | concat (GPT).",
                            choices=("document", "packed", "concat"))
+    min_chunk_size: int | None = arg(None, "A document's last piece shorter than this takes a random number "
+                                     "of tokens from the piece before it (Ettin's backfill; default 512, "
+                                     "half of --seq-length below 1024).")
+    always_skip_size: int | None = arg(None, "A piece shorter than this is dropped unless it is the "
+                                       "document's first (Ettin; default 128, 1/8 of --seq-length below 1024).")
     data_cache_path: str | None = arg(None, "Directory to cache the sample indices in, so later runs load "
                                       "them instead of rebuilding (default: none; rebuilt every run).")
     tokenizer_model: str | None = arg(None, "tokenizer.json (or its directory) the data was made with.")
     tokenizer_type: str = arg("HuggingFaceTokenizer", "Megatron-LM's tokenizer kind; --tokenizer-model is "
                               "always a Hugging Face tokenizer.", choices=("HuggingFaceTokenizer",))
-    seq_length: int = arg(1024, "Maximum tokens per sample (one document per sample in Ettin).")
+    seq_length: int = arg(1024, "Maximum tokens per sample (documents are cut into chunks of this size).")
     micro_batch_size: int = arg(4, "Samples per micro-batch (packed into one unpadded row).")
     global_batch_size: int = arg(32, "Samples per optimizer step (Ettin: 4608).")
     rampup_batch_size: list[int] | None = arg(None, "Batch-size warm-up: START INCREMENT SAMPLES "
@@ -360,6 +367,8 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
         raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
                           f"{args.model.max_position_embeddings}; shorten it or raise "
                           "--max-position-embeddings.")
+    if d.data_layout != "concat":
+        ChunkRules.for_sequence(d.seq_length, d.min_chunk_size, d.always_skip_size)
     if p.virtual_pipeline_model_parallel_size and p.num_layers_per_virtual_pipeline_stage:
         raise ConfigError("pass either --virtual-pipeline-model-parallel-size or "
                           "--num-layers-per-virtual-pipeline-stage, not both.")

@@ -117,7 +117,8 @@ def build_datasets(args: Arguments, train_samples: int, valid_samples: int, spec
         blend = (prefixes, weights)
     config = EttinDatasetConfig(
         random_seed=args.run.seed, sequence_length=d.seq_length, blend=blend, split=d.split,
-        path_to_cache=d.data_cache_path, layout=d.data_layout, objective=args.model.objective,
+        path_to_cache=d.data_cache_path, layout=d.data_layout, min_chunk_size=d.min_chunk_size,
+        always_skip_size=d.always_skip_size, objective=args.model.objective,
         mask_rate=d.mask_rate, **special,
     )
     # 0, not None, for splits the run does not read: megatron's builder refuses a None size with a

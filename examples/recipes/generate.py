@@ -46,7 +46,7 @@ clip_grad: 1.0            # Ettin's StableAdamW clips per tensor instead; megatr
 attention_output_dropout: 0.1
 seed: 21
 bf16: true
-data_layout: document     # one document per sample, truncated, unpadded (Ettin)
+data_layout: document     # one chunk of one document per sample, unpadded (Ettin)
 split: "999,1,0"
 eval_iters: 10
 eval_interval: 1000

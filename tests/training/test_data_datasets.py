@@ -9,7 +9,8 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from ettin_megatron.config import ConfigError
-from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets, pack_greedily
+from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets
+from ettin_megatron.data.sample_index import pack_greedily
 from tests.ranks import run_ranks
 
 CLS, SEP, PAD, MASK = 1001, 1002, 1003, 1004
@@ -64,11 +65,11 @@ def reading_order(dataset):
     return [dataset[i] for i in numpy.lexsort((rows[:, 1], rows[:, 0]))]
 
 
-def test_document_layout_is_one_truncated_unpadded_document_per_sample(corpus):
-    prefix, docs = corpus
-    dataset = train(config(prefix, layout="document", objective="clm"))
+def test_document_layout_keeps_a_short_document_whole_as_one_unpadded_sample(corpus):
+    prefix, docs = corpus  # every document fits in 64 tokens (test_data_chunking.py: longer ones)
+    dataset = train(config(prefix, layout="document", objective="clm", sequence_length=64))
     got = sorted(tuple(s["tokens"]) for s in samples(dataset))
-    assert got == sorted(tuple(d[:16]) for d in docs)
+    assert got == sorted(tuple(d) for d in docs)
     for s in samples(dataset):
         assert s["segment_lengths"].tolist() == [len(s["tokens"])] and PAD not in s["tokens"]
 
@@ -87,21 +88,21 @@ def test_pack_greedily_matches_a_plain_loop():
     assert pack_greedily(cum, 32).tolist() == expected
 
 
-def test_packed_layout_packs_whole_documents_greedily_in_order(corpus):
+def test_packed_layout_packs_whole_short_documents_greedily_in_order(corpus):
     prefix, docs = corpus
-    dataset = train(config(prefix, layout="packed", objective="clm"))
-    truncated = {tuple(d[:16]) for d in docs}
+    dataset = train(config(prefix, layout="packed", objective="clm", sequence_length=64))
+    whole = {tuple(d) for d in docs}
     seen, order = [], reading_order(dataset)
     for i, s in enumerate(order):
-        assert s["segment_lengths"].sum() == len(s["tokens"]) <= 16
+        assert s["segment_lengths"].sum() == len(s["tokens"]) <= 64
         pieces = numpy.split(s["tokens"], numpy.cumsum(s["segment_lengths"])[:-1])
-        assert all(tuple(p) in truncated for p in pieces)
+        assert all(tuple(p) in whole for p in pieces)
         seen += [tuple(p) for p in pieces]
         if i + 1 < len(order):  # greedy: the next sample's first document did not fit here
-            assert len(s["tokens"]) + order[i + 1]["segment_lengths"][0] > 16
-    assert sorted(seen) == sorted(truncated)
+            assert len(s["tokens"]) + order[i + 1]["segment_lengths"][0] > 64
+    assert sorted(seen) == sorted(whole)
     # The segments are the epoch's documents in their (shuffled) order.
-    assert seen == [tuple(docs[d][:16]) for d in dataset.document_index]
+    assert seen == [tuple(docs[d]) for d in dataset.document_index]
 
 
 def test_concat_layout_cuts_the_document_stream_into_exact_samples(corpus):
@@ -126,9 +127,10 @@ def test_more_samples_append_epochs_without_changing_earlier_samples(corpus, lay
     assert all(same(a, b) for a, b in zip(samples(one_epoch), earlier))
 
 
-def test_samples_depend_only_on_seed_and_index(corpus, tmp_path):
+@pytest.mark.parametrize("layout", ["document", "packed", "concat"])
+def test_samples_depend_only_on_seed_and_index(corpus, tmp_path, layout):
     prefix, _ = corpus
-    make = lambda: train(config(prefix, layout="concat", path_to_cache=str(tmp_path)), 40)
+    make = lambda: train(config(prefix, layout=layout, path_to_cache=str(tmp_path)), 40)
     first, second = make(), make()  # the second loads the cached indices
     reference = samples(first, range(8))
     assert all(same(a, b) for a, b in zip(reference, samples(second, range(8))))
@@ -140,7 +142,7 @@ def test_samples_depend_only_on_seed_and_index(corpus, tmp_path):
             assert same(shard[i], reference[i])
     # Different index, different masking; different seed, different masking.
     assert not numpy.array_equal(reference[0]["loss_mask"], reference[1]["loss_mask"])
-    reseeded = train(config(prefix, layout="concat", random_seed=22), 40)
+    reseeded = train(config(prefix, layout=layout, random_seed=22), 40)
     assert any(not same(a, b) for a, b in zip(reference, samples(reseeded, range(8))))
 
 
@@ -161,9 +163,9 @@ def test_index_cache_is_written_and_reused_without_torch_distributed(corpus, tmp
 
 def test_split_sizes_and_disjoint_documents(corpus):
     prefix, docs = corpus
-    cfg = config(prefix, layout="document", objective="clm", split="80,20,0")
+    cfg = config(prefix, layout="document", objective="clm", split="80,20,0", sequence_length=64)
     trn, val, tst = build_datasets(cfg, [None, None, None])
-    assert (len(trn), len(val), tst) == (48, 12, None)
+    assert (len(trn), len(val), tst) == (48, 12, None)  # one sample per (short) document
     train_docs = {tuple(s["tokens"]) for s in samples(trn)}
     assert train_docs.isdisjoint(tuple(s["tokens"]) for s in samples(val))
     trn, val, _ = build_datasets(cfg, [100, 30, None])
@@ -185,14 +187,14 @@ def test_weighted_blend_of_two_prefixes(tmp_path):
     a, docs_a = write_prefix(str(tmp_path), "a", 50, seed=2)
     b, docs_b = write_prefix(str(tmp_path), "b", 50, seed=3)
     cfg = EttinDatasetConfig(
-        random_seed=21, sequence_length=16, blend=([a, b], [0.25, 0.75]), split="90,10,0",
+        random_seed=21, sequence_length=64, blend=([a, b], [0.25, 0.75]), split="90,10,0",
         layout="document", objective="clm", path_to_cache=str(tmp_path / "cache"), **SPECIAL_IDS,
     )
     trn, val, tst = build_datasets(cfg, [200, 20, 0])
     assert (len(trn), len(val), tst) == (200, 20, None)
     ids = numpy.array([trn[i]["dataset_id"] for i in range(len(trn))])
     assert (numpy.bincount(ids) == [50, 150]).all()
-    sources = ({tuple(d[:16]) for d in docs_a}, {tuple(d[:16]) for d in docs_b})
+    sources = ({tuple(d) for d in docs_a}, {tuple(d) for d in docs_b})
     assert all(tuple(trn[i]["tokens"]) in sources[ids[i]] for i in range(len(trn)))
     again = build_datasets(cfg, [200, 20, 0])[0]  # from the cache, blend indices included
     assert any("BlendedDataset" in f for f in os.listdir(tmp_path / "cache"))
