@@ -16,10 +16,12 @@ is read. ``r`` is a counter-based hash of (seed, document), not a draw from a ge
 order, so a document is chunked the same way in every epoch, process and rank.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy
+from megatron.core.datasets.indexed_dataset import get_bin_path
 
 from ettin_megatron.config import ConfigError
 
@@ -115,13 +117,18 @@ def stored_framing(dataset, cls_id: int, sep_id: int, probes: int = 1024) -> Tup
     """(leading, trailing) framing tokens every stored document carries: (1, 1) for
     ``[CLS] body [SEP]`` (tools/preprocess_data.py), (0, 1) for Megatron-LM's ``body [EOD]`` with
     EOD = [SEP], (0, 0) for bare bodies. Read from up to `probes` documents spread over the prefix
-    (2 tokens each: reading every document's ends of a 2B-document corpus would read all of it);
+    (2 tokens each: reading every document's ends of a 2B-document corpus would read all of it), with
+    plain reads rather than the memory map, whose fault-around would map 64 KB around each token;
     a prefix whose documents disagree is refused, since a body would be cut or framed wrongly."""
-    lengths = dataset.sequence_lengths
+    lengths, index = dataset.sequence_lengths, dataset.index
     picked = numpy.arange(0, len(lengths), max(1, len(lengths) // probes))[:probes]
     picked = picked[lengths[picked] > 0]
-    heads = [int(dataset.get(int(d), 0, 1)[0]) == cls_id for d in picked]
-    tails = [int(dataset.get(int(d), int(lengths[d]) - 1, 1)[0]) == sep_id for d in picked]
+    size = numpy.dtype(index.dtype).itemsize
+    with open(get_bin_path(dataset.path_prefix), "rb") as data:
+        read = lambda document, position: numpy.frombuffer(
+            os.pread(data.fileno(), size, int(index.sequence_pointers[document]) + position * size), index.dtype)[0]
+        heads = [read(d, 0) == cls_id for d in picked]
+        tails = [read(d, int(lengths[d]) - 1) == sep_id for d in picked]
     if len(set(heads)) > 1 or len(set(tails)) > 1:
         raise ConfigError(
             f"{dataset.path_prefix}: some documents start with [CLS] ({cls_id}) / end with [SEP] ({sep_id}) "

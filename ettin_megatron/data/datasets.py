@@ -21,7 +21,6 @@ from sample to sample, which is what training needs.)
 """
 
 import copy
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -36,9 +35,10 @@ from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
 from ettin_megatron.config import ConfigError
+from ettin_megatron.data import index_cache
 from ettin_megatron.data.chunking import ChunkRules, stored_framing
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
-from ettin_megatron.data.sample_index import chunk_rows, concat_rows, index_dtype, shuffle_rows
+from ettin_megatron.data.sample_index import chunk_bounds, concat_bounds, index_dtype, shuffle_dtype
 from ettin_megatron.data.tokenizer import MODERNBERT_IDS
 from ettin_megatron.runtime import is_writer
 
@@ -192,7 +192,7 @@ class EttinDataset(MegatronDataset):
         self.chunks = None if config.layout == "concat" else config.chunk_rules()
         self.framing = (0, 0) if self.chunks is None else stored_framing(
             indexed_dataset, config.cls_token_id, config.sep_token_id)
-        self.document_index, self.sample_index = self._build_or_load_indices()
+        self.document_index, self.sample_index, self.shuffle_index = self._build_or_load_indices()
 
     @staticmethod
     def numel_low_level_dataset(low_level_dataset: IndexedDataset) -> int:
@@ -212,7 +212,7 @@ class EttinDataset(MegatronDataset):
         return MegatronDataset._key_config_attributes() + ["layout", "min_chunk_size", "always_skip_size"]
 
     def __len__(self) -> int:
-        return self.sample_index.shape[0]
+        return self.shuffle_index.shape[0]
 
     def __getitem__(self, idx: int) -> Dict[str, numpy.ndarray]:
         parts = [self.dataset.get(document, offset, length) for document, offset, length in self.pieces(idx)]
@@ -235,98 +235,117 @@ class EttinDataset(MegatronDataset):
     def pieces(self, idx: int) -> List[Tuple[int, int, int]]:
         """(document, offset, length) of the stored tokens sample `idx` is made of: its chunks'
         bodies (framed when read), or for "concat" the stream cut to exactly sequence_length."""
-        first, offset, count = (int(value) for value in self.sample_index[int(idx)])
+        row = int(self.shuffle_index[int(idx)])
+        position, offset = (int(value) for value in self.sample_index[row])
         lengths, pieces = self.dataset.sequence_lengths, []
         if self.chunks is None:
             budget = self.config.sequence_length
-            for document in self.document_index[first : first + count]:
+            while budget:
+                document = int(self.document_index[position])
                 length = min(int(lengths[document]) - offset, budget)
-                pieces.append((int(document), offset, length))
-                offset, budget = 0, budget - length
+                if length:
+                    pieces.append((document, offset, length))
+                position, offset, budget = position + 1, 0, budget - length
             return pieces
-        lead = self.framing[0]
-        while len(pieces) < count:
-            document = int(self.document_index[first])
+        end = (position, offset + 1)  # "document": one chunk; "packed": up to where the next starts
+        if self.config.layout == "packed":
+            end = tuple(int(value) for value in self.sample_index[row + 1])
+        while (position, offset) != end:
+            document = int(self.document_index[position])
             body = int(lengths[document]) - sum(self.framing)
             start, length = self.chunks.span(body, document, offset)
-            pieces.append((document, lead + start, length))
+            pieces.append((document, self.framing[0] + start, length))
             offset += 1
-            if offset == self.chunks.counts(body):
-                first, offset = first + 1, 0
+            if offset == self.chunks.counts(body) and (position, offset) != end:
+                position, offset = position + 1, 0
         return pieces
 
-    def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray]:
-        """Document order and sample rows (sample_index.py), epoch by epoch until num_samples.
+    def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """Document order, sample bounds and shuffle index (sample_index.py), as megatron's
+        GPTDataset, epoch by epoch until num_samples.
 
         Each epoch shuffles this split's documents (those with tokens: with a body for the chunking
-        layouts), lays out its samples and shuffles them, so that the chunks of one long document
-        are spread out as in megatron's GPTDataset. Samples never span two epochs.
+        layouts), lays out its samples and shuffles them (only among themselves: samples never span
+        two epochs), so that the chunks of one long document are spread out as in GPTDataset.
         """
         stored = self.dataset.sequence_lengths
         sizes = stored[self.indices] - (0 if self.chunks is None else sum(self.framing))
         documents = self.indices[sizes > 0].astype(index_dtype(len(stored)))
-        orders, rows, wanted, epoch = [], [], self.num_samples or 0, 0
-        while epoch == 0 or sum(map(len, rows)) < wanted:
-            rng = numpy.random.default_rng((self.config.random_seed, epoch))
+        del sizes
+        orders, bounds, shuffles, built, wanted = [], [], [], 0, self.num_samples or 0
+        while not orders or built < wanted:
+            rng = numpy.random.default_rng((self.config.random_seed, len(orders)))
             order = rng.permutation(documents)
             if self.chunks is None:
-                epoch_rows = concat_rows(stored, order, self.config.sequence_length)
+                epoch = concat_bounds(stored, order, self.config.sequence_length)
             else:
-                body = stored[order] - sum(self.framing)
-                epoch_rows = chunk_rows(self.config.layout, body, order, self.chunks)
-            if len(epoch_rows) == 0 and wanted:
+                body = stored[order]
+                body -= sum(self.framing)
+                epoch = chunk_bounds(self.config.layout, body, order, self.chunks)
+                del body
+            if len(epoch) == 1 and wanted:
                 raise ConfigError(
                     f"The {self.index_split.name} split of {self.dataset_path} has no "
                     f"{self.config.layout} sample of length {self.config.sequence_length}: give it "
                     "more documents (split, data) or lower sequence_length."
                 )
-            if epoch == 0:
-                self._report(order, epoch_rows)
-            shuffle_rows(epoch_rows, rng)
+            samples = len(epoch) - 1
+            if not orders:
+                self._report(order, samples)
+            shuffles.append(numpy.arange(built, built + samples, dtype=shuffle_dtype(built + samples)))
+            rng.shuffle(shuffles[-1])
             orders.append(order)
-            rows.append(epoch_rows)
-            epoch += 1
-        rows = [epoch_rows.astype(index_dtype(epoch * len(documents)), copy=False) for epoch_rows in rows]
-        for number, epoch_rows in enumerate(rows):
-            epoch_rows[:, 0] += number * len(documents)  # positions in the epochs' joined order
-        join = lambda arrays: arrays[0] if len(arrays) == 1 else numpy.concatenate(arrays)
-        return join(orders), join(rows)
+            bounds.append(epoch)
+            built += samples
+        if len(bounds) == 1:
+            return orders[0], bounds[0], shuffles[0]
+        positions = len(orders) * len(documents)
+        ends = numpy.array([[positions, 0]])  # where the last sample ends ("packed" reads it)
+        sample_index = numpy.concatenate([rows[:-1] for rows in bounds] + [ends]).astype(index_dtype(positions))
+        first = numpy.cumsum([0] + [len(rows) - 1 for rows in bounds])
+        for number in range(len(bounds)):  # positions in the epochs' joined order
+            sample_index[first[number] : first[number + 1], 0] += number * len(documents)
+        return numpy.concatenate(orders), sample_index, numpy.concatenate(shuffles).astype(shuffle_dtype(built))
 
-    def _report(self, order: numpy.ndarray, rows: numpy.ndarray) -> None:
+    def _report(self, order: numpy.ndarray, samples: int) -> None:
         """One line (writer rank): documents, tokens, samples and the share of tokens used, per epoch."""
         if not is_writer():
             return
         lengths = self.dataset.sequence_lengths[order]
         if self.chunks is None:
             tokens = int(lengths.sum(dtype=numpy.int64))
-            used = len(rows) * self.config.sequence_length
+            used = samples * self.config.sequence_length
         else:
             body = lengths - sum(self.framing)
             tokens = int(body.sum(dtype=numpy.int64))
             used = tokens - int(self.chunks.dropped(body).sum(dtype=numpy.int64))
         print(f"{self.dataset_path} {self.index_split.name}: {len(order):,} documents, {tokens:,} tokens, "
-              f"{len(rows):,} {self.config.layout} samples of <= {self.config.sequence_length} tokens per "
+              f"{samples:,} {self.config.layout} samples of <= {self.config.sequence_length} tokens per "
               f"epoch, {used / max(tokens, 1):.1%} of the tokens used", flush=True)
 
-    def _build_or_load_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray]:
-        """Megatron's index caching: load from config.path_to_cache when there, else build and (on
-        global rank 0, or in a process without torch.distributed) save. Files are named as
-        megatron's, after the hash of the dataset's description; the description is written last,
-        so an interrupted write is never taken for a cache hit. No cache without path_to_cache."""
-        cache = self.config.path_to_cache
+    def _build_or_load_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """Load the indices from the cache (index_cache.py) when there, else build them and, on the
+        writer (global rank 0, or a lone process), save them and use the saved memory maps: ranks
+        build after rank 0 (megatron's builder), so they load what it wrote and every process of a
+        node shares one copy in the page cache. The cache is config.path_to_cache or, without one,
+        beside the data; if that default cannot be written, every rank builds its own, with a
+        warning."""
+        explicit = self.config.path_to_cache
+        cache = explicit or index_cache.default_cache_dir(self.dataset_path)
         base = f"{self.unique_description_hash}-{type(self).__name__}-{self.index_split.name}"
-        path = lambda suffix: os.path.join(cache, f"{base}-{suffix}")
-        names = ("document_index.npy", "sample_index.npy")
-        if cache and all(os.path.isfile(path(n)) for n in names + ("description.txt",)):
-            return tuple(numpy.load(path(n), mmap_mode="r") for n in names)
-        indices = self._build_indices()
-        if cache and is_writer():
-            os.makedirs(cache, exist_ok=True)
-            for name, array in zip(names, indices):
-                numpy.save(path(name), array)
-            with open(path("description.txt"), "wt") as writer:
-                writer.write(self.unique_description)
-        return indices
+        names = ("document_index.npy", "sample_index.npy", "shuffle_index.npy")
+        loaded = index_cache.load(cache, base, names)
+        if loaded is not None:
+            return loaded
+        if not is_writer():
+            return self._build_indices()
+        reason = index_cache.require_writable(cache) if explicit else index_cache.writable(cache)
+        if reason:
+            print(f"warning: cannot cache the sample indices in {cache} ({reason}): every rank builds "
+                  "its own; pass --data-cache-path.", flush=True)
+            return self._build_indices()
+        index_cache.save(cache, base, names, self._build_indices(), self.unique_description)
+        return index_cache.load(cache, base, names)
 
 
 class _BlendedDataset(BlendedDataset):
@@ -341,13 +360,8 @@ class _BlendedDataset(BlendedDataset):
     def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray]:
         cache = self.config.path_to_cache
         base = f"{self.unique_description_hash}-{type(self).__name__}-{self.split.name}"
-        path = lambda suffix: os.path.join(cache, f"{base}-{suffix}")
         names = ("dataset_index.npy", "dataset_sample_index.npy")
-        if (
-            torch.distributed.is_initialized()
-            or not cache
-            or all(os.path.isfile(path(name)) for name in names + ("description.txt",))
-        ):
+        if torch.distributed.is_initialized() or not cache or index_cache.load(cache, base, names):
             return super()._build_indices()
         config, self.config = self.config, copy.copy(self.config)
         self.config.path_to_cache = None
@@ -355,11 +369,7 @@ class _BlendedDataset(BlendedDataset):
             indices = super()._build_indices()
         finally:
             self.config = config
-        os.makedirs(cache, exist_ok=True)
-        for name, array in zip(names, indices):
-            numpy.save(path(name), array, allow_pickle=True)
-        with open(path("description.txt"), "wt") as writer:
-            writer.write(self.unique_description)
+        index_cache.save(cache, base, names, indices, self.unique_description)
         return indices
 
 

@@ -1,16 +1,15 @@
-"""One epoch's sample index: which chunks or tokens of the epoch's documents make each sample.
+"""One epoch's sample index: where each sample starts in the epoch's documents, as megatron's
+GPTDataset stores it.
 
-A sample is a row ``(first, offset, count)`` over the epoch's document order:
-- "document" (Ettin): chunk ``offset`` of document ``first``; count 1.
-- "packed" (ModernBERT): ``count`` consecutive chunks of the chunk stream (documents in order,
-  each document's chunks in order), starting at chunk ``offset`` of document ``first``, greedily
-  as many as fit in the sequence.
-- "concat" (GPT): the raw token stream from token ``offset`` of document ``first``, exactly the
-  sequence length, over ``count`` documents (megatron's own build_sample_idx cuts it).
+``bounds[i] = (position, offset)``: sample i starts at chunk ``offset`` of the document at
+``position`` of the epoch's order ("document", "packed"), or at token ``offset`` of it ("concat").
+Samples are listed in reading order and the last row is where the epoch's last sample ends (for
+"packed", sample i ends where sample i + 1 starts). A "document" sample is one chunk, a "concat" one
+exactly the sequence length, a "packed" one the chunks that fit, greedily, in the sequence.
 
-Rows are int32 when every value fits (12 bytes a sample, as GPTDataset's sample and shuffle indices
-together). They are computed vectorized, ``BLOCK`` documents at a time, so that the temporaries stay
-bounded whatever the corpus size: a 2T-token corpus has ~2B documents.
+Rows are int32 when every value fits: with GPTDataset's uint32 shuffle index beside them, 12 bytes
+a sample, as GPTDataset. They are computed vectorized, ``BLOCK`` documents at a time, so that the
+temporaries stay bounded whatever the corpus size (a 2T-token corpus has ~2B documents).
 """
 
 from typing import Tuple
@@ -20,13 +19,18 @@ from megatron.core.datasets.helpers import build_sample_idx
 
 from ettin_megatron.data.chunking import ChunkRules
 
-BLOCK = 1 << 20
+BLOCK = 1 << 18
 """Documents per vectorized step of the chunking layouts."""
 
 
 def index_dtype(largest: int) -> type:
     """int32 when values up to `largest` fit, else int64."""
     return numpy.int32 if largest <= numpy.iinfo(numpy.int32).max else numpy.int64
+
+
+def shuffle_dtype(samples: int) -> type:
+    """uint32 for a shuffle index of up to 2^32 - 1 samples, else int64 (as GPTDataset)."""
+    return numpy.uint32 if samples < numpy.iinfo(numpy.uint32).max else numpy.int64
 
 
 def pack_greedily(cum_lengths: numpy.ndarray, capacity: int) -> numpy.ndarray:
@@ -57,52 +61,36 @@ def _chunk_positions(counts: numpy.ndarray, first: int, dtype: type) -> Tuple[nu
     return position, chunk
 
 
-def chunk_rows(layout: str, body_lengths: numpy.ndarray, order: numpy.ndarray, rules: ChunkRules) -> numpy.ndarray:
-    """Rows of the "document" or "packed" samples of documents `order` (body lengths > 0)."""
+def chunk_bounds(layout: str, body_lengths: numpy.ndarray, order: numpy.ndarray, rules: ChunkRules) -> numpy.ndarray:
+    """Bounds of the "document" or "packed" samples of documents `order` (body lengths > 0)."""
     n = len(order)
-    total = int(sum(rules.counts(body_lengths[a : a + BLOCK]).sum(dtype=numpy.int64) for a in range(0, n, BLOCK)))
-    largest = max(n, int(body_lengths.max(initial=0)) // rules.piece + 1)
-    dtype = index_dtype(largest)
-    rows, filled = numpy.empty((total, 3), dtype=dtype), 0
+    chunks = sum(int(rules.counts(body_lengths[a : a + BLOCK]).sum(dtype=numpy.int64)) for a in range(0, n, BLOCK))
+    dtype = index_dtype(max(n, int(body_lengths.max(initial=0)) // rules.piece + 1))
+    bounds, filled = numpy.empty((chunks + 1, 2), dtype=dtype), 0
     pending = (numpy.empty(0, dtype), numpy.empty(0, dtype), numpy.empty(0, numpy.int32))
     for a in range(0, n, BLOCK):
         lengths, documents = body_lengths[a : a + BLOCK], order[a : a + BLOCK]
         position, chunk = _chunk_positions(rules.counts(lengths), a, dtype)
-        if layout == "document":
-            rows[filled : filled + len(position)] = numpy.stack([position, chunk, numpy.ones_like(chunk)], 1)
-            filled += len(position)
-            continue
-        # packed: greedy over the framed chunk lengths; the block's last sample may still take
-        # chunks of the next block, so it is carried over unfinished.
-        framed = rules.chunk_lengths(lengths, documents) + 2
-        position, chunk, framed = (numpy.concatenate(pair) for pair in zip(pending, (position, chunk, framed)))
-        cum = numpy.concatenate([[0], numpy.cumsum(framed, dtype=numpy.int64)])
-        starts = pack_greedily(cum, rules.sequence_length)
-        done = starts if a + BLOCK >= n else starts[:-1]
-        ends = numpy.append(starts[1:], len(framed))[: len(done)]
-        rows[filled : filled + len(done)] = numpy.stack([position[done], chunk[done], ends - done], 1)
-        filled += len(done)
-        rest = starts[-1] if len(done) < len(starts) else len(framed)
-        pending = (position[rest:], chunk[rest:], framed[rest:])
-    return rows[:filled]
+        if layout == "packed":  # greedy over the framed chunk lengths; the block's last sample
+            # may take chunks of the next block, so it is carried over unfinished
+            framed = rules.chunk_lengths(lengths, documents) + 2
+            position, chunk, framed = (numpy.concatenate(pair) for pair in zip(pending, (position, chunk, framed)))
+            starts = pack_greedily(numpy.concatenate([[0], numpy.cumsum(framed, dtype=numpy.int64)]), rules.sequence_length)
+            done = len(starts) if a + BLOCK >= n else len(starts) - 1
+            rest = starts[done] if done < len(starts) else len(framed)
+            pending = (position[rest:], chunk[rest:], framed[rest:])
+            position, chunk = position[starts[:done]], chunk[starts[:done]]
+        bounds[filled : filled + len(position), 0] = position
+        bounds[filled : filled + len(position), 1] = chunk
+        filled += len(position)
+    bounds[filled] = (n, 0)
+    return bounds[: filled + 1]
 
 
-def shuffle_rows(rows: numpy.ndarray, rng: numpy.random.Generator) -> None:
-    """Shuffle the rows of a C-contiguous 2-D array in place, each row moved as one opaque item
-    (numpy's shuffle of a 2-D array swaps rows through a slow generic path, ~40x slower)."""
-    rng.shuffle(rows.view(numpy.dtype((numpy.void, rows.strides[0]))).reshape(-1))
-
-
-def concat_rows(lengths: numpy.ndarray, order: numpy.ndarray, sequence_length: int) -> numpy.ndarray:
-    """Rows of the "concat" samples of documents `order` (stored lengths, int32, > 0): megatron's
+def concat_bounds(lengths: numpy.ndarray, order: numpy.ndarray, sequence_length: int) -> numpy.ndarray:
+    """Bounds of the "concat" samples of documents `order` (stored lengths, int32, > 0): megatron's
     GPTDataset sample index (C++), without its extra token; the tail that fills no sample is dropped."""
     tokens = int(lengths[order].sum(dtype=numpy.int64))
     if tokens < sequence_length:
-        return numpy.empty((0, 3), dtype=numpy.int32)
-    bounds = build_sample_idx(lengths, order, sequence_length, 1, tokens, True, False)
-    first, offset = bounds[:-1, 0].copy(), bounds[:-1, 1].copy()
-    at_end = offset == lengths[order[first]]  # a sample that starts where a document ends
-    first[at_end] += 1
-    offset[at_end] = 0
-    count = bounds[1:, 0] - first + (bounds[1:, 1] > 0)
-    return numpy.stack([first, offset, count.astype(bounds.dtype)], 1)
+        return numpy.zeros((1, 2), dtype=numpy.int32)
+    return build_sample_idx(lengths, order, sequence_length, 1, tokens, True, False)

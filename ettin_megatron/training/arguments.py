@@ -92,8 +92,9 @@ class DataArgs:
                                      "half of --seq-length below 1024).")
     always_skip_size: int | None = arg(None, "A piece shorter than this is dropped unless it is the "
                                        "document's first (Ettin; default 128, 1/8 of --seq-length below 1024).")
-    data_cache_path: str | None = arg(None, "Directory to cache the sample indices in, so later runs load "
-                                      "them instead of rebuilding (default: none; rebuilt every run).")
+    data_cache_path: str | None = arg(None, "Directory of the sample-index cache: rank 0 builds the indices "
+                                      "once, every rank memory-maps them, later runs reuse them (default: "
+                                      "cache/ beside the data).")
     tokenizer_model: str | None = arg(None, "tokenizer.json (or its directory) the data was made with.")
     tokenizer_type: str = arg("HuggingFaceTokenizer", "Megatron-LM's tokenizer kind; --tokenizer-model is "
                               "always a Hugging Face tokenizer.", choices=("HuggingFaceTokenizer",))

@@ -89,8 +89,7 @@ def test_packed_layout_packs_the_document_layouts_chunks_greedily_in_order(tmp_p
     chunked = chunk_tokens(train(config(prefix, layout="document", **cfg)))
     packed = train(config(prefix, layout="packed", **cfg))
     assert chunk_tokens(packed) == chunked
-    rows = numpy.asarray(packed.sample_index)
-    order = numpy.lexsort((rows[:, 1], rows[:, 0]))  # reading order
+    order = numpy.argsort(packed.shuffle_index)  # reading order
     for i, j in zip(order[:-1], order[1:]):  # greedy: the next sample's first chunk did not fit
         first_of_next = packed[j]["segment_lengths"][0]
         assert len(packed[i]["tokens"]) + first_of_next > 24

@@ -1,0 +1,97 @@
+"""Sample-index build time and peak memory: EttinDataset (each layout) vs megatron-core's GPTDataset.
+
+    python benchmarks/index_build.py --documents 5000000 --workdir /tmp/index_build
+
+Writes a synthetic prefix once (document lengths drawn like web text: log-normal, median ~450
+tokens, mean ~840; the .idx with megatron's _IndexWriter, which IndexedDatasetBuilder uses, and the
+.bin as a sparse file of the right size: building an index never reads tokens), then builds one
+epoch of train samples at --seq-length for each contender in its own subprocess, into an empty
+cache directory (both save their indices there), and reports wall time and peak RSS
+(ru_maxrss) of the build, beside the RSS the process had before it (imports, the mapped .idx).
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import types
+
+import numpy
+
+CONTENDERS = ("gpt", "document", "packed", "concat")
+
+
+def write_prefix(prefix: str, documents: int, seed: int = 0) -> None:
+    from megatron.core.datasets.indexed_dataset import _IndexWriter
+
+    rng = numpy.random.default_rng(seed)
+    lengths = numpy.clip(rng.lognormal(6.1, 1.1, documents), 16, 100_000).astype(numpy.int32)
+    with _IndexWriter(prefix + ".idx", numpy.uint16) as writer:
+        writer.write(lengths, None, numpy.arange(documents + 1))
+    with open(prefix + ".bin", "wb") as data:
+        data.truncate(int(lengths.sum(dtype=numpy.int64)) * 2)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def build(contender: str, prefix: str, seq_length: int, cache: str) -> dict:
+    """One build in this process; returns its numbers."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets
+
+    common = dict(random_seed=21, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
+                  path_to_cache=cache)
+    before, start = rss_mb(), time.perf_counter()
+    if contender == "gpt":
+        tokenizer = types.SimpleNamespace(vocab_size=50368, eod=50282, pad=50283,
+                                          unique_identifiers={"class": "synthetic"})
+        config = GPTDatasetConfig(tokenizer=tokenizer, reset_position_ids=False, reset_attention_mask=False,
+                                  eod_mask_loss=False, **common)
+        dataset = BlendedMegatronDatasetBuilder(GPTDataset, [None, None, None], lambda: True, config).build()[0]
+    else:
+        dataset = build_datasets(EttinDatasetConfig(layout=contender, **common), [None, None, None])[0]
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(contender=contender, samples=len(dataset), seconds=round(seconds, 2),
+                rss_before_mb=round(before), peak_rss_mb=round(peak), build_mb=round(peak - before),
+                index_mb=round(sum(os.path.getsize(os.path.join(cache, f)) for f in os.listdir(cache)) / 2**20))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=5_000_000)
+    parser.add_argument("--seq-length", type=int, default=1024)
+    parser.add_argument("--workdir", default="/tmp/index_build")
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--child", nargs=2, metavar=("CONTENDER", "CACHE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    prefix = os.path.join(args.workdir, f"synthetic_{args.documents}")
+    if args.child:
+        print(json.dumps(build(args.child[0], prefix, args.seq_length, args.child[1])))
+        return
+    os.makedirs(args.workdir, exist_ok=True)
+    if not os.path.isfile(prefix + ".idx"):
+        write_prefix(prefix, args.documents)
+    lengths = numpy.memmap(prefix + ".idx", dtype=numpy.int32, mode="r", offset=34, shape=(args.documents,))
+    print(f"{args.documents:,} documents, {int(lengths.sum(dtype=numpy.int64)):,} tokens, seq {args.seq_length}")
+    for contender in args.contenders:
+        cache = os.path.join(args.workdir, f"cache_{contender}")
+        shutil.rmtree(cache, ignore_errors=True)
+        child = [sys.executable, __file__, "--documents", str(args.documents), "--seq-length",
+                 str(args.seq_length), "--workdir", args.workdir, "--child", contender, cache]
+        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+        print(out.strip().splitlines()[-1], flush=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
