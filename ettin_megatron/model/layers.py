@@ -45,7 +45,7 @@ class EttinSelfAttention(SelfAttention):
     _angles: torch.Tensor | None = None  # this forward's angles, for get_query_key_value_tensors
 
     def forward(self, hidden_states, attention_mask=None, rotary_pos_emb=None, **kwargs):
-        if isinstance(rotary_pos_emb, dict):
+        if rotary_pos_emb is not None and rotary_pos_emb.dim() == 5:  # both kinds (rope.rotary_angles_by_kind)
             kind = GLOBAL if self.config.is_global_layer(self.layer_number - 1) else LOCAL
             rotary_pos_emb = rotary_pos_emb[kind]
         self._angles = rotary_pos_emb

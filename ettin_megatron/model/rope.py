@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-GLOBAL = "global"
-LOCAL = "local"
+GLOBAL = 0
+LOCAL = 1
+"""Indices of the two kinds in ``rotary_angles_by_kind``'s stacked angles."""
 
 
 def inverse_frequencies(theta: float, head_dim: int, device=None) -> torch.Tensor:
@@ -33,10 +34,11 @@ def rotary_angles(position_ids: torch.Tensor, theta: float, head_dim: int) -> to
     return torch.cat((freqs, freqs), dim=-1).unsqueeze(2)
 
 
-def rotary_angles_by_kind(position_ids: torch.Tensor, config) -> dict[str, torch.Tensor]:
-    """The angles of both attention kinds; computed once per forward and shared by all layers."""
+def rotary_angles_by_kind(position_ids: torch.Tensor, config) -> torch.Tensor:
+    """The angles of both attention kinds, stacked ``[2, s, b, 1, d]`` (``[GLOBAL]``, ``[LOCAL]``);
+    computed once per forward and shared by all layers. One tensor rather than a dict: full activation
+    recompute (Megatron's ``CheckpointFunction``) saves a layer group's inputs with
+    ``save_for_backward``, which takes tensors only."""
     head_dim = config.kv_channels
-    return {
-        GLOBAL: rotary_angles(position_ids, config.global_rope_theta, head_dim),
-        LOCAL: rotary_angles(position_ids, config.local_rope_theta, head_dim),
-    }
+    return torch.stack([rotary_angles(position_ids, theta, head_dim)
+                        for theta in (config.global_rope_theta, config.local_rope_theta)])

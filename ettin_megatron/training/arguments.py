@@ -175,6 +175,14 @@ class RunArgs:
     log_interval: int = arg(10, "Log every N steps.")
     eval_interval: int | None = arg(None, "Validate every N steps (None: only at the end).")
     eval_iters: int = arg(10, "Validation steps (global batches) per evaluation (0: none).")
+    recompute_granularity: str | None = arg(None, "Activation recompute: full (whole layers, see "
+                                            "--recompute-method) | selective (core attention only).",
+                                            choices=(None, "full", "selective"))
+    recompute_method: str | None = arg(None, "Full recompute: uniform (every layer, in groups of "
+                                       "--recompute-num-layers) | block (the first --recompute-num-layers "
+                                       "layers of each pipeline chunk).", choices=(None, "uniform", "block"))
+    recompute_num_layers: int | None = arg(None, "Full recompute: layers per group (uniform) or "
+                                           "recomputed layers per pipeline chunk (block).")
     tensorboard_dir: str | None = arg(None, "TensorBoard event directory.")
     validate_only: bool = arg(False, "Check the arguments, data and --load in this one process, then exit "
                               "(0, or 2 with the error) without training; the launchers run it before torchrun.")
@@ -392,6 +400,7 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
                           + ("drop --spec local or --fp8-format." if args.model.spec == "local" else
                              "install ettin-megatron[gpu] (transformer-engine) or drop --fp8-format "
                              "(PRECISION=bf16)."))
+    _check_recompute(args)
     return dp
 
 
@@ -422,6 +431,25 @@ def _vocabulary(args: Arguments, special_tokens: dict | None) -> tuple[int, Toke
                           f"{SPECIAL_TOKEN_FIELDS[top]} is {fields[top]} in {flag}; pass --tokenizer-model "
                           f"(the tokenizer the data was made with) or a --vocab-size above {fields[top]}.")
     return vocab_size, tokenizer, flag
+
+
+def _check_recompute(args: Arguments) -> None:
+    """Megatron's recompute rules, in one line each: full recompute needs a method and a layer count
+    that fits the layers of a pipeline chunk; selective recompute takes neither."""
+    r = args.run
+    if r.recompute_granularity != "full":
+        if r.recompute_method or r.recompute_num_layers:
+            raise ConfigError("--recompute-method and --recompute-num-layers need --recompute-granularity full.")
+        return
+    layers = PRESETS[args.model.model_size].num_layers
+    per_chunk = layers // (args.parallel.pipeline_model_parallel_size * (virtual_pipeline_size(args, layers) or 1))
+    if not r.recompute_method or not r.recompute_num_layers:
+        raise ConfigError("--recompute-granularity full needs --recompute-method (uniform | block) and "
+                          "--recompute-num-layers.")
+    n = r.recompute_num_layers
+    if not 1 <= n <= per_chunk or (r.recompute_method == "uniform" and per_chunk % n):
+        need = "a divisor of" if r.recompute_method == "uniform" else "between 1 and"
+        raise ConfigError(f"--recompute-num-layers {n} must be {need} the {per_chunk} layers of a pipeline chunk.")
 
 
 def _flag(name: str) -> str:

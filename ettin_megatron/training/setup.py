@@ -39,6 +39,8 @@ def build_model_config(args: Arguments, vocab_size: int | None = None) -> EttinC
         sequence_parallel=p.sequence_parallel and p.tensor_model_parallel_size > 1,
         bf16=r.bf16, params_dtype=dtype, pipeline_dtype=dtype,
         calculate_per_token_loss=True,
+        recompute_granularity=r.recompute_granularity, recompute_method=r.recompute_method,
+        recompute_num_layers=r.recompute_num_layers,
     )
     if r.fp8_format:
         overrides.update(fp8=r.fp8_format, fp8_recipe="delayed")

@@ -8,7 +8,7 @@ from torch.overrides import TorchFunctionMode
 
 from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
-from ettin_megatron.model.rope import rotary_angles_by_kind
+from ettin_megatron.model.rope import GLOBAL, LOCAL, rotary_angles_by_kind
 
 from tests.hf_models import VOCAB, tiny_config
 
@@ -75,7 +75,7 @@ def test_rotation_equals_megatrons_thd_rope(objective):
     params = packed_seq_params(batch["cu_seqlens"], batch["max_seqlen"])
     angles = rotary_angles_by_kind(batch["position_ids"], config)
     hidden = torch.randn(batch["tokens"].shape[1], 1, config.hidden_size)
-    for layer, kind in zip(model.decoder.layers, ("global", "local")):
+    for layer, kind in zip(model.decoder.layers, (GLOBAL, LOCAL)):
         attention = layer.self_attention
         with torch.no_grad():
             ours, _ = attention(hidden, None, rotary_pos_emb=angles, packed_seq_params=params)

@@ -42,6 +42,10 @@ def prefix(tmp_path_factory):
     (["--train-tokens", "400", "--rampup-batch-size-tokens", "8", "8"],
      "--rampup-batch-size-tokens takes three numbers: START INCREMENT TOKENS."),
     (["--finetune"], "--finetune needs --load"),
+    (["--recompute-granularity", "full"], "needs --recompute-method (uniform | block) and --recompute-num-layers"),
+    (["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "3"],
+     "--recompute-num-layers 3 must be a divisor of the 4 layers of a pipeline chunk"),
+    (["--recompute-method", "block"], "need --recompute-granularity full"),
 ])
 def test_bad_configs_fail_in_one_line(capsys, prefix, argv, message):
     base = ["--data-path", prefix, "--train-iters", "5"]
