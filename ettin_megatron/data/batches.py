@@ -9,6 +9,8 @@ Contract: a micro-batch is ONE packed row of all its samples' attention segments
     max_seqlen    int                 the longest segment
     num_tokens    int                 the samples' tokens, T without the padding segment (what token
                                       budgets count, the same at any TP)
+    segment_lengths list[int]         the segments' lengths as numbers (read where the batch is made,
+                                      so kernels that loop on the host never read them off the GPU)
 No position holds a pad token unless `pad_to_multiple_of` asks for one (see collate), so no compute
 is spent on padding: this is the "unpadded" training of ModernBERT / Ettin.
 """
@@ -20,7 +22,7 @@ import torch
 
 from ettin_megatron.data.tokenizer import MODERNBERT_IDS
 
-Batch = Dict[str, Union[torch.Tensor, int]]
+Batch = Dict[str, Union[torch.Tensor, int, list]]
 
 
 def collate(
@@ -63,6 +65,7 @@ def collate(
         "cu_seqlens": cu_seqlens.to(torch.int32),
         "max_seqlen": int(lengths.max()) if lengths.numel() else 0,
         "num_tokens": num_tokens,
+        "segment_lengths": lengths.tolist(),
     }
 
 

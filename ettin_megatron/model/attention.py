@@ -45,6 +45,15 @@ class AttentionMask:
     max_seqlen: int
     window: int | None
     causal: bool
+    segment_lengths: tuple[int, ...] | None = None
+    """The document lengths as numbers, when the batch brought them (see ``lengths``)."""
+
+    def lengths(self) -> tuple[int, ...]:
+        """The document lengths as numbers: the batch's own when it has them, as batches from the data
+        loader do; reading them from the GPU would make the host wait for it, per layer and micro-batch."""
+        if self.segment_lengths is not None:
+            return self.segment_lengths
+        return tuple((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist())
 
 
 def _installed(module: str) -> bool:
@@ -92,7 +101,7 @@ def visibility(length: int, mask: AttentionMask, device) -> torch.Tensor | None:
 
 def sdpa_attention(q, k, v, mask: AttentionMask, scale: float, dropout_p: float) -> torch.Tensor:
     """Reference backend: per document (equal-length documents in one batched call)."""
-    lengths = (mask.cu_seqlens[1:] - mask.cu_seqlens[:-1]).tolist()
+    lengths = mask.lengths()
     heads, dim = q.shape[1], q.shape[2]
 
     def attend(qd, kd, vd, length):  # [n, h, L, d]
@@ -125,13 +134,9 @@ class _FlexBackend:
         self._cached = None
 
     def block_mask(self, mask: AttentionMask, total: int):
-        cached = self._cached
-        if (
-            cached is not None
-            and cached[0].shape == mask.cu_seqlens.shape
-            and torch.equal(cached[0], mask.cu_seqlens)
-        ):
-            return cached[1]
+        key = mask.lengths()
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
         cu = mask.cu_seqlens.to(torch.int64)
         doc = torch.bucketize(torch.arange(total, device=cu.device), cu[1:], right=True)
         window, causal = mask.window, mask.causal
@@ -145,7 +150,7 @@ class _FlexBackend:
             return allowed
 
         block = self._create_block_mask(mask_mod, None, None, total, total, device=cu.device)
-        self._cached = (mask.cu_seqlens.clone(), block)
+        self._cached = (key, block)
         return block
 
     def __call__(self, q, k, v, mask: AttentionMask, scale: float, dropout_p: float):
@@ -259,15 +264,17 @@ class EttinCoreAttention(MegatronModule):
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         """[s, b, h, d] -> [s, b, h*d], or packed [t, h, d] -> [t, h*d] with ``packed_seq_params``."""
+        segment_lengths = None
         if packed_seq_params is not None:
             cu_seqlens, max_seqlen = packed_seq_params.cu_seqlens_q, packed_seq_params.max_seqlen_q
+            segment_lengths = getattr(packed_seq_params, "segment_lengths", None)
             q, k, v = query, key, value
         else:
             s, b = query.shape[:2]
             cu_seqlens = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=query.device)
             max_seqlen = s
             q, k, v = (x.transpose(0, 1).reshape(b * s, *x.shape[2:]) for x in (query, key, value))
-        mask = AttentionMask(cu_seqlens, int(max_seqlen), self.window, self.causal)
+        mask = AttentionMask(cu_seqlens, int(max_seqlen), self.window, self.causal, segment_lengths)
         dropout_p = self.dropout_p if self.training else 0.0
         out = self.kernel(q.contiguous(), k.contiguous(), v.contiguous(), mask, self.scale, dropout_p)
         if packed_seq_params is not None:

@@ -15,6 +15,8 @@ last stage, ``sharded_state_dict`` for dist_checkpointing and the vocab-parallel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.models.common.language_module.language_module import LanguageModule
@@ -30,15 +32,33 @@ from .layers import EttinLayerNorm
 from .rope import rotary_angles_by_kind
 
 
-def packed_seq_params(cu_seqlens: torch.Tensor, max_seqlen: int) -> PackedSeqParams:
-    """Megatron's description of a packed [1, t] batch whose documents end at ``cu_seqlens``."""
+@dataclass
+class EttinPackedSeqParams(PackedSeqParams):
+    """Megatron's PackedSeqParams plus the document lengths as numbers."""
+
+    segment_lengths: tuple[int, ...] | None = None
+    """The lengths behind ``cu_seqlens`` on the host (None when only the device has them): the sdpa and
+    flex kernels need them as numbers, and reading them from the GPU would make the host wait for it
+    once per layer and micro-batch."""
+
+
+def packed_seq_params(cu_seqlens: torch.Tensor, max_seqlen: int, device=None,
+                      segment_lengths=None) -> EttinPackedSeqParams:
+    """Megatron's description of a packed [1, t] batch whose documents end at ``cu_seqlens``.
+
+    ``segment_lengths`` (as data.batches.collate gives them) default to those of ``cu_seqlens`` when it
+    is on the host; ``cu_seqlens`` is copied to ``device`` (default: where it is) without waiting."""
     cu_seqlens = cu_seqlens.to(torch.int32)
-    return PackedSeqParams(
+    if segment_lengths is None and cu_seqlens.device.type == "cpu":
+        segment_lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    on_device = cu_seqlens.to(device or cu_seqlens.device, non_blocking=True)
+    return EttinPackedSeqParams(
         qkv_format="thd",
-        cu_seqlens_q=cu_seqlens,
-        cu_seqlens_kv=cu_seqlens,
+        cu_seqlens_q=on_device,
+        cu_seqlens_kv=on_device,
         max_seqlen_q=int(max_seqlen),
         max_seqlen_kv=int(max_seqlen),
+        segment_lengths=None if segment_lengths is None else tuple(segment_lengths),
     )
 
 

@@ -27,9 +27,12 @@ from ..model import packed_seq_params
 from .metrics import attended_pairs
 
 
-def _next_batch(data_iterator, device) -> dict:
+def _next_batch(data_iterator, device) -> tuple[dict, object]:
+    """The next micro-batch on ``device`` (copies that do not wait: the loader pins its memory on a GPU
+    machine), and its packed-sequence parameters, which keep the document lengths on the host too."""
     batch = next(data_iterator)
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    params = packed_seq_params(batch["cu_seqlens"], batch["max_seqlen"], device, batch["segment_lengths"])
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}, params
 
 
 def loss_func(loss_mask: torch.Tensor, input_tokens: int, pairs: torch.Tensor, output_tensor: torch.Tensor):
@@ -38,8 +41,7 @@ def loss_func(loss_mask: torch.Tensor, input_tokens: int, pairs: torch.Tensor, o
     mask = loss_mask.reshape(-1).float()
     loss = torch.sum(output_tensor.float().reshape(-1) * mask)
     num_tokens = mask.sum().detach().to(torch.int)
-    report = torch.stack([loss.detach(), mask.sum().detach(), torch.tensor(float(input_tokens), device=mask.device),
-                          pairs.float()])
+    report = torch.stack([loss.detach(), mask.sum().detach(), mask.new_full((), float(input_tokens)), pairs.float()])
     return loss, num_tokens, {"lm loss": report}
 
 
@@ -77,8 +79,7 @@ def make_forward_step(device: torch.device, config, evaluation: bool = False):
     """The ``forward_step_func(data_iterator, model)`` that Megatron's schedules call per micro-batch."""
 
     def forward_step(data_iterator, model):
-        batch = _next_batch(data_iterator, device)
-        params = packed_seq_params(batch["cu_seqlens"], batch["max_seqlen"])
+        batch, params = _next_batch(data_iterator, device)
         if evaluation:
             output = model(batch["tokens"], batch["position_ids"], packed_seq_params=params)
             return output, partial(eval_loss_func, batch["labels"], batch["loss_mask"])
