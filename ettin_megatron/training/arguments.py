@@ -109,6 +109,8 @@ class DataArgs:
                                                      "from START by INCREMENT over TOKENS input tokens.")
     mask_rate: float = arg(0.3, "MLM / MNTP masking rate of the training split (eval uses 15%).",
                            aliases=("--mask-prob",))
+    num_workers: int = arg(2, "Data-loader worker processes per rank reading and collating micro-batches "
+                           "ahead of the step (0: read in the training process).")
 
 
 @dataclass
@@ -401,6 +403,8 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
                              "install ettin-megatron[gpu] (transformer-engine) or drop --fp8-format "
                              "(PRECISION=bf16)."))
     _check_recompute(args)
+    if d.num_workers < 0:
+        raise ConfigError(f"--num-workers {d.num_workers} is negative; pass 0 to read in the training process.")
     return dp
 
 

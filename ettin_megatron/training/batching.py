@@ -1,25 +1,20 @@
-"""From datasets to the micro-batches of one optimizer step, and how many micro-batches a step has.
+"""The run's datasets, and how many micro-batches an optimizer step has.
 
 The number of micro-batches per step is megatron's global NumMicroBatchesCalculator (with Megatron-LM's
 ``--rampup-batch-size START INCREMENT SAMPLES``: the global batch grows by INCREMENT from START over
 SAMPLES samples). The calculator only divides a position by the ramp length, so
 ``--rampup-batch-size-tokens START INCREMENT TOKENS`` hands it TOKENS as the length and the consumed
-input tokens as the position (``ramp_position``). Which samples a rank reads is a pure function of
-``consumed_samples`` (the data position saved in checkpoints), exactly as Megatron-LM's MegatronPretrainingSampler: the step's global
-batch is samples [consumed, consumed + global_batch), cut into micro-batches of ``micro_batch_size x
-DP`` consecutive samples, of which data-parallel rank r takes the r-th slice. A resumed run, or a
-run at another TP / PP, therefore reads the same samples in the same steps.
+input tokens as the position (``ramp_position``). Which samples each micro-batch holds is
+data_loader.py's business.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 from megatron.core import num_microbatches_calculator as nmc
 from megatron.core.datasets.utils import get_blend_from_list
 
-from ..data.batches import collate
 from .arguments import Arguments
 
 
@@ -75,15 +70,6 @@ def token_budget_samples(args: Arguments, dataset, consumed_samples: int, consum
         mean = sum(len(dataset[i]["tokens"]) for i in probe) / len(probe)
     left = max(args.run.train_tokens - consumed_tokens, 0)
     return consumed_samples + math.ceil(left / mean * 1.05) + args.data.global_batch_size
-
-
-def step_micro_batches(dataset, consumed_samples: int, num_microbatches: int, micro_batch_size: int,
-                       dp_rank: int, dp_size: int, pad_to_multiple_of: int = 1) -> Iterator[dict]:
-    """This rank's micro-batches of the step that starts at ``consumed_samples`` (see module doc)."""
-    for k in range(num_microbatches):
-        start = consumed_samples + (k * dp_size + dp_rank) * micro_batch_size
-        samples = [dataset[(start + j) % len(dataset)] for j in range(micro_batch_size)]
-        yield collate(samples, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def token_ids(args: Arguments) -> tuple[dict, int | None]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from megatron.core import parallel_state
@@ -30,6 +31,7 @@ from ..config import model_fields
 from ..runtime import ParallelLayout, device, initialize
 from . import batching, checkpointing
 from .arguments import Arguments, model_shape, reached_end, validate, virtual_pipeline_size
+from .data_loader import MicroBatchSampler, micro_batch_loader, step_iterators
 from .forward_step import make_forward_step
 from .metrics import Metrics, is_logging_rank
 from .optimizer import build_optimizer, build_scheduler, current_lr
@@ -53,6 +55,8 @@ class Run:
     dp_size: int
     special: dict  # EttinDatasetConfig's token-id fields, to rebuild the data (grow_train_data)
     metrics: Metrics | None = None
+    train_batches: Iterator[dict] | None = None
+    """This rank's training micro-batches from the data position on (data_loader.py)."""
     forward_backward: object = field(default_factory=get_forward_backward_func)
 
     def __post_init__(self):
@@ -142,6 +146,7 @@ def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resum
               parallel_state.get_data_parallel_rank(), dp_size, special)
     if args.run.train_tokens is not None:
         grow_train_data(run, consumed, tokens, 0)
+    run.train_batches = iter(_loader(run, run.train_ds, consumed))
 
     params = count_parameters(config)
     world_size = torch.distributed.get_world_size()
@@ -164,16 +169,8 @@ def grow_train_data(run: Run, consumed: int, tokens: int, batch_size: int) -> No
         _print(f"the token budget needs about {need:,} train samples, {have:,} built: building them")
         run.train_ds, run.valid_ds = batching.build_datasets(
             args, need, run.eval_batches * args.data.global_batch_size, run.special)
-
-
-def micro_batches(run: Run, dataset, start: int, num_micro: int):
-    """This rank's micro-batches of the global batch at sample ``start``: one iterator per model chunk
-    (each virtual pipeline stage reads the same micro-batches)."""
-    pad = run.args.parallel.tensor_model_parallel_size if run.config.sequence_parallel else 1
-    its = [batching.step_micro_batches(dataset, start, num_micro, run.args.data.micro_batch_size, run.dp_rank,
-                                       run.dp_size, pad)
-           for _ in run.model]
-    return its[0] if len(its) == 1 else its
+        if run.train_batches is not None:  # read on from here in the grown split (same samples, more of them)
+            run.train_batches = iter(_loader(run, run.train_ds, consumed))
 
 
 def train_step(run: Run, consumed: int, tokens: int) -> tuple[int, int, float, float | None]:
@@ -190,10 +187,10 @@ def train_step(run: Run, consumed: int, tokens: int) -> tuple[int, int, float, f
         chunk.zero_grad_buffer()
     run.optimizer.zero_grad()
     reports = run.forward_backward(
-        forward_step_func=run.train_forward, data_iterator=micro_batches(run, run.train_ds, consumed, num_micro),
+        forward_step_func=run.train_forward, data_iterator=step_iterators(run.train_batches, num_micro, len(run.model)),
         model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length, micro_batch_size=1,
         forward_only=False)
-    loss_sum, labelled, input_tokens, pairs = _reduce(_sum_reports(reports, 4)).tolist()
+    loss_sum, labelled, input_tokens, pairs = _reduce(_sum_reports(reports, 4))
     input_tokens = round(input_tokens)
     updated, grad_norm, _ = run.optimizer.step()
     if updated:
@@ -208,17 +205,18 @@ def evaluate(run: Run, step: int) -> dict:
         chunk.eval()
     gbs = run.args.data.global_batch_size
     num_micro = gbs // (run.args.data.micro_batch_size * run.dp_size)
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(3, dtype=torch.float64, device=device())
+    batches = iter(_loader(run, run.valid_ds, 0, run.eval_batches * num_micro))
     with torch.no_grad():
-        for k in range(run.eval_batches):
+        for _ in range(run.eval_batches):
             reports = run.forward_backward(
-                forward_step_func=run.eval_forward, data_iterator=micro_batches(run, run.valid_ds, k * gbs, num_micro),
+                forward_step_func=run.eval_forward, data_iterator=step_iterators(batches, num_micro, len(run.model)),
                 model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length,
                 micro_batch_size=1, forward_only=True)
             totals += _sum_reports(reports, 3)
     for chunk in run.model:
         chunk.train()
-    loss_sum, tokens, correct = _reduce(totals).tolist()
+    loss_sum, tokens, correct = _reduce(totals)
     return run.metrics.log_validation(step, loss_sum / max(tokens, 1), correct / max(tokens, 1), int(tokens))
 
 
@@ -231,23 +229,31 @@ def _save(run: Run, iteration: int, consumed: int, tokens: int) -> None:
 
 def _sum_reports(reports: list, size: int) -> torch.Tensor:
     """Sum this rank's micro-batch reports of ``size`` values, [loss sum, labelled tokens, input tokens
-    and attention pairs, or correct] (the reports exist only on the last pipeline stage; zeros elsewhere),
-    in float64: a step's token counts (36M at 4608 x 7999) are beyond float32's exact integers."""
-    total = torch.zeros(size, dtype=torch.float64)
-    for report in reports:
-        total += report["lm loss"].detach().double().cpu()
-    return total
+    and attention pairs, or correct], on the device (the reports exist only on the last pipeline stage;
+    zeros elsewhere), in float64: a step's token counts (36M at 4608 x 7999) are beyond float32's exact
+    integers."""
+    if not reports:
+        return torch.zeros(size, dtype=torch.float64, device=device())
+    return torch.stack([report["lm loss"].detach() for report in reports]).double().sum(0)
 
 
-def _reduce(values: torch.Tensor) -> torch.Tensor:
-    """Sum over DP ranks on the last pipeline stage, then share it with every stage."""
-    values = values.to(device())
+def _reduce(values: torch.Tensor) -> list[float]:
+    """Sum over DP ranks on the last pipeline stage, share it with every stage, and bring it to the host:
+    the step's one wait for the device outside the optimizer."""
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         torch.distributed.all_reduce(values, group=parallel_state.get_data_parallel_group())
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         torch.distributed.broadcast(values, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                                     group=parallel_state.get_pipeline_model_parallel_group())
-    return values.cpu()
+    return values.tolist()
+
+
+def _loader(run: Run, dataset, start: int, count: int | None = None):
+    """This rank's micro-batches of ``dataset`` from sample ``start`` (data_loader.py)."""
+    pad = run.args.parallel.tensor_model_parallel_size if run.config.sequence_parallel else 1
+    sampler = MicroBatchSampler(len(dataset), start, run.args.data.micro_batch_size, run.dp_rank, run.dp_size,
+                                count)
+    return micro_batch_loader(dataset, sampler, run.args.data.num_workers, pad)
 
 
 def count_parameters(config) -> int:

@@ -1,0 +1,97 @@
+"""Micro-batches read ahead of the step: torch's DataLoader over the Ettin datasets.
+
+Which samples a rank reads is a pure function of the data position, exactly as Megatron-LM's
+MegatronPretrainingSampler: a step's global batch is samples [consumed, consumed + global_batch),
+cut into micro-batches of ``micro_batch_size x DP`` consecutive samples, of which data-parallel rank r
+takes the r-th slice. Every global batch (also during a batch-size ramp-up) is a whole number of such
+slices, so rank r's micro-batches form one stream that does not depend on where steps begin:
+micro-batch m holds samples ``start + (m x DP + r) x micro_batch_size + [0, micro_batch_size)``. The
+loop takes as many micro-batches from the stream as the step has; a resumed run, or a run at another
+TP / PP, reads the same samples in the same steps.
+
+That stream is a ``batch_sampler``, so torch's DataLoader can read and collate it in worker processes
+(``--num-workers``), with pinned memory on a GPU machine and a bounded read-ahead of
+``prefetch_factor`` micro-batches per worker, in order. Workers start once per run; ``--num-workers 0``
+reads in the training process, as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import partial
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.batches import collate
+from ..data.readers import InputError
+
+PREFETCH_FACTOR = 4
+"""Micro-batches each worker may hold ready: enough to cover a step's tail while the next begins."""
+
+
+class MicroBatchSampler(Sampler):
+    """The sample indices of one data-parallel rank's micro-batches, in training order (module doc).
+
+    Yields ``count`` micro-batches, or without end when ``count`` is None; indices wrap around the
+    dataset's length as Megatron-LM's do."""
+
+    def __init__(self, num_samples: int, start: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+                 count: int | None = None):
+        self.num_samples, self.start, self.count = num_samples, start, count
+        self.micro_batch_size, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for m in itertools.count() if self.count is None else range(self.count):
+            first = self.start + (m * self.dp_size + self.dp_rank) * self.micro_batch_size
+            yield [(first + j) % self.num_samples for j in range(self.micro_batch_size)]
+
+
+class SampleError(InputError):
+    """A sample that could not be read, in one line.
+
+    Raised in a worker, torch rebuilds it in the training process from its text, which by then holds
+    the worker's whole traceback: the last line of that text is the message, so that is what is kept."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+class _Samples(Dataset):
+    """The dataset as the loader reads it: a sample that fails becomes a SampleError naming it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except Exception as error:  # any failure of the data, reported as data
+            text = " ".join(str(error).split()) or type(error).__name__
+            raise SampleError(f"sample {index} of the training data could not be read: "
+                              f"{type(error).__name__}: {text}") from error
+
+
+def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int,
+                       pad_to_multiple_of: int = 1) -> DataLoader:
+    """A DataLoader yielding the packed micro-batches (data.batches.collate) of ``sampler``."""
+    workers = dict(prefetch_factor=PREFETCH_FACTOR) if num_workers else {}
+    # Its own generator: each iterator draws a worker seed from it, and drawing from torch's default
+    # one would move the dropout RNG (a resumed run would no longer repeat the straight run). Samples
+    # are seeded by their index (datasets.py), so the loader needs no randomness of its own.
+    return DataLoader(_Samples(dataset), batch_sampler=sampler, num_workers=num_workers,
+                      collate_fn=partial(collate, pad_to_multiple_of=pad_to_multiple_of),
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator(), **workers)
+
+
+def step_iterators(batches: Iterator[dict], num_micro: int, num_chunks: int):
+    """The next ``num_micro`` micro-batches as the pipeline schedule wants them: one iterator, or with
+    virtual pipeline stages one per model chunk, each chunk reading the same micro-batches."""
+    step = itertools.islice(batches, num_micro)
+    return step if num_chunks == 1 else list(itertools.tee(step, num_chunks))
