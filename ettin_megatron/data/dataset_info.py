@@ -130,6 +130,18 @@ def merged_info(infos: List[DatasetInfo], prefixes: List[str], tool: str) -> Dat
     return merged
 
 
+def check_complete(prefix: str, dataset: IndexedDataset) -> None:
+    """Refuse a .bin shorter than its .idx describes (a copy cut short, files from two runs): its last
+    samples would fail mid-run. Read from the index and the file size, no data."""
+    index = dataset.index
+    expected = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size if len(index) else 0
+    held = os.path.getsize(prefix + ".bin")
+    if held < expected:
+        raise ConfigError(f"{prefix}.bin holds {held} bytes but its .idx describes {expected}: the dataset is "
+                          "truncated or its two files do not belong together; copy it again or re-run "
+                          "tools/preprocess_data.py.")
+
+
 def sampled_max_token_id(prefix: str, dataset: IndexedDataset) -> int:
     """The largest token id in a fixed sample of the .bin (all of it when small); -1 when empty."""
     if os.path.getsize(prefix + ".bin") == 0:
@@ -147,6 +159,7 @@ def check_dataset(prefix: str, dataset: IndexedDataset, vocab_size: int,
 
     ``tokenizer`` is what the run's data must have been made with (None: not known, nothing to
     compare); ``tokenizer_flag`` names it in messages (``--tokenizer-model PATH``)."""
+    check_complete(prefix, dataset)
     info = read_info(prefix, dataset)
     if info is not None and tokenizer is not None:
         made = info.tokenizer
