@@ -81,7 +81,10 @@ class _Samples(Dataset):
 def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int,
                        pad_to_multiple_of: int = 1) -> DataLoader:
     """A DataLoader yielding the packed micro-batches (data.batches.collate) of ``sampler``."""
-    workers = dict(prefetch_factor=PREFETCH_FACTOR) if num_workers else {}
+    # Forked workers (Linux's default, which Megatron-LM's loaders get too): they start at once and share
+    # the memory-mapped indices; a process that was itself spawned would otherwise spawn them, re-importing
+    # everything and pickling the datasets.
+    workers = dict(prefetch_factor=PREFETCH_FACTOR, multiprocessing_context="fork") if num_workers else {}
     # Its own generator: each iterator draws a worker seed from it, and drawing from torch's default
     # one would move the dropout RNG (a resumed run would no longer repeat the straight run). Samples
     # are seeded by their index (datasets.py), so the loader needs no randomness of its own.

@@ -13,7 +13,8 @@ from ettin_megatron.data.batches import collate
 from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets
 from ettin_megatron.training.data_loader import MicroBatchSampler, SampleError, micro_batch_loader, step_iterators
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, base_args, write_corpus
+from tests.data.conftest import tokenizer_dir  # noqa: F401 (fixture)
+from tests.training.training_data import SPECIAL, VOCAB, base_args, pretrain_error, write_corpus
 
 MICRO, DP = 2, 2
 
@@ -84,11 +85,21 @@ def test_a_failing_sample_stops_reading_with_one_line(num_workers):
                        "than requested size (and a second line)"), message
 
 
-def _train_until_error(rank, prefix):
+def _train_until_error(rank, prefix, poisoned):
+    """Train with sample ``poisoned`` of the dataset failing to read, as a corrupt record would."""
+    from ettin_megatron.data.datasets import EttinDataset
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
 
-    args = make_arguments(**base_args(prefix, train_iters=30, data_layout="packed", num_workers=2))
+    read = EttinDataset.__getitem__
+
+    def corrupt(self, index):
+        if index == poisoned:
+            raise ValueError(f"bad record at byte {index * 1000}\n(a second line)")
+        return read(self, index)
+
+    EttinDataset.__getitem__ = corrupt  # the forked workers inherit it
+    args = make_arguments(**base_args(prefix, train_iters=30, num_workers=2))
     try:
         pretrain(args, special_tokens=SPECIAL)
     except SampleError as error:
@@ -97,16 +108,22 @@ def _train_until_error(rank, prefix):
 
 
 @pytest.mark.timeout(300)
-def test_a_corrupt_dataset_ends_the_run_with_one_line(tmp_path):
-    """A .bin cut short after its index was written: the first sample that reaches past its end fails
-    in a worker, and the run stops with that one line (pretrain's CLI prints it and exits 2)."""
+def test_a_corrupt_sample_ends_the_run_with_one_line(tmp_path):
+    """A sample that fails in a worker stops the run with that one line (pretrain's CLI prints it and
+    exits 2), not a traceback or a hang."""
+    (message,) = run_ranks(1, _train_until_error, write_corpus(tmp_path, num_docs=60), 21)
+    assert message == ("sample 21 of the training data could not be read: ValueError: bad record at byte "
+                       "21000 (a second line)"), message
+
+
+def test_a_truncated_bin_is_refused_before_training(tmp_path, capsys, tokenizer_dir):
+    """A .bin cut short after its index was written would fail mid-run: refused at start, one line."""
     prefix = write_corpus(tmp_path, num_docs=60)
-    size = os.path.getsize(prefix + ".bin")
     with open(prefix + ".bin", "r+b") as data:
-        data.truncate(size // 2)
-    (message,) = run_ranks(1, _train_until_error, prefix)
-    assert message is not None and "\n" not in message, message
-    assert message.startswith("sample ") and "could not be read" in message, message
+        data.truncate(os.path.getsize(prefix + ".bin") - 6)
+    line = pretrain_error(capsys, ["--tokenizer-model", tokenizer_dir, "--vocab-size", str(VOCAB),
+                                   "--data-path", prefix, "--train-iters", "2"])
+    assert "is truncated or its two files do not belong together" in line, line
 
 
 # Host waits for the device: every way a tensor's values reach Python, and an explicit synchronize.
