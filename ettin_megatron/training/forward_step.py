@@ -32,7 +32,7 @@ def _next_batch(data_iterator, device) -> tuple[dict, object]:
     machine), and its packed-sequence parameters, which keep the document lengths on the host too."""
     batch = next(data_iterator)
     params = packed_seq_params(batch["cu_seqlens"], batch["max_seqlen"], device, batch["segment_lengths"])
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}, params
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}, params
 
 
 def loss_func(loss_mask: torch.Tensor, input_tokens: int, pairs: torch.Tensor, output_tensor: torch.Tensor):
