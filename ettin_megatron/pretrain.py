@@ -14,13 +14,14 @@ import sys
 from .errors import EttinError
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, special_tokens: dict | None = None) -> int:
+    """The command line; ``special_tokens`` as ``pretrain``'s (tests on small synthetic vocabularies)."""
     from .training.arguments import parse_args
     from .training.loop import pretrain
 
     try:
         args = parse_args(argv)
-        pretrain(args)
+        pretrain(args, special_tokens)
     except EttinError as error:
         print(f"error: {in_launcher_terms(str(error))}", file=sys.stderr, flush=True)
         return 2

@@ -13,6 +13,7 @@ a user can get wrong before any compute starts and raises :class:`ConfigError` w
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import types
 import typing
@@ -188,7 +189,18 @@ class RunArgs:
     tensorboard_dir: str | None = arg(None, "TensorBoard event directory.")
     validate_only: bool = arg(False, "Check the arguments, data and --load in this one process, then exit "
                               "(0, or 2 with the error) without training; the launchers run it before torchrun.")
+    wandb_project: str | None = arg(None, "Weights & Biases project to log the TensorBoard scalars to "
+                                    "(pip install ettin-megatron[wandb]; WANDB_MODE=offline to keep it local).")
+    wandb_exp_name: str | None = arg(None, "W&B run name (default: W&B picks one).")
+    wandb_save_dir: str | None = arg(None, "Directory for W&B's local files (default: {--save}/wandb).")
     exit_interval: int | None = arg(None, "Stop (after saving) at a step divisible by N.")
+    exit_duration_in_mins: float | None = arg(None, "Save and stop (exit 0) after the step during which "
+                                              "this many minutes have passed; relaunch to resume.")
+    exit_signal_handler: bool = arg(False, "On SIGTERM or --exit-signal: finish the step, save, exit 0.")
+    exit_signal: str = arg("SIGTERM", "The signal --exit-signal-handler also catches (SLURM: --signal).",
+                           choices=("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"))
+    check_for_nan_in_loss_and_grad: bool = arg(True, "Stop (exit non-zero, nothing saved) before the "
+                                               "optimizer step when the loss or a gradient is NaN or Inf.")
 
 
 SCHEDULE_LENGTHS = ("lr_warmup", "lr_decay", "lr_wsd_decay")
@@ -405,6 +417,8 @@ def validate(args: Arguments, world_size: int, special_tokens: dict | None = Non
     _check_recompute(args)
     if d.num_workers < 0:
         raise ConfigError(f"--num-workers {d.num_workers} is negative; pass 0 to read in the training process.")
+    if r.wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--wandb-project needs the wandb package: pip install 'ettin-megatron[wandb]'.")
     return dp
 
 

@@ -9,9 +9,11 @@
       for each step, until the iteration, sample or token budget is reached:
           train_step                              this step's micro-batches (batching.step_micro_batches),
                                                   forward + backward (megatron's 1F1B / interleaved
-                                                  schedule), optimizer and LR step (by samples, or by the
-                                                  step's input tokens in a --train-tokens run)
+                                                  schedule), non-finite guard (stopping.py), optimizer
+                                                  and LR step (by samples, or by the step's input tokens
+                                                  in a --train-tokens run)
           log / evaluate / save                   metrics.py, evaluate, checkpointing.py
+          a signal or the time limit?             stopping.py: save and stop, the same step on every rank
 
 Everything that runs is Megatron-Core's; this file only orders the calls. ``pretrain`` returns the
 history of logged rows (what tests compare).
@@ -20,6 +22,7 @@ history of logged rows (what tests compare).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -33,9 +36,10 @@ from . import batching, checkpointing
 from .arguments import Arguments, model_shape, reached_end, validate, virtual_pipeline_size
 from .data_loader import MicroBatchSampler, micro_batch_loader, step_iterators
 from .forward_step import make_forward_step
-from .metrics import Metrics, is_logging_rank
+from .metrics import Metrics, is_logging_rank, scalar_writers
 from .optimizer import build_optimizer, build_scheduler, current_lr
 from .setup import build_model, build_model_config, wire_schedule_hooks
+from .stopping import ExitConditions, check_finite, nonfinite_flags
 
 
 @dataclass
@@ -70,6 +74,7 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     ``special_tokens`` (EttinDatasetConfig's token-id fields) overrides the ids --tokenizer-model gives;
     tests use it for small synthetic vocabularies, whose size they pass as --vocab-size.
     """
+    start_time = time.time()  # --exit-duration-in-mins counts from here
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the process group comes later
     dp_size = validate(args, world_size, special_tokens)
     special, vocab = batching.token_ids(args)
@@ -85,10 +90,21 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     if args.run.validate_only:
         return []
 
-    run, iteration, consumed, tokens = setup(args, vocab, special, dp_size, resume)
-    history = []
+    # Before setup: its loader workers, forked, inherit the handler, which ignores signals there.
+    exit_conditions = ExitConditions(args.run, start_time)
+    try:
+        run, iteration, consumed, tokens = setup(args, vocab, special, dp_size, resume)
+        return _train(run, iteration, consumed, tokens, exit_conditions)
+    finally:
+        exit_conditions.close()
+
+
+def _train(run: Run, iteration: int, consumed: int, tokens: int, exit_conditions: ExitConditions) -> list[dict]:
+    """Steps until the end, --exit-interval, a signal or the time limit; the history of logged rows."""
+    args = run.args
+    history, stop = [], None
     while not reached_end(args, iteration, consumed, tokens):
-        batch_size, step_tokens, loss, grad_norm = train_step(run, consumed, tokens)
+        batch_size, step_tokens, loss, grad_norm = train_step(run, iteration + 1, consumed, tokens)
         iteration += 1
         consumed += batch_size
         tokens += step_tokens
@@ -102,12 +118,17 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
         if args.run.eval_interval and iteration % args.run.eval_interval == 0 and run.eval_batches:
             history.append(evaluate(run, iteration))
         exiting = bool(args.run.exit_interval and iteration % args.run.exit_interval == 0)
-        if args.run.save and (exiting or (args.run.save_interval and iteration % args.run.save_interval == 0)):
+        stop = None if reached_end(args, iteration, consumed, tokens) else exit_conditions.reason()
+        interval = bool(args.run.save_interval and iteration % args.run.save_interval == 0)
+        if args.run.save and (exiting or stop or interval):
             _save(run, iteration, consumed, tokens)
-        if exiting:
+        if stop:
+            saved = ", saved; relaunch the same command to resume." if args.run.save else " (no --save: nothing saved)."
+            _print(f"{stop}: stopped after step {iteration}{saved}")
+        if exiting or stop:
             break
 
-    if not args.run.exit_interval or iteration % args.run.exit_interval:
+    if not stop and (not args.run.exit_interval or iteration % args.run.exit_interval):
         if run.eval_batches and (not args.run.eval_interval or iteration % args.run.eval_interval):
             history.append(evaluate(run, iteration))
         if args.run.save and not (args.run.save_interval and iteration % args.run.save_interval == 0):
@@ -150,7 +171,7 @@ def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resum
 
     params = count_parameters(config)
     world_size = torch.distributed.get_world_size()
-    run.metrics = Metrics(args.run.tensorboard_dir, args.run.train_iters, args.run.train_samples, args.run.train_tokens,
+    run.metrics = Metrics(scalar_writers(args), args.run.train_iters, args.run.train_samples, args.run.train_tokens,
                           config, params, world_size, args.model.objective)
     _print(f"model {args.model.model_size} ({args.model.objective}): {params / 1e6:.1f}M parameters, "
            f"TP={layout.tensor_parallel} PP={layout.pipeline_parallel} VPP={layout.virtual_pipeline_parallel} "
@@ -173,13 +194,14 @@ def grow_train_data(run: Run, consumed: int, tokens: int, batch_size: int) -> No
             run.train_batches = iter(_loader(run, run.train_ds, consumed))
 
 
-def train_step(run: Run, consumed: int, tokens: int) -> tuple[int, int, float, float | None]:
-    """One optimizer step on the global batch at sample ``consumed`` (``tokens`` input tokens read before
-    it): (batch size, its input tokens, loss, grad norm).
+def train_step(run: Run, step: int, consumed: int, tokens: int) -> tuple[int, int, float, float | None]:
+    """Optimizer step ``step`` on the global batch at sample ``consumed`` (``tokens`` input tokens read
+    before it): (batch size, its input tokens, loss, grad norm).
 
     Megatron's pipeline schedule (1F1B / interleaved) runs forward + backward over the micro-batches;
-    its optimizer steps (skipping the step when the loss scaler finds overflows) and the scheduler
-    advances by the batch's samples, or in a --train-tokens run by its input tokens (see optimizer.py)."""
+    the non-finite guard (stopping.py) may stop the run there; then Megatron's optimizer steps
+    (skipping the step when the loss scaler finds overflows) and the scheduler advances by the batch's
+    samples, or in a --train-tokens run by its input tokens (see optimizer.py)."""
     num_micro, batch_size = batching.update_microbatches(batching.ramp_position(run.args, consumed, tokens))
     if run.args.run.train_tokens is not None and consumed + batch_size > len(run.train_ds):
         grow_train_data(run, consumed, tokens, batch_size)  # the estimate fell short
@@ -190,13 +212,20 @@ def train_step(run: Run, consumed: int, tokens: int) -> tuple[int, int, float, f
         forward_step_func=run.train_forward, data_iterator=step_iterators(run.train_batches, num_micro, len(run.model)),
         model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length, micro_batch_size=1,
         forward_only=False)
-    loss_sum, labelled, input_tokens, pairs = _reduce(_sum_reports(reports, 4))
+    values = _share(_sum_reports(reports, 4))
+    guard = run.args.run.check_for_nan_in_loss_and_grad
+    if guard:  # its flags ride along in the step's one host read
+        values = torch.cat([values, nonfinite_flags(run, consumed, reports)])
+    loss_sum, labelled, input_tokens, pairs, *flags = values.tolist()
+    loss = loss_sum / max(labelled, 1)
+    if guard:
+        check_finite(run, step, consumed, loss, *flags)
     input_tokens = round(input_tokens)
     updated, grad_norm, _ = run.optimizer.step()
     if updated:
         run.scheduler.step(increment=input_tokens if run.args.run.train_tokens is not None else batch_size)
     run.metrics.add_tokens(input_tokens, pairs)
-    return batch_size, input_tokens, loss_sum / max(labelled, 1), None if grad_norm is None else float(grad_norm)
+    return batch_size, input_tokens, loss, None if grad_norm is None else float(grad_norm)
 
 
 def evaluate(run: Run, step: int) -> dict:
@@ -238,14 +267,18 @@ def _sum_reports(reports: list, size: int) -> torch.Tensor:
 
 
 def _reduce(values: torch.Tensor) -> list[float]:
-    """Sum over DP ranks on the last pipeline stage, share it with every stage, and bring it to the host:
-    the step's one wait for the device outside the optimizer."""
+    """_share, brought to the host: the step's one wait for the device outside the optimizer."""
+    return _share(values).tolist()
+
+
+def _share(values: torch.Tensor) -> torch.Tensor:
+    """Sum over DP ranks on the last pipeline stage and share it with every stage, on the device."""
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         torch.distributed.all_reduce(values, group=parallel_state.get_data_parallel_group())
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         torch.distributed.broadcast(values, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                                     group=parallel_state.get_pipeline_model_parallel_group())
-    return values.tolist()
+    return values
 
 
 def _loader(run: Run, dataset, start: int, count: int | None = None):

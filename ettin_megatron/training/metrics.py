@@ -1,6 +1,7 @@
-"""What a run reports: one line per logged step, validation lines, TensorBoard scalars.
+"""What a run reports: one line per logged step, validation lines, scalars for TensorBoard and W&B.
 
-    step     20/200 | loss 6.8123 | lr 3.000e-03 | grad norm 1.234 | tokens 81,920 | tokens/s 51,234 | MFU 41.2% | ETA 0:03:10
+    step     20/200 | loss 6.8123 | lr 3.000e-03 | grad norm 1.234 | tokens 81,920 | tokens/s 51,234 | MFU 41.2%
+        | peak mem 41.20 GB | ETA 0:03:10         (one line)
     validation step 200 | mlm loss 5.9012 | accuracy 0.1875 | tokens 12,345
 
 MFU is shown on GPUs whose peak BF16 dense throughput is known. Training FLOPs follow the usual
@@ -10,13 +11,18 @@ micro-batch's packed documents (``cu_seqlens``): attention never crosses a docum
 scores L x L pairs per document of length L (about half when causal), not seq_length x seq_length,
 and a local layer only the pairs within its window.
 ``tokens`` is the input tokens consumed so far (out of --train-tokens in a token-budget run).
-Lines are printed by the last rank (it holds the loss), as in Megatron-LM.
+Peak memory is the job's highest, over ranks: CUDA's max allocated on GPUs, max RSS on the CPU.
+Lines are printed and scalars written by the last rank (it holds the loss), as in Megatron-LM; the
+same scalars go to every writer (``--tensorboard-dir``, ``--wandb-project``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
+import os
+import resource
 import time
 
 import torch
@@ -62,10 +68,74 @@ def is_logging_rank() -> bool:
             or torch.distributed.get_rank() == torch.distributed.get_world_size() - 1)
 
 
+def peak_memory_gb() -> float:
+    """This job's peak memory so far, the highest over ranks (a collective): CUDA max allocated, else
+    the process's max resident set size."""
+    if torch.cuda.is_available():
+        peak = torch.tensor(float(torch.cuda.max_memory_allocated()), device="cuda")
+    else:
+        peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0)  # KiB on Linux
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+    return peak.item() / 1e9
+
+
+class TensorBoardWriter:
+    """Scalars as TensorBoard event files (torch.utils.tensorboard)."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir)
+
+    def write(self, step: int, values: dict) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbWriter:
+    """Scalars as a Weights & Biases run (Megatron-LM's --wandb-project / --wandb-exp-name /
+    --wandb-save-dir); WANDB_MODE=offline keeps it on disk for ``wandb sync``."""
+
+    def __init__(self, project: str, name: str | None, save_dir: str, config: dict):
+        import wandb
+
+        os.makedirs(save_dir, exist_ok=True)
+        self.run = wandb.init(project=project, name=name, dir=save_dir, config=config)
+
+    def write(self, step: int, values: dict) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def scalar_writers(args) -> list:
+    """The writers ``args`` ask for, on the logging rank (none elsewhere)."""
+    r = args.run
+    if not is_logging_rank():
+        return []
+    writers = []
+    if r.tensorboard_dir:
+        try:
+            writers.append(TensorBoardWriter(r.tensorboard_dir))
+        except ImportError:
+            print("note: the tensorboard package is not installed; metrics go to the log only.", flush=True)
+    if r.wandb_project:
+        config = {k: v for group in dataclasses.asdict(args).values() for k, v in group.items()}
+        save_dir = r.wandb_save_dir or os.path.join(r.save or ".", "wandb")
+        writers.append(WandbWriter(r.wandb_project, r.wandb_exp_name, save_dir, config))
+    return writers
+
+
 class Metrics:
     """Formats and writes step and validation metrics; keeps the timing needed for tokens/s and ETA."""
 
-    def __init__(self, tensorboard_dir: str | None, total_steps: int | None, total_samples: int | None,
+    def __init__(self, writers: list, total_steps: int | None, total_samples: int | None,
                  total_tokens: int | None, config, num_params: int, world_size: int, objective: str):
         self.total_steps, self.total_tokens = total_steps, total_tokens
         # The run's length: (index into (step, samples, tokens), its end); ETA counts in that unit.
@@ -76,17 +146,10 @@ class Metrics:
         self.world_size = world_size
         self.objective = objective
         self.peak = peak_flops()
-        self.writer = None
+        self.writers = writers
         self.window_start = time.time()
         self.window_tokens = 0
         self.window_flops = 0.0
-        if tensorboard_dir and is_logging_rank():
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(tensorboard_dir)
-            except ImportError:
-                print("note: the tensorboard package is not installed; metrics go to the log only.", flush=True)
 
     def add_tokens(self, tokens: int, pairs: float) -> None:
         """Tokens processed by the whole job (all DP ranks) in the step just done, and the (query, key)
@@ -111,6 +174,8 @@ class Metrics:
         if self.peak:
             row["mfu"] = self.window_flops / elapsed / (self.peak * self.world_size)
             parts.append(f"MFU {100 * row['mfu']:.1f}%")
+        row["peak_memory_gb"] = peak_memory_gb()
+        parts.append(f"peak mem {row['peak_memory_gb']:.2f} GB")
         position = (step, consumed_samples, consumed_tokens)
         if self.start_point is None:
             self.start_point = (position, now)
@@ -122,7 +187,8 @@ class Metrics:
         if is_logging_rank():
             print(" | ".join(parts), flush=True)
             self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                                 "train/tokens_per_s": tokens_per_s, "train/batch_size": batch_size})
+                                 "train/tokens_per_s": tokens_per_s, "train/batch_size": batch_size,
+                                 "train/peak_memory_gb": row["peak_memory_gb"]})
         self.window_start, self.window_tokens, self.window_flops = now, 0, 0.0
         return row
 
@@ -143,13 +209,10 @@ class Metrics:
         return row
 
     def _scalars(self, step: int, values: dict) -> None:
-        if self.writer is None:
-            return
-        for key, value in values.items():
-            if value is not None:
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+        values = {key: value for key, value in values.items() if value is not None}
+        for writer in self.writers:
+            writer.write(step, values)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for writer in self.writers:
+            writer.close()

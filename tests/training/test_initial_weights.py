@@ -63,11 +63,11 @@ def _compare(rank, root):
     return differing, expected
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_initial_weights_are_the_same_on_every_layout(tmp_path):
     root = str(tmp_path)
-    replicas = run_ranks(2, _save_layouts, root)
-    ((differing, expected),) = run_ranks(1, _compare, root)
+    replicas = run_ranks(2, _save_layouts, root, timeout=600)
+    ((differing, expected),) = run_ranks(1, _compare, root, timeout=600)
     assert differing == {name: [] for name in LAYOUTS}, differing
     assert replicas[0].keys() == replicas[1].keys() == expected.keys()
     assert all(torch.equal(replicas[0][k], expected[k]) and torch.equal(replicas[1][k], expected[k])

@@ -40,7 +40,7 @@ def test_model_pairs_and_mfu(objective, monkeypatch):
 
     clock = iter([100.0, 102.0])  # the metrics' construction, then the step's log: 2 seconds
     monkeypatch.setattr(metrics, "time", types.SimpleNamespace(time=lambda: next(clock)))
-    log = Metrics(None, 10, None, None, config, num_params=1000, world_size=2, objective=objective)
+    log = Metrics([], 10, None, None, config, num_params=1000, world_size=2, objective=objective)
     log.peak = 1e6  # FLOP/s per device, as if on a known GPU
     log.add_tokens(20, pairs)
     row = log.log_step(1, 4, 20, loss=1.0, lr=1e-3, grad_norm=None, batch_size=4)

@@ -1,0 +1,167 @@
+"""Runs that stop early: a non-finite loss stops the run with one line and nothing saved; a signal or
+the time limit finishes the step on every rank, saves, exits 0, and the relaunch ends where an
+uninterrupted run ends (bit-exact weights, the same logged losses)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from ettin_megatron.checkpoint import latest_iteration
+from tests.ranks import run_ranks
+from tests.training.training_data import base_args, write_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def flags(**values) -> list[str]:
+    """Command-line flags of base_args' values."""
+    out = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            out += [flag, *map(str, value)]
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def _cli(rank, argv):
+    """ettin_megatron.pretrain.main in this process: (exit status, stderr, stdout)."""
+    import contextlib
+    import io
+
+    from ettin_megatron.pretrain import main
+    from tests.training.training_data import SPECIAL
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        status = main(argv, special_tokens=SPECIAL)
+    return status, err.getvalue(), out.getvalue()
+
+
+@pytest.mark.timeout(900)
+def test_non_finite_loss_stops_before_the_step_with_one_line(tmp_path):
+    """--lr 1e4 (the issue's example): the loss turns NaN within a few steps, saved every step."""
+    prefix, root = write_corpus(tmp_path), tmp_path / "ckpt"
+    argv = flags(**base_args(prefix, lr=1e4, train_iters=10))
+    ((status, err, out),) = run_ranks(1, _cli, argv + ["--save", str(root), "--save-interval", "1"], timeout=600)
+    assert status != 0, out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite loss nan at step "), err
+    step = int(re.search(r"at step (\d+),", lines[0]).group(1))
+    samples = re.search(r"training samples (\d+)-(\d+) \(the first is \S+/docs sample \d+\)", lines[0])
+    first, last = map(int, samples.groups())
+    assert 8 * (step - 1) <= first and last == first + 1 < 8 * step  # in the step's batch of 8, micro-batch 2
+    assert 1 < step < 10 and latest_iteration(root) == step - 1, (step, sorted(os.listdir(root)))
+    assert not (root / f"iter_{step:07d}").exists()
+    # Without the guard the run trains on, on NaN.
+    ((status, err, out),) = run_ranks(1, _cli, argv + ["--no-check-for-nan-in-loss-and-grad", "--train-iters",
+                                                       str(step + 1)], timeout=600)
+    assert status == 0 and "loss nan" in out
+
+
+def _weights(rank, directories):
+    """The weights of each checkpoint, loaded at TP=1 (bit-exact comparison)."""
+    from ettin_megatron.checkpoint import load_checkpoint
+    from ettin_megatron.runtime import ParallelLayout, initialize
+    from ettin_megatron.training.arguments import make_arguments
+    from ettin_megatron.training.setup import build_model, build_model_config, unwrap
+
+    args = make_arguments(model_size="tiny", vocab_size=1024, spec="local")
+    initialize(ParallelLayout())
+    weights = []
+    for directory in directories:
+        (model,) = unwrap(build_model(args, build_model_config(args)))
+        load_checkpoint(directory, [model])
+        weights.append({k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)})
+    return weights
+
+
+def _losses(log: str) -> dict:
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"step\s+(\d+)/\d+ \| loss (\S+)", log)}
+
+
+def _torchrun(argv, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(_port()), str(REPO / "tests/training/pretrain_cli.py"), *argv]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def _port():
+    from ettin_megatron.runtime.distributed import free_port
+
+    return free_port()
+
+
+@pytest.mark.timeout(900)
+def test_sigterm_to_one_rank_saves_the_step_on_both_and_the_relaunch_resumes_exactly(tmp_path):
+    steps = 12
+    prefix = write_corpus(tmp_path)
+    root, reference = tmp_path / "ckpt", tmp_path / "reference"
+    values = base_args(prefix, train_iters=steps, attention_output_dropout=0.1, exit_signal_handler=True)
+    argv = flags(**values, save=str(root), load=str(root))
+
+    run = _torchrun(argv)
+    log = []
+    for line in run.stdout:  # the marker: step 2 is logged, so the handler is in place and a step runs
+        log.append(line)
+        if re.match(r"step\s+2/", line):
+            break
+    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(run.pid).children() if "RANK" in p.environ()}
+    ranks[0].send_signal(signal.SIGTERM)  # one rank only: the other must stop at the same step
+    log += list(run.stdout)
+    assert run.wait() == 0, "".join(log)
+    stopped = re.search(r"SIGTERM received: stopped after step (\d+), saved", "".join(log))
+    assert stopped, "".join(log)
+    stop = int(stopped.group(1))
+    assert 2 <= stop < steps and latest_iteration(root) == stop
+
+    relaunch = _torchrun(argv)
+    resumed = relaunch.communicate()[0]
+    assert relaunch.returncode == 0, resumed
+    assert f"continuing at step {stop}" in resumed and latest_iteration(root) == steps
+
+    straight = _torchrun(flags(**values, save=str(reference)))
+    uninterrupted = straight.communicate()[0]
+    assert straight.returncode == 0, uninterrupted
+
+    ((resumed_weights, reference_weights),) = run_ranks(
+        1, _weights, [str(root / f"iter_{steps:07d}"), str(reference / f"iter_{steps:07d}")], timeout=600)
+    assert all(torch.equal(resumed_weights[k], reference_weights[k]) for k in reference_weights)
+    expected = _losses(uninterrupted)
+    got = {**_losses("".join(log)), **_losses(resumed)}
+    assert got == expected and len(expected) == steps
+
+
+def _duration(rank, prefix, root):
+    from ettin_megatron.training.arguments import make_arguments
+    from ettin_megatron.training.loop import pretrain
+    from tests.training.training_data import SPECIAL
+
+    def run(**overrides):
+        args = make_arguments(**base_args(prefix, train_iters=4, attention_output_dropout=0.1, **overrides))
+        return [(r["loss"], r["grad_norm"], r["lr"]) for r in pretrain(args, special_tokens=SPECIAL) if "loss" in r]
+
+    straight = run()
+    # A limit already past when the first step ends: every launch does one step, saves and exits.
+    launches = [run(save=root, load=root, exit_duration_in_mins=1e-9) for _ in range(4)]
+    return straight, launches, latest_iteration(root)
+
+
+@pytest.mark.timeout(900)
+def test_exit_duration_saves_each_launch_and_the_chain_equals_a_straight_run(tmp_path):
+    root = str(tmp_path / "ckpt")
+    ((straight, launches, latest),) = run_ranks(1, _duration, write_corpus(tmp_path), root, timeout=800)
+    assert [len(losses) for losses in launches] == [1, 1, 1, 1] and latest == 4
+    assert [losses[0] for losses in launches] == straight  # bit-exact
