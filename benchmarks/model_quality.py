@@ -114,7 +114,7 @@ def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, toke
 
     args = parse_args(pretrain_flags(objective, layout, 1, prefix, tokenizer))
     special, _ = batching.token_ids(args)
-    train, _ = batching.build_datasets(args, budget // 16, 0, special)
+    train, _ = batching.run_datasets(args, budget // 16, 0, special)
     tokens = 0
     for i in range(len(train)):
         tokens += len(train[i]["tokens"])

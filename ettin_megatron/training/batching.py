@@ -89,10 +89,10 @@ def token_ids(args: Arguments) -> tuple[dict, int | None]:
     return fields, ids.padded_vocab_size
 
 
-def build_datasets(args: Arguments, train_samples: int, valid_samples: int, special: dict):
+def run_datasets(args: Arguments, train_samples: int, valid_samples: int, special: dict):
     """(train, valid) EttinDatasets of the run's blend, split, layout and objective; ``special`` holds
     the token-id fields of EttinDatasetConfig (token_ids' first value)."""
-    from ..data.datasets import EttinDatasetConfig, build_datasets as build
+    from ..data.datasets import EttinDatasetConfig, build_datasets
 
     d = args.data
     blend = get_blend_from_list(d.data_path) if d.data_path else None
@@ -109,5 +109,5 @@ def build_datasets(args: Arguments, train_samples: int, valid_samples: int, spec
     )
     # 0, not None, for splits the run does not read: megatron's builder refuses a None size with a
     # weighted blend (any --data-mix or "--data-path W1 P1 W2 P2"), and 0 builds nothing to read.
-    train, valid, _ = build(config, [train_samples, valid_samples, 0])
+    train, valid, _ = build_datasets(config, [train_samples, valid_samples, 0])
     return train, valid

@@ -160,7 +160,7 @@ def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resum
 
     # Every rank reads data (pipeline stages all need the packing boundaries).
     gbs, eval_batches = args.data.global_batch_size, args.run.eval_iters
-    train_ds, valid_ds = batching.build_datasets(args, batching.planned_samples(args), eval_batches * gbs, special)
+    train_ds, valid_ds = batching.run_datasets(args, batching.planned_samples(args), eval_batches * gbs, special)
     if valid_ds is None:
         eval_batches = 0  # the split leaves no validation documents
     run = Run(args, config, model, optimizer, scheduler, train_ds, valid_ds, eval_batches,
@@ -188,7 +188,7 @@ def grow_train_data(run: Run, consumed: int, tokens: int, batch_size: int) -> No
     need = max(consumed + batch_size, batching.token_budget_samples(args, run.train_ds, consumed, tokens))
     if need > have:
         _print(f"the token budget needs about {need:,} train samples, {have:,} built: building them")
-        run.train_ds, run.valid_ds = batching.build_datasets(
+        run.train_ds, run.valid_ds = batching.run_datasets(
             args, need, run.eval_batches * args.data.global_batch_size, run.special)
         if run.train_batches is not None:  # read on from here in the grown split (same samples, more of them)
             run.train_batches = iter(_loader(run, run.train_ds, consumed))

@@ -156,12 +156,12 @@ def test_chunk_sizes_scale_with_short_sequences_and_are_checked():
 
 def test_chunk_flags_reach_the_dataset_and_bad_ones_fail_before_any_compute(corpus_prefix):
     from ettin_megatron.training.arguments import parse_args, validate
-    from ettin_megatron.training.batching import build_datasets
+    from ettin_megatron.training.batching import run_datasets
 
     flags = ["--data-path", corpus_prefix, "--train-iters", "1", "--seq-length", "32", "--split", "100,0,0"]
     args = parse_args(flags + ["--min-chunk-size", "10", "--always-skip-size", "2"])
     validate(args, 1)
-    trained, _ = build_datasets(args, 10, 0, SPECIAL_IDS)
+    trained, _ = run_datasets(args, 10, 0, SPECIAL_IDS)
     assert (trained.config.min_chunk_size, trained.config.always_skip_size) == (10, 2)
     with pytest.raises(ConfigError, match="always_skip_size \\(20\\) <= min_chunk_size"):
         validate(parse_args(flags + ["--always-skip-size", "20"]), 1)

@@ -106,13 +106,13 @@ def _token_budget(rank, prefix, root):
     # The straight run with no estimate of the samples it needs: its train split is built for
     # TOKENS / seq_length samples and grown each time a step would read past it. The interrupted and
     # resumed runs size theirs from the mean sample length; growing must change no sample.
-    builds, real_build, real_estimate = [], batching.build_datasets, batching.token_budget_samples
-    batching.build_datasets = lambda args, n, *rest: builds.append(n) or real_build(args, n, *rest)
+    builds, real_build, real_estimate = [], batching.run_datasets, batching.token_budget_samples
+    batching.run_datasets = lambda args, n, *rest: builds.append(n) or real_build(args, n, *rest)
     batching.token_budget_samples = lambda args, dataset, consumed, tokens: consumed
     try:
         args, straight = _token_run(prefix)
     finally:
-        batching.build_datasets, batching.token_budget_samples = real_build, real_estimate
+        batching.run_datasets, batching.token_budget_samples = real_build, real_estimate
     _, first = _token_run(prefix, save=root, exit_interval=N)
     _, second = _token_run(prefix, load=root, save=root)
 
