@@ -10,9 +10,7 @@ masked token from the position before it, so for those the mask's scores are rea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,15 +23,12 @@ def parser() -> argparse.ArgumentParser:
 
 def fill_mask(model_dir: str, text: str, top_k: int = 5) -> list[dict]:
     """The pipeline's top-k predictions ({score, token_str, sequence, ...}) for the mask in ``text``."""
-    config = Path(model_dir) / "config.json"
-    if not config.is_file():
-        raise ValueError(f"{model_dir} has no config.json; pass an exported Hugging Face directory.")
-    fields = json.loads(config.read_text())
-    if fields.get("model_type") != "modernbert":
-        raise ValueError(f"{model_dir} is not an encoder (ModernBertForMaskedLM); fill-mask needs one.")
     from transformers import pipeline
 
+    from ettin_megatron.convert.hf_files import read_exported_config
     from ettin_megatron.convert.hf_mapping import TRAINING_OBJECTIVE_KEY
+
+    fields = read_exported_config(model_dir, "mlm")
 
     fill = pipeline("fill-mask", model=model_dir, tokenizer=model_dir, device="cpu")
     mask = fill.tokenizer.mask_token

@@ -19,6 +19,13 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ettin_megatron.convert.hf_files import read_exported_config
+
+    try:
+        read_exported_config(args.model, "clm")
+    except ValueError as exc:  # one line, before transformers' own traceback for a wrong directory
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     inputs = tokenizer(args.prompt, return_tensors="pt", return_token_type_ids=False)

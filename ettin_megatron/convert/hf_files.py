@@ -41,6 +41,16 @@ def read_hf_config_json(directory: str | Path) -> dict:
     return config
 
 
+def read_exported_config(directory: str | Path, objective: str) -> dict:
+    """config.json of an exported directory that must hold an ``objective`` model ("mlm": an encoder,
+    "clm": a decoder), so that fill-mask and generate refuse the other kind in one line."""
+    config = read_hf_config_json(directory)
+    if config["model_type"] != MODEL_TYPES[objective]:
+        kind = {"mlm": "an encoder (ModernBertForMaskedLM)", "clm": "a decoder (ModernBertDecoderForCausalLM)"}
+        raise ConfigError(f"{directory} is not {kind[objective]}; pass a directory exported from one.")
+    return config
+
+
 def resolve_tokenizer(path: str | None, relative_to: Path | None = None) -> Path:
     """The local tokenizer directory or tokenizer.json named by ``path`` (never a hub download)."""
     if not path:

@@ -55,6 +55,17 @@ def test_fill_mask_tool(exported, capsys):
     assert "not an encoder" in capsys.readouterr().err
 
 
+def test_generate_tool(exported, capsys, tmp_path):
+    from tools.generate import main
+
+    assert main([str(exported["clm"]), "The quick brown", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("The quick brown -> ")
+    assert main([str(exported["mlm"]), "The quick brown"]) == 2
+    assert "is not a decoder" in capsys.readouterr().err
+    assert main([str(tmp_path), "The quick brown"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
 def test_sentence_transformers_pooling(exported, objective):
     st = pytest.importorskip("sentence_transformers")
