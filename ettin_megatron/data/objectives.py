@@ -14,7 +14,7 @@ masking is a function of how that generator was seeded (the dataset seeds it fro
 (seed, split, sample index)).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Sequence
 
 import numpy
@@ -42,6 +42,8 @@ class Masking:
     ([CLS], [SEP], [PAD], [MASK], [UNK], [unusedN], ...) is never chosen and never drawn."""
     mask_token_prob: float = 0.8
     random_token_prob: float = 0.1
+    _ordinary_table: numpy.ndarray = field(init=False, repr=False)
+    """Whether each id is ordinary, for is_ordinary."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
@@ -53,6 +55,16 @@ class Masking:
                 "mask_token_prob and random_token_prob must be >= 0 and sum to at most 1, got "
                 f"{self.mask_token_prob} and {self.random_token_prob}."
             )
+        table = numpy.zeros(int(self.ordinary_token_ids.max(initial=-1)) + 3, dtype=bool)
+        table[self.ordinary_token_ids + 1] = True
+        object.__setattr__(self, "_ordinary_table", table)
+
+    def is_ordinary(self, tokens: numpy.ndarray) -> numpy.ndarray:
+        """Whether each token is one of ``ordinary_token_ids``: one look-up per token, where
+        numpy.isin would scan or sort the ~50k ordinary ids again for every sample. The table is
+        indexed by id + 1 between two False entries, onto which negative ids and ids above the
+        largest ordinary one are clipped."""
+        return self._ordinary_table.take(tokens + 1, mode="clip")
 
 
 def ordinary_token_ids(
@@ -71,16 +83,15 @@ def mlm_mask(tokens: numpy.ndarray, masking: Masking, rng: numpy.random.Generato
     """
     tokens = numpy.asarray(tokens, dtype=numpy.int64)
     n = tokens.shape[0]
-    ordinary = numpy.isin(tokens, masking.ordinary_token_ids)
-    chosen = (rng.random(n) < masking.rate) & ordinary
+    chosen = (rng.random(n) < masking.rate) & masking.is_ordinary(tokens)
     action = rng.random(n)
-    random_ids = masking.ordinary_token_ids[rng.integers(0, len(masking.ordinary_token_ids), n)]
+    random_ids = masking.ordinary_token_ids.take(rng.integers(0, len(masking.ordinary_token_ids), n))
 
-    to_mask = chosen & (action < masking.mask_token_prob)
-    to_random = chosen & ~to_mask & (action < masking.mask_token_prob + masking.random_token_prob)
-    inputs = tokens.copy()
-    inputs[to_mask] = masking.mask_token_id
-    inputs[to_random] = random_ids[to_random]
+    # A chosen position becomes [MASK] where action < mask_token_prob, a random id where action is
+    # below the two shares' sum, and keeps its token above; whole-array selects, no scatter.
+    replacement = numpy.where(action < masking.mask_token_prob, masking.mask_token_id, random_ids)
+    kept = ~chosen | (action >= masking.mask_token_prob + masking.random_token_prob)
+    inputs = numpy.where(kept, tokens, replacement)
     labels = numpy.where(chosen, tokens, 0)
     return inputs, labels, chosen.astype(numpy.float32)
 

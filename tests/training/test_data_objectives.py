@@ -119,3 +119,12 @@ def test_masking_compares_and_hashes():
     first, second = masking(0.3), masking(0.3)
     assert first == first and first != second
     assert len({first, second, first}) == 2
+
+
+def test_ordinary_lookup_agrees_with_isin():
+    """is_ordinary's table answers as numpy.isin over the ordinary ids, also for ids outside the
+    table (negative, special, above every id) and for a vocabulary whose id 0 is special."""
+    ids = numpy.concatenate([numpy.arange(-3, 1012), [10**9]])
+    for ordinary in (ORDINARY, ordinary_token_ids(1000, (0, 999)), ordinary_token_ids(0)):
+        found = Masking(0.3, MASK, ordinary).is_ordinary(ids)
+        assert found.dtype == bool and (found == numpy.isin(ids, ordinary)).all()
