@@ -82,10 +82,15 @@ class ChunkRules:
         full, rest = numpy.divmod(body_lengths, self.piece)
         return numpy.where((full > 0) & (rest < self.always_skip_size), rest, 0)
 
+    def _backfilled(self, full, rest):
+        """Whether a body of ``full`` whole pieces and ``rest`` more tokens has its last piece
+        backfilled (arrays or plain ints)."""
+        return (full > 0) & (rest >= self.always_skip_size) & (rest < self.min_chunk_size) & (rest > 0)
+
     def shifts(self, body_lengths: numpy.ndarray, documents: numpy.ndarray) -> numpy.ndarray:
         """Tokens the backfill moves into each document's last chunk (0 where it does not apply)."""
         full, rest = numpy.divmod(body_lengths, self.piece)
-        backfilled = (full > 0) & (rest >= self.always_skip_size) & (rest < self.min_chunk_size) & (rest > 0)
+        backfilled = self._backfilled(full, rest)
         draw = splitmix64(splitmix64(numpy.asarray(documents)) + numpy.uint64(self.seed))
         span = numpy.maximum(self.piece - rest, 1).astype(numpy.uint64)
         return numpy.where(backfilled, draw % span, 0).astype(body_lengths.dtype)
@@ -107,7 +112,9 @@ class ChunkRules:
     def span(self, body_length: int, document: int, chunk: int) -> Tuple[int, int]:
         """(offset in the body, length) of one chunk of one document."""
         full, rest = divmod(body_length, self.piece)
-        shift = int(self.shifts(numpy.array([body_length]), numpy.array([document]))[0])
+        shift = 0  # the hash is only computed for a document whose last two chunks it changes
+        if chunk >= full - 1 and self._backfilled(full, rest):
+            shift = int(self.shifts(numpy.array([body_length]), numpy.array([document]))[0])
         if chunk < full:
             return chunk * self.piece, self.piece - (shift if chunk == full - 1 else 0)
         return full * self.piece - shift, rest + shift
