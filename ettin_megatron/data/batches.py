@@ -38,32 +38,34 @@ def collate(
     the real tokens' outputs are exactly those of the unpadded batch. Nothing is added otherwise.
     Extra keys (e.g. a blend's "dataset_id") are ignored.
     """
-    tokens = torch.cat([torch.as_tensor(s["tokens"], dtype=torch.long) for s in samples])
-    labels = torch.cat([torch.as_tensor(s["labels"], dtype=torch.long) for s in samples])
-    loss_mask = torch.cat([torch.as_tensor(s["loss_mask"], dtype=torch.float32) for s in samples])
-    lengths = torch.cat([torch.as_tensor(s["segment_lengths"], dtype=torch.long) for s in samples])
-    if int(lengths.sum()) != tokens.numel():
+    # numpy, then one tensor per field: torch's per-call cost would otherwise dominate (a micro-batch
+    # of short documents holds hundreds of samples), and DataLoader workers run this per micro-batch.
+    tokens = numpy.concatenate([s["tokens"] for s in samples], dtype=numpy.int64)
+    labels = numpy.concatenate([s["labels"] for s in samples], dtype=numpy.int64)
+    loss_mask = numpy.concatenate([s["loss_mask"] for s in samples], dtype=numpy.float32)
+    lengths = numpy.concatenate([s["segment_lengths"] for s in samples], dtype=numpy.int64)
+    if int(lengths.sum()) != len(tokens):
         raise ValueError(
-            f"segment_lengths sum to {int(lengths.sum())} but the samples hold {tokens.numel()} "
+            f"segment_lengths sum to {int(lengths.sum())} but the samples hold {len(tokens)} "
             "tokens: every sample's segment_lengths must cover exactly its tokens."
         )
-    num_tokens = tokens.numel()
+    num_tokens = len(tokens)
     padding = -num_tokens % pad_to_multiple_of
     if padding:
-        tokens = torch.cat([tokens, torch.full((padding,), pad_token_id, dtype=torch.long)])
-        labels = torch.cat([labels, torch.zeros(padding, dtype=torch.long)])
-        loss_mask = torch.cat([loss_mask, torch.zeros(padding, dtype=torch.float32)])
-        lengths = torch.cat([lengths, torch.tensor([padding])])
+        tokens = numpy.concatenate([tokens, numpy.full(padding, pad_token_id, dtype=numpy.int64)])
+        labels = numpy.concatenate([labels, numpy.zeros(padding, dtype=numpy.int64)])
+        loss_mask = numpy.concatenate([loss_mask, numpy.zeros(padding, dtype=numpy.float32)])
+        lengths = numpy.append(lengths, padding)
     lengths = lengths[lengths > 0]
-    cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    segment_starts = torch.repeat_interleave(cu_seqlens[:-1], lengths)
+    cu_seqlens = numpy.concatenate([[0], numpy.cumsum(lengths)])
+    position_ids = numpy.arange(len(tokens)) - numpy.repeat(cu_seqlens[:-1], lengths)
     return {
-        "tokens": tokens[None],
-        "labels": labels[None],
-        "loss_mask": loss_mask[None],
-        "position_ids": (torch.arange(tokens.numel()) - segment_starts)[None],
-        "cu_seqlens": cu_seqlens.to(torch.int32),
-        "max_seqlen": int(lengths.max()) if lengths.numel() else 0,
+        "tokens": torch.from_numpy(tokens)[None],
+        "labels": torch.from_numpy(labels)[None],
+        "loss_mask": torch.from_numpy(loss_mask)[None],
+        "position_ids": torch.from_numpy(position_ids)[None],
+        "cu_seqlens": torch.from_numpy(cu_seqlens.astype(numpy.int32)),
+        "max_seqlen": int(lengths.max()) if len(lengths) else 0,
         "num_tokens": num_tokens,
         "segment_lengths": lengths.tolist(),
     }
