@@ -192,6 +192,7 @@ class EttinDataset(MegatronDataset):
         self.chunks = None if config.layout == "concat" else config.chunk_rules()
         self.framing = (0, 0) if self.chunks is None else stored_framing(
             indexed_dataset, config.cls_token_id, config.sep_token_id)
+        self._cls, self._sep = (numpy.array([token]) for token in (config.cls_token_id, config.sep_token_id))
         self.document_index, self.sample_index, self.shuffle_index = self._build_or_load_indices()
 
     @staticmethod
@@ -215,16 +216,17 @@ class EttinDataset(MegatronDataset):
         return self.shuffle_index.shape[0]
 
     def __getitem__(self, idx: int) -> Dict[str, numpy.ndarray]:
-        parts = [self.dataset.get(document, offset, length) for document, offset, length in self.pieces(idx)]
-        if self.chunks is not None:
-            cls, sep = [self.config.cls_token_id], [self.config.sep_token_id]
-            parts = [numpy.concatenate([cls, part, sep]) for part in parts]
-        lengths = [len(part) for part in parts]
-        segment_lengths = [sum(lengths)] if self.config.layout == "concat" else lengths
+        pieces = self.pieces(idx)
+        parts = [self.dataset.get(document, offset, length) for document, offset, length in pieces]
+        if self.chunks is None:
+            segment_lengths = [sum(length for _, _, length in pieces)]
+        else:  # each chunk framed [CLS] body [SEP], all in the one concatenation below
+            parts = [token for part in parts for token in (self._cls, part, self._sep)]
+            segment_lengths = [length + 2 for _, _, length in pieces]
         rng = numpy.random.default_rng((self.config.random_seed, self.index_split.value, int(idx)))
         sample = apply_objective(
             self.config.objective,
-            numpy.concatenate(parts).astype(numpy.int64),
+            numpy.concatenate(parts, dtype=numpy.int64),
             segment_lengths,
             self.masking,
             rng,
@@ -236,7 +238,7 @@ class EttinDataset(MegatronDataset):
         """(document, offset, length) of the stored tokens sample `idx` is made of: its chunks'
         bodies (framed when read), or for "concat" the stream cut to exactly sequence_length."""
         row = int(self.shuffle_index[int(idx)])
-        position, offset = (int(value) for value in self.sample_index[row])
+        position, offset = self.sample_index[row].tolist()
         lengths, pieces = self.dataset.sequence_lengths, []
         if self.chunks is None:
             budget = self.config.sequence_length
@@ -249,7 +251,7 @@ class EttinDataset(MegatronDataset):
             return pieces
         end = (position, offset + 1)  # "document": one chunk; "packed": up to where the next starts
         if self.config.layout == "packed":
-            end = tuple(int(value) for value in self.sample_index[row + 1])
+            end = tuple(self.sample_index[row + 1].tolist())
         while (position, offset) != end:
             document = int(self.document_index[position])
             body = int(lengths[document]) - sum(self.framing)
