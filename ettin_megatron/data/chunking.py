@@ -24,6 +24,7 @@ import numpy
 from megatron.core.datasets.indexed_dataset import get_bin_path
 
 from ettin_megatron.config import ConfigError
+from ettin_megatron.data.index_file import IndexFile
 
 _GOLDEN, _MIX1, _MIX2 = (numpy.uint64(v) for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
@@ -125,17 +126,19 @@ def stored_framing(dataset, cls_id: int, sep_id: int, probes: int = 1024) -> Tup
     ``[CLS] body [SEP]`` (tools/preprocess_data.py), (0, 1) for Megatron-LM's ``body [EOD]`` with
     EOD = [SEP], (0, 0) for bare bodies. Read from up to `probes` documents spread over the prefix
     (2 tokens each: reading every document's ends of a 2B-document corpus would read all of it), with
-    plain reads rather than the memory map, whose fault-around would map 64 KB around each token;
-    a prefix whose documents disagree is refused, since a body would be cut or framed wrongly."""
+    plain reads rather than the memory maps, whose fault-around would map 64 KB around each token
+    (index_file.py); a prefix whose documents disagree is refused, since a body would be cut or
+    framed wrongly."""
     lengths, index = dataset.sequence_lengths, dataset.index
-    picked = numpy.arange(0, len(lengths), max(1, len(lengths) // probes))[:probes]
-    picked = picked[lengths[picked] > 0]
     size = numpy.dtype(index.dtype).itemsize
-    with open(get_bin_path(dataset.path_prefix), "rb") as data:
-        read = lambda document, position: numpy.frombuffer(
-            os.pread(data.fileno(), size, int(index.sequence_pointers[document]) + position * size), index.dtype)[0]
-        heads = [read(d, 0) == cls_id for d in picked]
-        tails = [read(d, int(lengths[d]) - 1) == sep_id for d in picked]
+    with IndexFile(dataset) as idx, open(get_bin_path(dataset.path_prefix), "rb") as data:
+        picked = numpy.arange(0, len(lengths), max(1, len(lengths) // probes))[:probes]
+        ends = [(int(idx.read(index.sequence_pointers, d)[0]), int(idx.read(lengths, d)[0])) for d in picked]
+        ends = [(pointer, length) for pointer, length in ends if length > 0]
+        read = lambda pointer, position: numpy.frombuffer(
+            os.pread(data.fileno(), size, pointer + position * size), index.dtype)[0]
+        heads = [read(pointer, 0) == cls_id for pointer, _ in ends]
+        tails = [read(pointer, length - 1) == sep_id for pointer, length in ends]
     if len(set(heads)) > 1 or len(set(tails)) > 1:
         raise ConfigError(
             f"{dataset.path_prefix}: some documents start with [CLS] ({cls_id}) / end with [SEP] ({sep_id}) "

@@ -37,6 +37,7 @@ from megatron.core.datasets.utils import Split
 from ettin_megatron.config import ConfigError
 from ettin_megatron.data import index_cache
 from ettin_megatron.data.chunking import ChunkRules, stored_framing
+from ettin_megatron.data.index_file import IndexFile
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
 from ettin_megatron.data.sample_index import chunk_bounds, concat_bounds, index_dtype, shuffle_dtype
 from ettin_megatron.data.tokenizer import MODERNBERT_IDS
@@ -165,12 +166,14 @@ def require_documents(dataset: IndexedDataset, prefix: str) -> None:
     """Refuse a sentence-level dataset: EttinDataset takes each IndexedDataset sequence for a document,
     so the sentences of a --split-sentences dataset would silently become one-sentence samples. A
     document of several sequences gives it away; empty documents (no sequence) are harmless. Scanned
-    in slices: a 2T-token corpus has ~1e9 documents, and a whole-array diff would hold 8 GB per rank."""
-    starts, step = dataset.document_indices, 1 << 24
-    for first in range(0, len(starts) - 1, step):
-        if numpy.any(numpy.diff(starts[first : first + step + 1]) > 1):
-            raise ConfigError(f"{prefix} is a sentence-level dataset (from --split-sentences); Ettin trains "
-                              "on documents: preprocess without --split-sentences.")
+    in slices read from the .idx file (index_file.py): a 2T-token corpus has ~1e9 documents, and a
+    whole-array diff would hold 8 GB per rank."""
+    starts, step = dataset.document_indices, 1 << 20
+    with IndexFile(dataset) as index:
+        for first in range(0, len(starts) - 1, step):
+            if numpy.any(numpy.diff(index.read(starts, first, step + 1)) > 1):
+                raise ConfigError(f"{prefix} is a sentence-level dataset (from --split-sentences); Ettin "
+                                  "trains on documents: preprocess without --split-sentences.")
 
 
 class EttinDataset(MegatronDataset):
