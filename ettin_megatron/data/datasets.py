@@ -39,7 +39,8 @@ from ettin_megatron.data import index_cache
 from ettin_megatron.data.chunking import ChunkRules, stored_framing
 from ettin_megatron.data.index_file import IndexFile
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
-from ettin_megatron.data.sample_index import chunk_bounds, concat_bounds, index_dtype, shuffle_dtype
+from ettin_megatron.data.sample_index import (Census, chunk_bounds, concat_bounds, epoch_documents, index_dtype,
+                                              shuffle_dtype)
 from ettin_megatron.data.tokenizer import MODERNBERT_IDS
 from ettin_megatron.runtime import is_writer
 
@@ -273,21 +274,17 @@ class EttinDataset(MegatronDataset):
         layouts), lays out its samples and shuffles them (only among themselves: samples never span
         two epochs), so that the chunks of one long document are spread out as in GPTDataset.
         """
-        stored = self.dataset.sequence_lengths
-        sizes = stored[self.indices] - (0 if self.chunks is None else sum(self.framing))
-        documents = self.indices[sizes > 0].astype(index_dtype(len(stored)))
-        del sizes
+        stored, framing = self.dataset.sequence_lengths, 0 if self.chunks is None else sum(self.framing)
         orders, bounds, shuffles, built, wanted = [], [], [], 0, self.num_samples or 0
         while not orders or built < wanted:
             rng = numpy.random.default_rng((self.config.random_seed, len(orders)))
-            order = rng.permutation(documents)
+            # the split's documents, shuffled in place: rng.permutation's draws without its copy
+            order, census = epoch_documents(stored, self.indices, framing, self.chunks)
+            rng.shuffle(order)
             if self.chunks is None:
-                epoch = concat_bounds(stored, order, self.config.sequence_length)
+                epoch = concat_bounds(stored, order, self.config.sequence_length, census.tokens)
             else:
-                body = stored[order]
-                body -= sum(self.framing)
-                epoch = chunk_bounds(self.config.layout, body, order, self.chunks)
-                del body
+                epoch = chunk_bounds(self.config.layout, stored, framing, order, self.chunks, census)
             if len(epoch) == 1 and wanted:
                 raise ConfigError(
                     f"The {self.index_split.name} split of {self.dataset_path} has no "
@@ -296,7 +293,7 @@ class EttinDataset(MegatronDataset):
                 )
             samples = len(epoch) - 1
             if not orders:
-                self._report(order, samples)
+                self._report(census, samples)
             shuffles.append(numpy.arange(built, built + samples, dtype=shuffle_dtype(built + samples)))
             rng.shuffle(shuffles[-1])
             orders.append(order)
@@ -304,27 +301,21 @@ class EttinDataset(MegatronDataset):
             built += samples
         if len(bounds) == 1:
             return orders[0], bounds[0], shuffles[0]
-        positions = len(orders) * len(documents)
+        positions = len(orders) * census.documents
         ends = numpy.array([[positions, 0]])  # where the last sample ends ("packed" reads it)
         sample_index = numpy.concatenate([rows[:-1] for rows in bounds] + [ends]).astype(index_dtype(positions))
         first = numpy.cumsum([0] + [len(rows) - 1 for rows in bounds])
         for number in range(len(bounds)):  # positions in the epochs' joined order
-            sample_index[first[number] : first[number + 1], 0] += number * len(documents)
+            sample_index[first[number] : first[number + 1], 0] += number * census.documents
         return numpy.concatenate(orders), sample_index, numpy.concatenate(shuffles).astype(shuffle_dtype(built))
 
-    def _report(self, order: numpy.ndarray, samples: int) -> None:
+    def _report(self, census: Census, samples: int) -> None:
         """One line (writer rank): documents, tokens, samples and the share of tokens used, per epoch."""
         if not is_writer():
             return
-        lengths = self.dataset.sequence_lengths[order]
-        if self.chunks is None:
-            tokens = int(lengths.sum(dtype=numpy.int64))
-            used = samples * self.config.sequence_length
-        else:
-            body = lengths - sum(self.framing)
-            tokens = int(body.sum(dtype=numpy.int64))
-            used = tokens - int(self.chunks.dropped(body).sum(dtype=numpy.int64))
-        print(f"{self.dataset_path} {self.index_split.name}: {len(order):,} documents, {tokens:,} tokens, "
+        tokens = census.tokens
+        used = samples * self.config.sequence_length if self.chunks is None else tokens - census.dropped
+        print(f"{self.dataset_path} {self.index_split.name}: {census.documents:,} documents, {tokens:,} tokens, "
               f"{samples:,} {self.config.layout} samples of <= {self.config.sequence_length} tokens per "
               f"epoch, {used / max(tokens, 1):.1%} of the tokens used", flush=True)
 

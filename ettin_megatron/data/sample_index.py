@@ -8,11 +8,13 @@ Samples are listed in reading order and the last row is where the epoch's last s
 exactly the sequence length, a "packed" one the chunks that fit, greedily, in the sequence.
 
 Rows are int32 when every value fits: with GPTDataset's uint32 shuffle index beside them, 12 bytes
-a sample, as GPTDataset. They are computed vectorized, ``BLOCK`` documents at a time, so that the
-temporaries stay bounded whatever the corpus size (a 2T-token corpus has ~2B documents).
+a sample, as GPTDataset. They are computed vectorized, ``BLOCK`` documents at a time, straight from
+the stored lengths, so that the temporaries stay bounded whatever the corpus size (a 2T-token corpus
+has ~2B documents): the only corpus-sized arrays are the outputs.
 """
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy
 from megatron.core.datasets.helpers import build_sample_idx
@@ -31,6 +33,43 @@ def index_dtype(largest: int) -> type:
 def shuffle_dtype(samples: int) -> type:
     """uint32 for a shuffle index of up to 2^32 - 1 samples, else int64 (as GPTDataset)."""
     return numpy.uint32 if samples < numpy.iinfo(numpy.uint32).max else numpy.int64
+
+
+@dataclass(frozen=True)
+class Census:
+    """Sums over one epoch's documents, the same in every epoch (the order does not change them):
+    what the build report says and what sizes the sample bounds."""
+
+    documents: int
+    tokens: int
+    """Body tokens (stored tokens for "concat")."""
+    chunks: int = 0
+    dropped: int = 0
+    """Tokens the always-skip rule drops."""
+    longest: int = 0
+    """The longest body."""
+
+
+def epoch_documents(stored: numpy.ndarray, indices: numpy.ndarray, framing: int,
+                    rules: Optional[ChunkRules]) -> Tuple[numpy.ndarray, Census]:
+    """The documents of `indices` that have a body (stored length above `framing`), in order, and
+    their census (chunks and drops only with `rules`); one pass, ``BLOCK`` documents at a time."""
+    documents, kept = numpy.empty(len(indices), index_dtype(len(stored))), 0
+    tokens = chunks = dropped = longest = 0
+    for a in range(0, len(indices), BLOCK):
+        block = indices[a : a + BLOCK]
+        body = stored[block] - framing
+        keep = body > 0
+        body = body[keep]
+        documents[kept : kept + len(body)] = block[keep]
+        kept += len(body)
+        tokens += int(body.sum(dtype=numpy.int64))
+        longest = max(longest, int(body.max(initial=0)))
+        if rules is not None:
+            chunks += int(rules.counts(body).sum(dtype=numpy.int64))
+            dropped += int(rules.dropped(body).sum(dtype=numpy.int64))
+    # a view: the unused tail of the allocation was never written, so it costs no memory
+    return documents[:kept], Census(kept, tokens, chunks, dropped, longest)
 
 
 def pack_greedily(cum_lengths: numpy.ndarray, capacity: int) -> numpy.ndarray:
@@ -61,15 +100,18 @@ def _chunk_positions(counts: numpy.ndarray, first: int, dtype: type) -> Tuple[nu
     return position, chunk
 
 
-def chunk_bounds(layout: str, body_lengths: numpy.ndarray, order: numpy.ndarray, rules: ChunkRules) -> numpy.ndarray:
-    """Bounds of the "document" or "packed" samples of documents `order` (body lengths > 0)."""
+def chunk_bounds(layout: str, stored: numpy.ndarray, framing: int, order: numpy.ndarray, rules: ChunkRules,
+                 census: Census) -> numpy.ndarray:
+    """Bounds of the "document" or "packed" samples of documents `order` (their census; bodies: the
+    stored lengths less `framing`, all > 0)."""
     n = len(order)
-    chunks = sum(int(rules.counts(body_lengths[a : a + BLOCK]).sum(dtype=numpy.int64)) for a in range(0, n, BLOCK))
-    dtype = index_dtype(max(n, int(body_lengths.max(initial=0)) // rules.piece + 1))
-    bounds, filled = numpy.empty((chunks + 1, 2), dtype=dtype), 0
+    dtype = index_dtype(max(n, census.longest // rules.piece + 1))
+    # "packed" fills fewer rows than chunks: the rest of the allocation is never written
+    bounds, filled = numpy.empty((census.chunks + 1, 2), dtype=dtype), 0
     pending = (numpy.empty(0, dtype), numpy.empty(0, dtype), numpy.empty(0, numpy.int32))
     for a in range(0, n, BLOCK):
-        lengths, documents = body_lengths[a : a + BLOCK], order[a : a + BLOCK]
+        documents = order[a : a + BLOCK]
+        lengths = stored[documents] - framing
         position, chunk = _chunk_positions(rules.counts(lengths), a, dtype)
         if layout == "packed":  # greedy over the framed chunk lengths; the block's last sample
             # may take chunks of the next block, so it is carried over unfinished
@@ -87,10 +129,10 @@ def chunk_bounds(layout: str, body_lengths: numpy.ndarray, order: numpy.ndarray,
     return bounds[: filled + 1]
 
 
-def concat_bounds(lengths: numpy.ndarray, order: numpy.ndarray, sequence_length: int) -> numpy.ndarray:
-    """Bounds of the "concat" samples of documents `order` (stored lengths, int32, > 0): megatron's
-    GPTDataset sample index (C++), without its extra token; the tail that fills no sample is dropped."""
-    tokens = int(lengths[order].sum(dtype=numpy.int64))
+def concat_bounds(lengths: numpy.ndarray, order: numpy.ndarray, sequence_length: int, tokens: int) -> numpy.ndarray:
+    """Bounds of the "concat" samples of documents `order` (stored lengths, int32, > 0; `tokens` of
+    them in all): megatron's GPTDataset sample index (C++), without its extra token; the tail that
+    fills no sample is dropped."""
     if tokens < sequence_length:
         return numpy.zeros((1, 2), dtype=numpy.int32)
     return build_sample_idx(lengths, order, sequence_length, 1, tokens, True, False)
