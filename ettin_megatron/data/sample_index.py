@@ -76,20 +76,18 @@ def pack_greedily(cum_lengths: numpy.ndarray, capacity: int) -> numpy.ndarray:
     """Start positions of greedy in-order packing: a sample takes items while they fit.
 
     ``cum_lengths`` is [0, l0, l0+l1, ...] over items each at most `capacity` long. The greedy
-    chain s -> next(s) is sequential, so it is evaluated by pointer doubling (log2(n) vectorized
-    steps) instead of a Python loop over what can be billions of samples.
+    chain s -> next(s) is sequential, so it is evaluated by pointer doubling instead of a Python loop
+    over what can be billions of samples: with ``jump`` = next applied 2^k times, the chain's first
+    2^k starts give the next 2^k, until the chain reaches the end (log2(samples) vectorized steps).
     """
     n = len(cum_lengths) - 1
-    jump = numpy.searchsorted(cum_lengths, cum_lengths + capacity, side="right") - 1
-    steps = numpy.arange(n + 1)
-    position = numpy.zeros(n + 1, dtype=numpy.int64)
-    bit = 1
-    while bit <= n:
-        taken = (steps & bit) != 0
-        position[taken] = jump[position[taken]]
+    jump = numpy.searchsorted(cum_lengths, cum_lengths + capacity, side="right") - 1  # n stays at n
+    jump = jump.astype(index_dtype(n), copy=False)
+    starts = numpy.zeros(1, jump.dtype)
+    while starts[-1] < n:
+        starts = numpy.concatenate([starts, jump[starts]])
         jump = jump[jump]
-        bit <<= 1
-    return position[position < n]
+    return starts[starts < n]
 
 
 def _chunk_positions(counts: numpy.ndarray, first: int, dtype: type) -> Tuple[numpy.ndarray, numpy.ndarray]:
