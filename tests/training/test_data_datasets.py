@@ -6,10 +6,11 @@ import os
 import numpy
 import pytest
 import torch
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, _IndexWriter
 
 from ettin_megatron.config import ConfigError
-from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets
+from ettin_megatron.data.chunking import stored_framing
+from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets, require_documents
 from ettin_megatron.data.sample_index import pack_greedily
 from tests.ranks import run_ranks
 
@@ -238,6 +239,33 @@ def test_empty_documents_do_not_make_a_dataset_sentence_level(tmp_path):
             builder.add_document(numpy.array([], dtype=numpy.int32), [])
     builder.finalize(prefix + ".idx")
     assert len(samples(train(config(prefix)))) == 10
+
+
+def resident_kb(path):
+    """KB of `path`'s memory maps resident in this process (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if "-" in line.split()[0]:  # a mapping's header line: address range ... path
+                inside = line.split()[-1] == path
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_data_checks_leave_the_index_file_unmapped(tmp_path):
+    """require_documents scans every document's index and stored_framing probes 1024 documents spread
+    over the prefix: through IndexedDataset's memory map of the .idx, what they touch (with the
+    kernel's fault-around) would stay resident in every rank; read with pread, it does not."""
+    prefix, documents = str(tmp_path / "many"), 1 << 20
+    with _IndexWriter(prefix + ".idx", numpy.int32) as writer:
+        writer.write(numpy.full(documents, 3, numpy.int32), None, numpy.arange(documents + 1))
+    with open(prefix + ".bin", "wb") as data:
+        data.truncate(documents * 3 * 4)
+    dataset = IndexedDataset(prefix)
+    require_documents(dataset, prefix)
+    assert stored_framing(dataset, CLS, SEP) == (0, 0)
+    assert resident_kb(prefix + ".idx") < 1024  # of the 20 MB .idx
 
 
 def _build_under_one_gloo_rank(rank, prefix, cache_dir):
