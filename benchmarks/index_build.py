@@ -6,14 +6,15 @@ Writes a synthetic prefix once (document lengths drawn like web text: log-normal
 tokens, mean ~840; the .idx with megatron's _IndexWriter, which IndexedDatasetBuilder uses, and the
 .bin as a sparse file of the right size: building an index never reads tokens), then builds one
 epoch of train samples at --seq-length for each contender in its own subprocess, into an empty
-cache directory (both save their indices there), and reports wall time and peak RSS
-(ru_maxrss) of the build, beside the RSS the process had before it (imports, the mapped .idx).
+cache directory (both save their indices there), and reports wall time and peak RSS of the build
+(VmHWM, reset to the current RSS just before it), beside the RSS the process had before it (imports,
+the mapped .idx). Not ru_maxrss: a child inherits its parent's peak through fork and exec, so every
+contender would report the parent's RSS from writing the prefix.
 """
 
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,9 +37,15 @@ def write_prefix(prefix: str, documents: int, seed: int = 0) -> None:
         data.truncate(int(lengths.sum(dtype=numpy.int64)) * 2)
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Set this process's VmHWM to its current RSS (Linux, /proc/PID/clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
 
 
 def build(contender: str, prefix: str, seq_length: int, cache: str) -> dict:
@@ -50,6 +57,7 @@ def build(contender: str, prefix: str, seq_length: int, cache: str) -> dict:
 
     common = dict(random_seed=21, sequence_length=seq_length, blend=([prefix], None), split="100,0,0",
                   path_to_cache=cache)
+    reset_peak_rss()
     before, start = rss_mb(), time.perf_counter()
     if contender == "gpt":
         tokenizer = types.SimpleNamespace(vocab_size=50368, eod=50282, pad=50283,
@@ -60,7 +68,7 @@ def build(contender: str, prefix: str, seq_length: int, cache: str) -> dict:
     else:
         dataset = build_datasets(EttinDatasetConfig(layout=contender, **common), [None, None, None])[0]
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mb("VmHWM")
     return dict(contender=contender, samples=len(dataset), seconds=round(seconds, 2),
                 rss_before_mb=round(before), peak_rss_mb=round(peak), build_mb=round(peak - before),
                 index_mb=round(sum(os.path.getsize(os.path.join(cache, f)) for f in os.listdir(cache)) / 2**20))
