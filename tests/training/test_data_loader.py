@@ -183,3 +183,12 @@ def test_host_reads_per_step_do_not_grow_with_micro_batches_or_documents(tmp_pat
     (counts,) = run_ranks(1, _count_host_reads, prefix, settings, timeout=900)
     first = next(iter(counts.values()))
     assert all(count == first for count in counts.values()), counts
+
+
+def test_a_worker_ships_each_micro_batch_in_one_storage(dataset):
+    """Each tensor a worker sends costs a descriptor round trip with it: a micro-batch arrives as views
+    of one storage, equal to the in-process batch."""
+    sampler = MicroBatchSampler(len(dataset), 0, MICRO, 0, DP, count=3)
+    for got, want in zip(micro_batch_loader(dataset, sampler, 2), micro_batch_loader(dataset, sampler, 0)):
+        storages = {value.untyped_storage().data_ptr() for value in got.values() if torch.is_tensor(value)}
+        assert same_batch(got, want) and len(storages) == 1, storages
