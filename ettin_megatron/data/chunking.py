@@ -74,8 +74,9 @@ class ChunkRules:
         return self.sequence_length - 2
 
     def counts(self, body_lengths: numpy.ndarray) -> numpy.ndarray:
-        """Chunks of each document (body lengths > 0); the backfill moves tokens, never chunks."""
-        full, rest = numpy.divmod(body_lengths, self.piece)
+        """Chunks of each document (body lengths > 0, an array or one int); the backfill moves tokens,
+        never chunks."""
+        full, rest = divmod(body_lengths, self.piece)  # plain ints stay plain: pieces() asks per chunk
         return full + ((rest > 0) & ((full == 0) | (rest >= self.always_skip_size)))
 
     def dropped(self, body_lengths: numpy.ndarray) -> numpy.ndarray:

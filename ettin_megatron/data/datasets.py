@@ -262,7 +262,7 @@ class EttinDataset(MegatronDataset):
             start, length = self.chunks.span(body, document, offset)
             pieces.append((document, self.framing[0] + start, length))
             offset += 1
-            if offset == self.chunks.counts(body) and (position, offset) != end:
+            if (position, offset) != end and offset == self.chunks.counts(body):
                 position, offset = position + 1, 0
         return pieces
 
