@@ -169,7 +169,7 @@ def require_documents(dataset: IndexedDataset, prefix: str) -> None:
     document of several sequences gives it away; empty documents (no sequence) are harmless. Scanned
     in slices read from the .idx file (index_file.py): a 2T-token corpus has ~1e9 documents, and a
     whole-array diff would hold 8 GB per rank."""
-    starts, step = dataset.document_indices, 1 << 20
+    starts, step = dataset.document_indices, 1 << 16
     with IndexFile(dataset) as index:
         for first in range(0, len(starts) - 1, step):
             if numpy.any(numpy.diff(index.read(starts, first, step + 1)) > 1):

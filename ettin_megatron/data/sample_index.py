@@ -21,8 +21,10 @@ from megatron.core.datasets.helpers import build_sample_idx
 
 from ettin_megatron.data.chunking import ChunkRules
 
-BLOCK = 1 << 18
-"""Documents per vectorized step of the chunking layouts."""
+BLOCK = 1 << 16
+"""Documents per vectorized step of the chunking layouts: temporaries of a few MB, which the allocator
+reuses block after block. Larger blocks are no faster and leave heap fragments their size behind
+(+18 MB peak for "packed" at 2^18 on 1M documents)."""
 
 
 def index_dtype(largest: int) -> type:
