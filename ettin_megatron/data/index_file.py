@@ -8,8 +8,6 @@ probes of the pointers spread over the corpus would keep the whole array in ever
 by the page cache only, which every process shares and the kernel can reclaim.
 """
 
-import os
-
 import numpy
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -28,7 +26,8 @@ class IndexFile:
         self.file.close()
 
     def read(self, array: numpy.ndarray, first: int, count: int = 1) -> numpy.ndarray:
-        """``array[first : first + count]``, `array` being one of the dataset's index arrays."""
+        """``array[first : first + count]``, `array` being one of the dataset's index arrays, as a new
+        array (numpy's allocator: large ones get transparent huge pages, which random gathers need)."""
         count = max(0, min(count, len(array) - first))
-        offset = array.ctypes.data - self.mapped.ctypes.data + first * array.itemsize
-        return numpy.frombuffer(os.pread(self.file.fileno(), count * array.itemsize, offset), array.dtype)
+        self.file.seek(array.ctypes.data - self.mapped.ctypes.data + first * array.itemsize)
+        return numpy.fromfile(self.file, array.dtype, count)
