@@ -103,12 +103,13 @@ class ChunkRules:
         ends = numpy.cumsum(counts, dtype=numpy.int64)
         lengths = numpy.full(int(ends[-1]) if len(ends) else 0, self.piece, dtype=numpy.int32)
         full, rest = numpy.divmod(body_lengths, self.piece)
-        shift = self.shifts(body_lengths, documents)
-        partial = rest > 0
-        kept = partial & (counts > full)
-        lengths[ends[kept] - 1] = rest[kept] + shift[kept]
-        moved = shift > 0
-        lengths[ends[moved] - 2] = self.piece - shift[moved]
+        kept = (rest > 0) & (counts > full)
+        lengths[ends[kept] - 1] = rest[kept]
+        # the backfill, hashed only for the documents it applies to (a few: the hash is most of the cost)
+        moved = numpy.flatnonzero(self._backfilled(full, rest))
+        shift = self.shifts(body_lengths[moved], numpy.asarray(documents)[moved])
+        lengths[ends[moved] - 1] += shift
+        lengths[ends[moved] - 2] -= shift
         return lengths
 
     def span(self, body_length: int, document: int, chunk: int) -> Tuple[int, int]:
