@@ -79,17 +79,26 @@ def pack_greedily(cum_lengths: numpy.ndarray, capacity: int) -> numpy.ndarray:
 
     ``cum_lengths`` is [0, l0, l0+l1, ...] over items each at most `capacity` long. The greedy
     chain s -> next(s) is sequential, so it is evaluated by pointer doubling instead of a Python loop
-    over what can be billions of samples: with ``jump`` = next applied 2^k times, the chain's first
-    2^k starts give the next 2^k, until the chain reaches the end (log2(samples) vectorized steps).
+    over what can be billions of samples. An item that cannot share a sample with the one before it
+    starts a sample whatever came before, so the chain is known at those items from the outset; with
+    ``jump`` = next applied 2^k times, each one's first 2^k starts give the next 2^k, until no start is
+    new (log2 of the longest run of samples between such items: a few vectorized steps on text).
     """
     n = len(cum_lengths) - 1
     jump = numpy.searchsorted(cum_lengths, cum_lengths + capacity, side="right") - 1  # n stays at n
     jump = jump.astype(index_dtype(n), copy=False)
-    starts = numpy.zeros(1, jump.dtype)
-    while starts[-1] < n:
-        starts = numpy.concatenate([starts, jump[starts]])
+    lengths = numpy.diff(cum_lengths)
+    starts = numpy.flatnonzero(numpy.concatenate([[True], lengths[:-1] + lengths[1:] > capacity]))
+    known = numpy.zeros(n + 1, dtype=bool)
+    known[starts] = known[n] = True
+    while True:
+        reached = jump[starts]  # the chain is one path: distinct starts reach distinct starts
+        new = reached[~known[reached]]
+        if not len(new):
+            return numpy.flatnonzero(known[:n])
+        known[new] = True
+        starts = numpy.concatenate([starts, new])
         jump = jump[jump]
-    return starts[starts < n]
 
 
 def _chunk_positions(counts: numpy.ndarray, first: int, dtype: type) -> Tuple[numpy.ndarray, numpy.ndarray]:
