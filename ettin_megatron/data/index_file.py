@@ -8,6 +8,8 @@ probes of the pointers spread over the corpus would keep the whole array in ever
 by the page cache only, which every process shares and the kernel can reclaim.
 """
 
+import os
+
 import numpy
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -17,6 +19,7 @@ class IndexFile:
 
     def __init__(self, dataset: IndexedDataset) -> None:
         self.mapped = dataset.index.bin_buffer_mmap
+        self.start = self.mapped.__array_interface__["data"][0]
 
     def __enter__(self) -> "IndexFile":
         self.file = open(self.mapped.filename, "rb")
@@ -28,6 +31,12 @@ class IndexFile:
     def read(self, array: numpy.ndarray, first: int, count: int = 1) -> numpy.ndarray:
         """``array[first : first + count]``, `array` being one of the dataset's index arrays, as a new
         array (numpy's allocator: large ones get transparent huge pages, which random gathers need)."""
-        count = max(0, min(count, len(array) - first))
-        self.file.seek(array.ctypes.data - self.mapped.ctypes.data + first * array.itemsize)
-        return numpy.fromfile(self.file, array.dtype, count)
+        part = numpy.empty(max(0, min(count, len(array) - first)), array.dtype)
+        unread = part.data.cast("B")
+        offset = array.__array_interface__["data"][0] - self.start + first * array.itemsize
+        while unread:  # a read returns at most ~2 GB
+            done = os.preadv(self.file.fileno(), [unread], offset)
+            if not done:
+                raise EOFError(f"{self.mapped.filename} is shorter than its header says")
+            unread, offset = unread[done:], offset + done
+        return part
