@@ -274,10 +274,11 @@ class EttinDataset(MegatronDataset):
         layouts), lays out its samples and shuffles them (only among themselves: samples never span
         two epochs), so that the chunks of one long document are spread out as in GPTDataset.
         """
-        stored, framing = self._stored_lengths(), 0 if self.chunks is None else sum(self.framing)
+        framing = 0 if self.chunks is None else sum(self.framing)
         orders, bounds, shuffles, built, wanted = [], [], [], 0, self.num_samples or 0
         while not orders or built < wanted:
             rng = numpy.random.default_rng((self.config.random_seed, len(orders)))
+            stored = self._stored_lengths()  # read again each epoch: freed before the shuffle index
             # the split's documents, shuffled in place: rng.permutation's draws without its copy
             order, census = epoch_documents(stored, self.indices, framing, self.chunks)
             rng.shuffle(order)
@@ -285,6 +286,7 @@ class EttinDataset(MegatronDataset):
                 epoch = concat_bounds(stored, order, self.config.sequence_length, census.tokens)
             else:
                 epoch = chunk_bounds(self.config.layout, stored, framing, order, self.chunks, census)
+            del stored
             if len(epoch) == 1 and wanted:
                 raise ConfigError(
                     f"The {self.index_split.name} split of {self.dataset_path} has no "
