@@ -36,8 +36,13 @@ reference or better, and within 0.05 nats of ``packed``):
   MLM: 15% of ordinary tokens chosen by mlm_mask from a generator seeded by the piece number, so
   every model sees identical masks; CLM: the next token within the piece. Reported: mean loss per
   labelled token (nats).
+- Seeds: a 1M-parameter MLM sits on a unigram plateau (~6.3 nats) for a variable number of steps
+  before it learns to use context, so one run per contender can differ by more than 0.5 nats with
+  nothing changed but the seed. ``--seeds`` repeats every training run with each seed (weights and data
+  order; the evaluator's masks never change) and the table compares the means.
 
-    python benchmarks/model_quality.py                # the full measurement (~8 runs)
+    python benchmarks/model_quality.py                # one seed, every run (~8 runs)
+    python benchmarks/model_quality.py --seeds 21 22 23 --json rows.json   # rows.json keeps finished runs
     python benchmarks/model_quality.py --quick        # smoke test: 4 steps' worth of tokens
 """
 
@@ -58,7 +63,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ, MICRO, GLOBAL, LR, MIN_LR, WD, WARMUP = 128, 16, 32, 3e-3, 3e-4, 0.01, 10
-SEED, HOLDOUT_EVERY, EVAL_MASK_RATE = 21, 50, 0.15
+SEED, HOLDOUT_EVERY, EVAL_MASK_RATE = 21, 50, 0.15  # SEED: the evaluator's masks; training seeds: --seeds
 LAYOUTS = ("document", "packed", "concat")
 
 
@@ -94,7 +99,7 @@ def prepare(work: Path, tokenizer: str | None) -> tuple[str, str, str]:
     return str(data / "train_text_document"), str(data / "heldout_text_document"), tokenizer or str(work / "tokenizer")
 
 
-def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokenizer: str) -> list[str]:
+def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, seed: int = SEED) -> list[str]:
     """The demo's flags (examples/pretrain_ettin_common.sh) for a run of ``iters`` steps."""
     return ["--objective", objective, "--model-size", "tiny", "--no-bf16", "--data-path", prefix,
             "--split", "100,0,0", "--data-layout", layout, "--tokenizer-model", tokenizer,
@@ -103,16 +108,16 @@ def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokeniz
             "--weight-decay", str(WD), "--lr-decay-style", "WSD", "--lr-wsd-decay-style", "minus_sqrt",
             "--min-lr", str(MIN_LR), "--lr-wsd-decay-iters", str(iters * 3 // 10 + 1),
             "--attention-output-dropout", "0.0", "--log-interval", "10", "--eval-iters", "0",
-            "--seed", str(SEED)]
+            "--seed", str(seed)]
 
 
-def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, tokenizer: str) -> tuple[int, int]:
+def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, tokenizer: str, seed: int) -> tuple[int, int]:
     """(steps, input tokens) of the fewest whole steps of ``layout`` that hold ``budget`` tokens,
     counted on the training samples pretrain will read, in its order."""
     from ettin_megatron.training import batching
     from ettin_megatron.training.arguments import parse_args
 
-    args = parse_args(pretrain_flags(objective, layout, 1, prefix, tokenizer))
+    args = parse_args(pretrain_flags(objective, layout, 1, prefix, tokenizer, seed))
     special, _ = batching.token_ids(args)
     train, _ = batching.run_datasets(args, budget // 16, 0, special)
     tokens = 0
@@ -123,15 +128,18 @@ def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, toke
     raise SystemExit(f"{layout}: {len(train)} samples hold only {tokens} tokens; raise the sample estimate")
 
 
-def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, work: Path) -> Path:
+def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, work: Path, seed: int) -> Path:
     """Train with pretrain, export to Hugging Face; the HF directory."""
-    run = work / f"{objective}_{layout}"
+    from ettin_megatron.runtime.distributed import free_port
+
+    name = f"{objective}_{layout}_s{seed}"
+    run = work / name
     sh(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
-       "--master-port", str(29517 + ("mlm", "clm").index(objective)),  # the objectives may run side by side
-       "-m", "ettin_megatron.pretrain", *pretrain_flags(objective, layout, iters, prefix, tokenizer),
-       "--save", str(run / "ckpt"), log=work / f"{objective}_{layout}.log")
+       "--master-port", str(free_port()),  # several benchmarks may run side by side
+       "-m", "ettin_megatron.pretrain", *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed),
+       "--save", str(run / "ckpt"), log=work / f"{name}.log")
     sh(sys.executable, "tools/convert_checkpoint.py", "megatron-to-hf", "--load", str(run / "ckpt"),
-       "--output", str(run / "hf"), log=work / f"{objective}_{layout}_export.log")
+       "--output", str(run / "hf"), log=work / f"{name}_export.log")
     return run / "hf"
 
 
@@ -161,7 +169,8 @@ def targets(objective: str, block: numpy.ndarray, mask, rng) -> tuple[torch.Tens
     return torch.from_numpy(sample["tokens"]), torch.from_numpy(labels)
 
 
-def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, work: Path, device: str) -> Path:
+def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, work: Path, device: str,
+                    seed: int) -> Path:
     """The plain transformers loop (see the module docstring); the saved HF directory."""
     from ettin_megatron.convert.hf_mapping import hf_config
     from ettin_megatron.convert.verify import hf_model_class
@@ -170,9 +179,9 @@ def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, wor
     from ettin_megatron.training.optimizer import build_scheduler
     from ettin_megatron.training.setup import build_model_config
 
-    args = parse_args(pretrain_flags(objective, "concat", iters, prefix, tokenizer))
+    args = parse_args(pretrain_flags(objective, "concat", iters, prefix, tokenizer, seed))
     special, vocab = batching.token_ids(args)
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     config = hf_config(build_model_config(args, vocab_size=vocab), special)
     model = hf_model_class(objective)(config).to(device).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -189,9 +198,9 @@ def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, wor
         batch = []
         while len(batch) < GLOBAL:
             if not order:
-                order = list(numpy.random.default_rng((SEED, step)).permutation(len(blocks)))
+                order = list(numpy.random.default_rng((seed, step)).permutation(len(blocks)))
             index = order.pop()
-            batch.append(targets(objective, blocks[index], mask, numpy.random.default_rng((SEED, step, index))))
+            batch.append(targets(objective, blocks[index], mask, numpy.random.default_rng((seed, step, index))))
         inputs = torch.stack([b[0] for b in batch]).to(device)
         labels = torch.stack([b[1] for b in batch]).to(device)
         logits = model(input_ids=inputs).logits.float()
@@ -202,7 +211,7 @@ def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, wor
         optimizer.step()
         scheduler.step(increment=GLOBAL)
         step += 1
-    out = work / f"{objective}_reference" / "hf"
+    out = work / f"{objective}_reference_s{seed}" / "hf"
     model.save_pretrained(out)
     return out
 
@@ -234,8 +243,12 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train one on the corpus)")
     parser.add_argument("--train-tokens", type=int, default=300 * GLOBAL * SEQ)
     parser.add_argument("--objectives", nargs="+", default=["mlm", "clm"], choices=["mlm", "clm"])
+    parser.add_argument("--runs", nargs="+", default=["transformers", *LAYOUTS], choices=["transformers", *LAYOUTS])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[SEED],
+                        help="training seeds (weights and data order); the table shows each run's mean")
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 steps' worth of tokens")
-    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--json", default=None,
+                        help="rows file: rows already in it are kept and not measured again, new ones added")
     opts = parser.parse_args()
     if opts.quick:
         opts.train_tokens = 4 * GLOBAL * SEQ
@@ -246,30 +259,47 @@ def main() -> None:
     heldout = documents(heldout_prefix)
     print(f"held-out: {len(heldout)} documents, {sum(map(len, heldout)):,} tokens; budget "
           f"{opts.train_tokens:,} training tokens per run; device {device}", flush=True)
-    rows = []
+    rows = json.loads(Path(opts.json).read_text()) if opts.json and Path(opts.json).exists() else []
     for objective in opts.objectives:
-        ref_steps = math.ceil(opts.train_tokens / (GLOBAL * SEQ))
-        runs = [("transformers", ref_steps, ref_steps * GLOBAL * SEQ)]
-        runs += [(layout, *steps_for_budget(objective, layout, opts.train_tokens, train_prefix, tokenizer))
-                 for layout in LAYOUTS]
-        for name, steps, tokens in runs:
-            t0 = time.time()
-            hf_dir = (train_reference(objective, steps, train_prefix, tokenizer, work, device) if name == "transformers"
-                      else train_ours(objective, name, steps, train_prefix, tokenizer, work))
-            loss = evaluate(hf_dir, objective, heldout, tokenizer, device)
-            rows.append({"objective": objective, "run": name, "steps": steps, "tokens": tokens,
-                         "heldout_loss": loss, "seconds": round(time.time() - t0)})
-            print(json.dumps(rows[-1]), flush=True)
+        for seed in opts.seeds:
+            for name in opts.runs:
+                if any((r["objective"], r["run"], r["seed"], r["budget"]) == (objective, name, seed, opts.train_tokens)
+                       for r in rows):
+                    continue
+                t0 = time.time()
+                if name == "transformers":
+                    steps = math.ceil(opts.train_tokens / (GLOBAL * SEQ))
+                    tokens = steps * GLOBAL * SEQ
+                    hf_dir = train_reference(objective, steps, train_prefix, tokenizer, work, device, seed)
+                else:
+                    steps, tokens = steps_for_budget(objective, name, opts.train_tokens, train_prefix, tokenizer, seed)
+                    hf_dir = train_ours(objective, name, steps, train_prefix, tokenizer, work, seed)
+                loss = evaluate(hf_dir, objective, heldout, tokenizer, device)
+                rows.append({"objective": objective, "run": name, "seed": seed, "budget": opts.train_tokens,
+                             "steps": steps, "tokens": tokens, "heldout_loss": loss, "seconds": round(time.time() - t0)})
+                print(json.dumps(rows[-1]), flush=True)
+                if opts.json:
+                    Path(opts.json).write_text(json.dumps(rows, indent=1))
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, {device}, torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.1f}; total {time.time() - start:.0f} s\n")
-    print("| objective | run | steps | training tokens | held-out loss (nats) | vs transformers | vs packed |")
-    print("|---|---|---|---|---|---|---|")
+    print(table(rows, opts.train_tokens))
+
+
+def table(rows: list[dict], budget: int) -> str:
+    """Markdown: each (objective, run)'s mean held-out loss over its seeds, and the gaps between means."""
+    mean: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        same = {x["run"]: x["heldout_loss"] for x in rows if x["objective"] == r["objective"]}
-        print(f"| {r['objective']} | {r['run']} | {r['steps']} | {r['tokens']:,} | {r['heldout_loss']:.4f} | "
-              f"{r['heldout_loss'] - same['transformers']:+.4f} | {r['heldout_loss'] - same['packed']:+.4f} |")
-    if opts.json:
-        Path(opts.json).write_text(json.dumps(rows, indent=1))
+        if r["budget"] == budget:
+            mean.setdefault((r["objective"], r["run"]), []).append(r["heldout_loss"])
+    lines = ["| objective | run | seeds | held-out loss per seed (nats) | mean | vs transformers | vs packed |",
+             "|---|---|---|---|---|---|---|"]
+    for (objective, run), losses in mean.items():
+        m = sum(losses) / len(losses)
+        gap = {ref: m - sum(mean[objective, ref]) / len(mean[objective, ref])
+               for ref in ("transformers", "packed") if (objective, ref) in mean}
+        lines.append(f"| {objective} | {run} | {len(losses)} | {' '.join(f'{x:.3f}' for x in losses)} | {m:.4f} | "
+                     + " | ".join(f"{gap[ref]:+.4f}" if ref in gap else "-" for ref in ("transformers", "packed")) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
