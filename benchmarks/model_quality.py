@@ -291,13 +291,14 @@ def table(rows: list[dict], budget: int) -> str:
     for r in rows:
         if r["budget"] == budget:
             mean.setdefault((r["objective"], r["run"]), []).append(r["heldout_loss"])
-    lines = ["| objective | run | seeds | held-out loss per seed (nats) | mean | vs transformers | vs packed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| objective | run | seeds | held-out loss per seed (nats) | mean | std | vs transformers | vs packed |",
+             "|---|---|---|---|---|---|---|---|"]
     for (objective, run), losses in mean.items():
         m = sum(losses) / len(losses)
+        std = f"{numpy.std(losses, ddof=1):.3f}" if len(losses) > 1 else "-"
         gap = {ref: m - sum(mean[objective, ref]) / len(mean[objective, ref])
                for ref in ("transformers", "packed") if (objective, ref) in mean}
-        lines.append(f"| {objective} | {run} | {len(losses)} | {' '.join(f'{x:.3f}' for x in losses)} | {m:.4f} | "
+        lines.append(f"| {objective} | {run} | {len(losses)} | {' '.join(f'{x:.3f}' for x in losses)} | {m:.4f} | {std} | "
                      + " | ".join(f"{gap[ref]:+.4f}" if ref in gap else "-" for ref in ("transformers", "packed")) + " |")
     return "\n".join(lines)
 
