@@ -11,9 +11,9 @@ label convention) and ``segment_lengths`` (its attention segments, summing to ``
 batches.collate turns a list of them into the packed micro-batch the model consumes.
 
 Determinism: the sample index (which document tokens make sample i) is a function of the data, the
-split, ``random_seed``, the layout and its chunk sizes; epoch e's document order is drawn from a
-generator seeded with (random_seed, e), so asking for more samples only appends epochs and never
-changes earlier samples. The masking of sample i is drawn from a generator seeded with
+split, ``random_seed``, the layout and its chunk sizes; epoch e's random draws (its document order
+and sample order) come from a generator seeded with (random_seed, e), so asking for more samples
+only appends epochs and never changes earlier samples. The masking of sample i is drawn from a generator seeded with
 (random_seed, split, i). Sample i is therefore the same whatever the order, the process or the
 data-parallel layout that asks for it. (The prefixes of a blend share these seeds, so their samples
 of equal index draw the same random numbers; within each prefix masks still vary independently
@@ -270,18 +270,22 @@ class EttinDataset(MegatronDataset):
         """Document order, sample bounds and shuffle index (sample_index.py), as megatron's
         GPTDataset, epoch by epoch until num_samples.
 
-        Each epoch shuffles this split's documents (those with tokens: with a body for the chunking
-        layouts), lays out its samples and shuffles them (only among themselves: samples never span
-        two epochs), so that the chunks of one long document are spread out as in GPTDataset.
+        Each epoch takes this split's documents (those with tokens: with a body for the chunking
+        layouts), lays out their samples and shuffles them (only among themselves: samples never span
+        two epochs), so that the chunks of one long document are spread out as in GPTDataset. The
+        documents are shuffled first where their order decides what a sample holds: which documents
+        share a "concat" or "packed" sample. A "document" sample is one chunk of one document, so
+        there the document order would only permute rows that the sample shuffle permutes anyway
+        (one corpus-sized shuffle fewer: ~0.2 s of a ~1.1 s build at 5M documents).
         """
         framing = 0 if self.chunks is None else sum(self.framing)
         orders, bounds, shuffles, built, wanted = [], [], [], 0, self.num_samples or 0
         while not orders or built < wanted:
             rng = numpy.random.default_rng((self.config.random_seed, len(orders)))
             stored = self._stored_lengths()  # read again each epoch: freed before the shuffle index
-            # the split's documents, shuffled in place: rng.permutation's draws without its copy
             order, census = epoch_documents(stored, self.indices, framing, self.chunks)
-            rng.shuffle(order)
+            if self.config.layout != "document":  # in place: rng.permutation's draws without its copy
+                rng.shuffle(order)
             if self.chunks is None:
                 epoch = concat_bounds(stored, order, self.config.sequence_length, census.tokens)
             else:
