@@ -97,9 +97,9 @@ class ChunkRules:
         span = numpy.maximum(self.piece - rest, 1).astype(numpy.uint64)
         return numpy.where(backfilled, draw % span, 0).astype(body_lengths.dtype)
 
-    def chunk_lengths(self, body_lengths: numpy.ndarray, documents: numpy.ndarray) -> numpy.ndarray:
-        """Body tokens of every chunk of the documents, in order (one flat int32 array)."""
-        counts = self.counts(body_lengths)
+    def chunk_lengths(self, body_lengths: numpy.ndarray, documents: numpy.ndarray, counts: numpy.ndarray) -> numpy.ndarray:
+        """Body tokens of every chunk of the documents (their ``counts(body_lengths)``), in order (one
+        flat int32 array)."""
         ends = numpy.cumsum(counts, dtype=numpy.int64)
         lengths = numpy.full(int(ends[-1]) if len(ends) else 0, self.piece, dtype=numpy.int32)
         full, rest = numpy.divmod(body_lengths, self.piece)

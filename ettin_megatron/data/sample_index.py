@@ -74,23 +74,45 @@ def epoch_documents(stored: numpy.ndarray, indices: numpy.ndarray, framing: int,
     return documents[:kept], Census(kept, tokens, chunks, dropped, longest)
 
 
+FOLLOW_STEPS = 256
+"""Samples that pack_greedily follows one at a time per run before it doubles: a step costs ~1/50 of a
+doubling step over a whole block, so following pays up to a few hundred samples a run."""
+
+
 def pack_greedily(cum_lengths: numpy.ndarray, capacity: int) -> numpy.ndarray:
     """Start positions of greedy in-order packing: a sample takes items while they fit.
 
     ``cum_lengths`` is [0, l0, l0+l1, ...] over items each at most `capacity` long. The greedy
-    chain s -> next(s) is sequential, so it is evaluated by pointer doubling instead of a Python loop
-    over what can be billions of samples. An item that cannot share a sample with the one before it
-    starts a sample whatever came before, so the chain is known at those items from the outset; with
-    ``jump`` = next applied 2^k times, each one's first 2^k starts give the next 2^k, until no start is
-    new (log2 of the longest run of samples between such items: a few vectorized steps on text).
+    chain s -> next(s) is sequential, but an item that cannot share a sample with the one before it
+    starts a sample whatever came before: the chain is known at those items from the outset, and only
+    the runs of samples between them need following. All runs advance together, one sample a step
+    (runs on web text are short: at most 9 samples at 1024, ~100 at 7999). Runs still going after
+    ``FOLLOW_STEPS`` (a corpus of tiny items can make one run of a whole block) are finished by
+    pointer doubling: with ``jump`` = next applied 2^k times, each run's first 2^k starts give the
+    next 2^k, so a long run costs log2 of its length in vectorized steps, not its length.
+    A sample that starts at an item which cannot share a sample with the next one holds that item
+    alone, so its next needs no search (full chunks, and about half of the others on web text at 1024).
     """
     n = len(cum_lengths) - 1
-    jump = numpy.searchsorted(cum_lengths, cum_lengths + capacity, side="right") - 1  # n stays at n
-    jump = jump.astype(index_dtype(n), copy=False)
     lengths = numpy.diff(cum_lengths)
-    starts = numpy.flatnonzero(numpy.concatenate([[True], lengths[:-1] + lengths[1:] > capacity]))
+    ends = numpy.flatnonzero(lengths[:-1] + lengths[1:] > capacity)  # item i cannot share with i + 1
+    jump = numpy.arange(1, n + 2, dtype=index_dtype(n + 1))
+    jump[n] = n  # the end stays at the end
+    searched = numpy.ones(n, dtype=bool)
+    searched[ends] = False
+    searched[n - 1 :] = False  # the last item ends the chain
+    searched = numpy.flatnonzero(searched)
+    jump[searched] = numpy.searchsorted(cum_lengths, cum_lengths[searched] + capacity, side="right") - 1
+    tips = numpy.concatenate([[0], ends + 1]) if n else numpy.empty(0, numpy.int64)
     known = numpy.zeros(n + 1, dtype=bool)
-    known[starts] = known[n] = True
+    known[tips] = known[n] = True
+    for _ in range(FOLLOW_STEPS):  # each run's last known start, until it reaches the next run
+        tips = jump[tips]
+        tips = tips[~known[tips]]
+        if not len(tips):
+            return numpy.flatnonzero(known[:n])
+        known[tips] = True
+    starts = numpy.flatnonzero(known)  # every run's first FOLLOW_STEPS + 1 starts, or all of them
     while True:
         reached = jump[starts]  # the chain is one path: distinct starts reach distinct starts
         new = reached[~known[reached]]
@@ -109,6 +131,35 @@ def _chunk_positions(counts: numpy.ndarray, first: int, dtype: type) -> Tuple[nu
     return position, chunk
 
 
+class _Packer:
+    """Greedy packing of the framed chunks of consecutive blocks of documents. A block's last sample
+    may take chunks of the next block, so it is carried over unfinished: its chunks' framed lengths
+    and where it starts."""
+
+    def __init__(self, rules: ChunkRules) -> None:
+        self.rules, self.pending, self.start = rules, numpy.empty(0, numpy.int32), (0, 0)
+
+    def add(self, lengths: numpy.ndarray, documents: numpy.ndarray, counts: numpy.ndarray, first: int,
+            last: bool) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """(document position, chunk number) where each finished sample starts, for the documents at
+        positions first, first+1, ... (bodies `lengths`, chunk `counts`); `last`: the final block."""
+        framed = numpy.concatenate([self.pending, self.rules.chunk_lengths(lengths, documents, counts) + 2])
+        starts = pack_greedily(numpy.concatenate([[0], numpy.cumsum(framed, dtype=numpy.int64)]),
+                               self.rules.sequence_length)
+        # which chunk of which document each start is; the carried sample's (starts[0]) is known
+        carried = 1 if len(self.pending) else 0
+        chunk = starts[carried:] - len(self.pending)
+        position = numpy.repeat(numpy.arange(len(counts)), counts)[chunk]
+        chunk -= (numpy.cumsum(counts, dtype=numpy.int64) - counts)[position]
+        position += first
+        if carried:
+            position, chunk = (numpy.concatenate([[known], found]) for known, found in zip(self.start, (position, chunk)))
+        done = len(starts) if last else len(starts) - 1
+        if done < len(starts):
+            self.pending, self.start = framed[starts[done] :], (position[done], chunk[done])
+        return position[:done], chunk[:done]
+
+
 def chunk_bounds(layout: str, stored: numpy.ndarray, framing: int, order: numpy.ndarray, rules: ChunkRules,
                  census: Census) -> numpy.ndarray:
     """Bounds of the "document" or "packed" samples of documents `order` (their census; bodies: the
@@ -117,20 +168,15 @@ def chunk_bounds(layout: str, stored: numpy.ndarray, framing: int, order: numpy.
     dtype = index_dtype(max(n, census.longest // rules.piece + 1))
     # "packed" fills fewer rows than chunks: the rest of the allocation is never written
     bounds, filled = numpy.empty((census.chunks + 1, 2), dtype=dtype), 0
-    pending = (numpy.empty(0, dtype), numpy.empty(0, dtype), numpy.empty(0, numpy.int32))
+    packer = _Packer(rules) if layout == "packed" else None
     for a in range(0, n, BLOCK):
         documents = order[a : a + BLOCK]
         lengths = stored[documents] - framing
-        position, chunk = _chunk_positions(rules.counts(lengths), a, dtype)
-        if layout == "packed":  # greedy over the framed chunk lengths; the block's last sample
-            # may take chunks of the next block, so it is carried over unfinished
-            framed = rules.chunk_lengths(lengths, documents) + 2
-            position, chunk, framed = (numpy.concatenate(pair) for pair in zip(pending, (position, chunk, framed)))
-            starts = pack_greedily(numpy.concatenate([[0], numpy.cumsum(framed, dtype=numpy.int64)]), rules.sequence_length)
-            done = len(starts) if a + BLOCK >= n else len(starts) - 1
-            rest = starts[done] if done < len(starts) else len(framed)
-            pending = (position[rest:], chunk[rest:], framed[rest:])
-            position, chunk = position[starts[:done]], chunk[starts[:done]]
+        counts = rules.counts(lengths)
+        if packer is None:
+            position, chunk = _chunk_positions(counts, a, dtype)
+        else:
+            position, chunk = packer.add(lengths, documents, counts, a, last=a + BLOCK >= n)
         bounds[filled : filled + len(position), 0] = position
         bounds[filled : filled + len(position), 1] = chunk
         filled += len(position)

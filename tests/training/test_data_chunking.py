@@ -9,6 +9,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from ettin_megatron.config import ConfigError
+from ettin_megatron.data import sample_index
 from tests.training.test_data_datasets import CLS, SEP, SPECIAL_IDS, config, train, write_prefix
 
 
@@ -94,6 +95,20 @@ def test_packed_layout_packs_the_document_layouts_chunks_greedily_in_order(tmp_p
         first_of_next = packed[j]["segment_lengths"][0]
         assert len(packed[i]["tokens"]) + first_of_next > 24
     assert len(packed) < sum(map(len, chunked.values()))
+
+
+@pytest.mark.parametrize("layout", ["document", "packed"])
+def test_samples_do_not_depend_on_the_build_block_size(tmp_path, monkeypatch, layout):
+    """The index build walks the documents in blocks (sample_index.BLOCK, 65,536 documents); a packed
+    sample that spans two blocks is carried over. Blocks of 3 documents give the same samples."""
+    prefix, _ = write_prefix(str(tmp_path), "docs", 200, max_len=70, seed=6)
+    build = lambda cache: train(config(prefix, layout=layout, objective="clm", sequence_length=24,
+                                       path_to_cache=str(tmp_path / cache)))
+    whole = build("one_block")
+    monkeypatch.setattr(sample_index, "BLOCK", 3)
+    blocks = build("blocks_of_3")
+    assert len(blocks) == len(whole) and numpy.array_equal(blocks.sample_index, whole.sample_index)
+    assert all(blocks.pieces(i) == whole.pieces(i) for i in range(len(whole)))
 
 
 @pytest.mark.parametrize("layout", ["document", "packed"])

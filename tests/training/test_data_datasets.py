@@ -74,9 +74,14 @@ def test_document_layout_keeps_a_short_document_whole_as_one_unpadded_sample(cor
         assert s["segment_lengths"].tolist() == [len(s["tokens"])] and PAD not in s["tokens"]
 
 
-def test_pack_greedily_matches_a_plain_loop():
+@pytest.mark.parametrize("low, high, count", [
+    (1, 60, 3000),  # some at full capacity: short runs between items that cannot share a sample
+    (1, 3, 12000),  # tiny items: one run of ~570 samples, finished by pointer doubling
+    (1, 60, 1), (1, 60, 0),
+])
+def test_pack_greedily_matches_a_plain_loop(low, high, count):
     rng = numpy.random.default_rng(7)
-    lengths = numpy.minimum(rng.integers(1, 60, 3000), 32)  # some at full capacity
+    lengths = numpy.minimum(rng.integers(low, high, count), 32)
     expected, start = [], 0
     while start < len(lengths):
         expected.append(start)
