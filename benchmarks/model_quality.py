@@ -56,6 +56,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -138,6 +139,7 @@ def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: 
 
     name = f"{objective}_{layout}_s{seed}"
     run = work / name
+    shutil.rmtree(run, ignore_errors=True)  # a run of another budget: pretrain refuses a used --save
     sh(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
        "--master-port", str(free_port()),  # several benchmarks may run side by side
        "-m", "ettin_megatron.pretrain", *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed),
