@@ -295,20 +295,29 @@ def main() -> None:
 
 
 def table(rows: list[dict], budget: int) -> str:
-    """Markdown: each (objective, run)'s mean held-out loss over its seeds, and the gaps between means."""
-    mean: dict[tuple[str, str], list[float]] = {}
+    """Markdown: each (objective, run)'s mean held-out loss over its seeds, and the gaps between means
+    with their standard error (the runs' seed-to-seed spread, sqrt(s1^2/n1 + s2^2/n2); "-" with one
+    seed), so that a gap can be read against the noise of training a tiny model."""
+    losses: dict[tuple[str, str], numpy.ndarray] = {}
     for r in rows:
         if r["budget"] == budget:
-            mean.setdefault((r["objective"], r["run"]), []).append(r["heldout_loss"])
+            key = (r["objective"], r["run"])
+            losses[key] = numpy.append(losses.get(key, []), r["heldout_loss"])
+    variance = lambda x: numpy.var(x, ddof=1) / len(x) if len(x) > 1 else numpy.nan  # of the mean
     lines = ["| objective | run | seeds | held-out loss per seed (nats) | mean | std | vs transformers | vs packed |",
              "|---|---|---|---|---|---|---|---|"]
-    for (objective, run), losses in mean.items():
-        m = sum(losses) / len(losses)
-        std = f"{numpy.std(losses, ddof=1):.3f}" if len(losses) > 1 else "-"
-        gap = {ref: m - sum(mean[objective, ref]) / len(mean[objective, ref])
-               for ref in ("transformers", "packed") if (objective, ref) in mean}
-        lines.append(f"| {objective} | {run} | {len(losses)} | {' '.join(f'{x:.3f}' for x in losses)} | {m:.4f} | {std} | "
-                     + " | ".join(f"{gap[ref]:+.4f}" if ref in gap else "-" for ref in ("transformers", "packed")) + " |")
+    for (objective, run), x in losses.items():
+        std = f"{numpy.std(x, ddof=1):.3f}" if len(x) > 1 else "-"
+        gaps = []
+        for ref in ("transformers", "packed"):
+            y = losses.get((objective, ref))
+            if y is None or ref == run:
+                gaps.append("-" if y is None else "0")
+                continue
+            error = numpy.sqrt(variance(x) + variance(y))
+            gaps.append(f"{x.mean() - y.mean():+.3f}" + ("" if numpy.isnan(error) else f" ± {error:.3f}"))
+        lines.append(f"| {objective} | {run} | {len(x)} | {' '.join(f'{v:.3f}' for v in x)} | {x.mean():.4f} | {std} | "
+                     + " | ".join(gaps) + " |")
     return "\n".join(lines)
 
 
