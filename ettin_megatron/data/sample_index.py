@@ -86,12 +86,12 @@ def pack_greedily(cum_lengths: numpy.ndarray, capacity: int) -> numpy.ndarray:
     chain s -> next(s) is sequential, but an item that cannot share a sample with the one before it
     starts a sample whatever came before: the chain is known at those items from the outset, and only
     the runs of samples between them need following. All runs advance together, one sample a step
-    (runs on web text are short: at most 9 samples at 1024, ~100 at 7999). Runs still going after
-    ``FOLLOW_STEPS`` (a corpus of tiny items can make one run of a whole block) are finished by
-    pointer doubling: with ``jump`` = next applied 2^k times, each run's first 2^k starts give the
+    (runs are short on web-like lengths, benchmarks/index_build.py's: at most 9 samples at 1024, ~100
+    at 7999). Runs still going after ``FOLLOW_STEPS`` (a corpus of tiny items can make one run of a
+    whole block) are finished by pointer doubling: with ``jump`` = next applied 2^k times, each run's first 2^k starts give the
     next 2^k, so a long run costs log2 of its length in vectorized steps, not its length.
     A sample that starts at an item which cannot share a sample with the next one holds that item
-    alone, so its next needs no search (full chunks, and about half of the others on web text at 1024).
+    alone, so its next needs no search (full chunks, and about half of the others there at 1024).
     """
     n = len(cum_lengths) - 1
     lengths = numpy.diff(cum_lengths)
