@@ -33,20 +33,33 @@ reference or better, and within 0.05 nats of ``packed``):
   the next token in the block. torch.optim.AdamW with the same betas, eps and decay groups; LR from
   the same Megatron scheduler (training/optimizer.build_scheduler) advanced by 32 samples per step.
 - One evaluator: every model is loaded as the transformers class in fp32 (eager attention) and
-  scores each held-out document cut into consecutive pieces of 128 tokens (the last one shorter);
-  MLM: 15% of ordinary tokens chosen by mlm_mask, ``EVAL_MASKS`` (8) times per piece from generators
-  seeded by the piece and draw numbers, so every model sees identical masks (one draw alone moved a
-  model's score by ~0.2 nats: ~1,100 masked tokens); CLM: the next token within the piece. Reported:
-  mean loss per labelled token (nats).
+  scores the held-out documents cut into inputs of at most 128 tokens, in two views:
+  ``framed``: each document's text in consecutive pieces of 126 tokens, each framed [CLS] piece [SEP],
+  which is how the exported tokenizer frames every text a user gives the model (and how Ettin frames
+  its training chunks); a CLM target that is framing is not scored (the tokenizer adds it; it is not
+  text). ``stream``: the stored document (framed once) in consecutive pieces of 128 tokens, so a
+  piece after a document's first starts mid-text with no [CLS], as run_mlm / run_clm's blocks of a
+  concatenated stream do (43% of the held-out tokens lie in such pieces). Each model family is
+  trained on one of these views and scores better on it (measured, CLM seed 21 on the CPU: the
+  transformers decoder, trained on the stream, is 0.038 nats better than ``document`` on ``stream``
+  and 0.037 worse on ``framed``), so the table shows both; the acceptance is read on ``framed``, the inputs
+  the model will get. MLM: 15% of ordinary tokens chosen by mlm_mask, ``EVAL_MASKS`` (8) times per
+  piece from generators seeded by the piece and draw numbers, so every model sees identical masks
+  (one draw alone moved a model's score by ~0.2 nats: ~1,100 masked tokens); CLM: the next token
+  within the piece. Reported: mean loss per labelled token (nats).
 - Seeds: a 1M-parameter MLM sits on a unigram plateau (~6.3 nats) for a variable number of steps
   (100-400) before it learns to use context, so after the demo's 300 steps one run per contender
   could differ by more than 0.5 nats with nothing changed but the seed: that budget compared plateau
-  timing, not layouts. ``--seeds`` repeats every training run with each seed (weights and data order;
-  the evaluator's masks never change) and the table compares the means.
+  timing, not layouts. At 900 steps every run has left it, but a late exit still shows at the end
+  (MLM held-out std over seeds ~0.1-0.15 nats; CLM ~0.02). ``--seeds`` repeats every training run
+  with each seed (weights and data order; the evaluator's masks never change) and the table compares
+  the means, with the standard error of each gap. ``--jobs N`` measures N (seed, objective) pairs
+  side by side in child processes (a GPU machine's many cores: benchmarks/gpu_model_quality.sh).
 
     python benchmarks/model_quality.py                # one seed, every run (~8 runs)
     python benchmarks/model_quality.py --seeds 21 22 23 --json rows.json   # rows.json keeps finished runs
     python benchmarks/model_quality.py --quick        # smoke test: 4 steps' worth of tokens
+    python benchmarks/model_quality.py --table a.json b.json   # the table of rows files together
 """
 
 from __future__ import annotations
@@ -70,6 +83,7 @@ SEQ, MICRO, GLOBAL, LR, MIN_LR, WD, WARMUP = 128, 16, 32, 3e-3, 3e-4, 0.01, 10
 SEED, HOLDOUT_EVERY, EVAL_MASK_RATE = 21, 50, 0.15  # SEED: the evaluator's masks; training seeds: --seeds
 EVAL_MASKS = 8  # MLM masks per held-out piece: ~9,000 scored positions instead of ~1,100
 LAYOUTS = ("document", "packed", "concat")
+LOSS_FIELDS = {"framed": "heldout_loss_framed", "stream": "heldout_loss"}  # a row's loss in each view
 
 
 def sh(*cmd: str, log: Path | None = None) -> None:
@@ -104,7 +118,8 @@ def prepare(work: Path, tokenizer: str | None) -> tuple[str, str, str]:
     return str(data / "train_text_document"), str(data / "heldout_text_document"), tokenizer or str(work / "tokenizer")
 
 
-def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, seed: int = SEED) -> list[str]:
+def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, seed: int = SEED,
+                   attention: str = "auto") -> list[str]:
     """The demo's flags (examples/pretrain_ettin_common.sh) for a run of ``iters`` steps."""
     return ["--objective", objective, "--model-size", "tiny", "--no-bf16", "--data-path", prefix,
             "--split", "100,0,0", "--data-layout", layout, "--tokenizer-model", tokenizer,
@@ -113,7 +128,7 @@ def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokeniz
             "--weight-decay", str(WD), "--lr-decay-style", "WSD", "--lr-wsd-decay-style", "minus_sqrt",
             "--min-lr", str(MIN_LR), "--lr-wsd-decay-iters", str(iters * 3 // 10 + 1),
             "--attention-output-dropout", "0.0", "--log-interval", "10", "--eval-iters", "0",
-            "--seed", str(seed)]
+            "--seed", str(seed), "--attention-backend", attention]
 
 
 def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, tokenizer: str, seed: int) -> tuple[int, int]:
@@ -133,7 +148,8 @@ def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, toke
     raise SystemExit(f"{layout}: {len(train)} samples hold only {tokens} tokens; raise the sample estimate")
 
 
-def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, work: Path, seed: int) -> Path:
+def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, work: Path, seed: int,
+               attention: str) -> Path:
     """Train with pretrain, export to Hugging Face; the HF directory."""
     from ettin_megatron.runtime.distributed import free_port
 
@@ -142,7 +158,7 @@ def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: 
     shutil.rmtree(run, ignore_errors=True)  # a run of another budget: pretrain refuses a used --save
     sh(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
        "--master-port", str(free_port()),  # several benchmarks may run side by side
-       "-m", "ettin_megatron.pretrain", *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed),
+       "-m", "ettin_megatron.pretrain", *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed, attention),
        "--save", str(run / "ckpt"), log=work / f"{name}.log")
     sh(sys.executable, "tools/convert_checkpoint.py", "megatron-to-hf", "--load", str(run / "ckpt"),
        "--output", str(run / "hf"), log=work / f"{name}_export.log")
@@ -222,28 +238,49 @@ def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, wor
     return out
 
 
-@torch.no_grad()
-def evaluate(hf_dir: Path, objective: str, heldout: list[numpy.ndarray], tokenizer: str, device: str) -> float:
-    """Mean loss per labelled token on the held-out pieces (identical inputs and masks for every model;
-    MLM: ``EVAL_MASKS`` masks of each piece, so that which tokens one draw happens to hide moves the
-    score less)."""
-    from ettin_megatron.convert.verify import load_hf_model
+def heldout_views(heldout: list[numpy.ndarray], tokenizer: str) -> dict[str, list[numpy.ndarray]]:
+    """The held-out documents cut into model inputs of at most SEQ tokens in the evaluator's two views,
+    ``framed`` and ``stream`` (the module docstring says what each is and why both)."""
+    from ettin_megatron.data.tokenizer import load_tokenizer, special_ids
 
+    ids = special_ids(load_tokenizer(tokenizer))
+    framed = []
+    for document in heldout:  # stored framed once: [CLS] text [SEP]
+        text = document[int(document[0] == ids.cls): len(document) - int(document[-1] == ids.sep)]
+        framed += [numpy.concatenate([[ids.cls], text[start:start + SEQ - 2], [ids.sep]]).astype(numpy.int64)
+                   for start in range(0, len(text), SEQ - 2)]
+    stream = [document[start:start + SEQ] for document in heldout for start in range(0, len(document), SEQ)]
+    return {"framed": framed, "stream": stream}
+
+
+@torch.no_grad()
+def evaluate(hf_dir: Path, objective: str, views: dict[str, list[numpy.ndarray]], tokenizer: str,
+             device: str) -> dict[str, float]:
+    """Mean loss per labelled token of each view's pieces (identical inputs and masks for every model;
+    MLM: ``EVAL_MASKS`` masks of each piece, so that which tokens one draw happens to hide moves the
+    score less). In the framed view a CLM target that is framing ([CLS] / [SEP]) is not scored: the
+    tokenizer adds it, it is not text (MLM labels only ordinary tokens in either view)."""
+    from ettin_megatron.convert.verify import load_hf_model
+    from ettin_megatron.data.tokenizer import load_tokenizer, special_ids
+
+    ids = special_ids(load_tokenizer(tokenizer))
     model = load_hf_model(hf_dir, objective).to(device)
     mask = masking(tokenizer, EVAL_MASK_RATE)
-    total, count, piece = 0.0, 0, 0
-    for document in heldout:
-        for start in range(0, len(document), SEQ):
+    losses = {}
+    for view, pieces in views.items():
+        total, count = 0.0, 0
+        for number, piece in enumerate(pieces):
             for draw in range(EVAL_MASKS if objective == "mlm" else 1):
-                inputs, labels = targets(objective, document[start:start + SEQ], mask,
-                                         numpy.random.default_rng((SEED, piece, draw)))
+                inputs, labels = targets(objective, piece, mask, numpy.random.default_rng((SEED, number, draw)))
+                if view == "framed":
+                    labels[(labels == ids.cls) | (labels == ids.sep)] = -100
                 if (labels >= 0).sum() == 0:
                     continue
                 logits = model(input_ids=inputs[None].to(device)).logits[0].float()
                 total += torch.nn.functional.cross_entropy(logits, labels.to(device), reduction="sum").item()
                 count += int((labels >= 0).sum())
-            piece += 1
-    return total / count
+        losses[view] = total / count
+    return losses
 
 
 def main() -> None:
@@ -255,22 +292,43 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=["transformers", *LAYOUTS], choices=["transformers", *LAYOUTS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[SEED],
                         help="training seeds (weights and data order); the table shows each run's mean")
+    parser.add_argument("--attention-backend", default="auto",
+                        help="pretrain's --attention-backend (sdpa on a GPU: no FlexAttention compile per run)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(seed, objective) pairs measured side by side, each by a child process of this "
+                             "script (a GPU, or a machine with many cores)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 steps' worth of tokens")
     parser.add_argument("--json", default=None,
                         help="rows file: rows already in it are kept and not measured again, new ones added")
+    parser.add_argument("--table", nargs="+", metavar="ROWS", default=None,
+                        help="measure nothing: print the table of these rows files together (at --train-tokens)")
     opts = parser.parse_args()
     if opts.quick:
         opts.train_tokens = 4 * GLOBAL * SEQ
+    if opts.table:
+        print(table([r for path in opts.table for r in json.loads(Path(path).read_text())], opts.train_tokens))
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(opts.work_dir).resolve()
     start = time.time()
-    train_prefix, heldout_prefix, tokenizer = prepare(work, opts.tokenizer)
-    heldout = documents(heldout_prefix)
+    data = prepare(work, opts.tokenizer)  # before any child process, which then finds it ready
+    heldout = documents(data[1])
+    views = heldout_views(heldout, data[2])
     print(f"held-out: {len(heldout)} documents, {sum(map(len, heldout)):,} tokens; budget "
           f"{opts.train_tokens:,} training tokens per run; device {device}", flush=True)
     rows = json.loads(Path(opts.json).read_text()) if opts.json and Path(opts.json).exists() else []
-    for objective in opts.objectives:
-        for seed in opts.seeds:
+    rows = run_jobs(opts, work, rows) if opts.jobs > 1 else measure(opts, work, rows, data, views, device)
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, {device}, torch {torch.__version__}; "
+          f"load average {os.getloadavg()[0]:.1f}; total {time.time() - start:.0f} s\n")
+    print(table(rows, opts.train_tokens))
+
+
+def measure(opts: argparse.Namespace, work: Path, rows: list[dict], data: tuple[str, str, str],
+            views: dict[str, list[numpy.ndarray]], device: str) -> list[dict]:
+    """Train and score every (seed, objective, run) not yet in ``rows``, one after another."""
+    train_prefix, _, tokenizer = data
+    for seed in opts.seeds:
+        for objective in opts.objectives:
             for name in opts.runs:
                 if any((r["objective"], r["run"], r["seed"], r["budget"]) == (objective, name, seed, opts.train_tokens)
                        for r in rows):
@@ -282,42 +340,77 @@ def main() -> None:
                     hf_dir = train_reference(objective, steps, train_prefix, tokenizer, work, device, seed)
                 else:
                     steps, tokens = steps_for_budget(objective, name, opts.train_tokens, train_prefix, tokenizer, seed)
-                    hf_dir = train_ours(objective, name, steps, train_prefix, tokenizer, work, seed)
-                loss = evaluate(hf_dir, objective, heldout, tokenizer, device)
+                    hf_dir = train_ours(objective, name, steps, train_prefix, tokenizer, work, seed,
+                                        opts.attention_backend)
+                loss = evaluate(hf_dir, objective, views, tokenizer, device)
                 rows.append({"objective": objective, "run": name, "seed": seed, "budget": opts.train_tokens,
-                             "steps": steps, "tokens": tokens, "heldout_loss": loss, "seconds": round(time.time() - t0)})
+                             "steps": steps, "tokens": tokens, "heldout_loss": loss["stream"],
+                             "heldout_loss_framed": loss["framed"], "seconds": round(time.time() - t0)})
                 print(json.dumps(rows[-1]), flush=True)
                 if opts.json:
                     Path(opts.json).write_text(json.dumps(rows, indent=1))
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, {device}, torch {torch.__version__}; "
-          f"load average {os.getloadavg()[0]:.1f}; total {time.time() - start:.0f} s\n")
-    print(table(rows, opts.train_tokens))
+    return rows
+
+
+def run_jobs(opts: argparse.Namespace, work: Path, rows: list[dict]) -> list[dict]:
+    """Each (seed, objective) pair measured by a child process of this script, ``opts.jobs`` at a time,
+    seeds in order (a run cut short still has whole seeds of every objective). A child keeps its
+    rows in its own file in the work directory (``rows_<objective>_s<seed>.json``, so a rerun skips
+    what it finished); each is merged into ``rows`` and ``opts.json`` as it ends."""
+    pending = [(seed, objective) for seed in opts.seeds for objective in opts.objectives]
+    threads = str(max(1, (os.cpu_count() or 1) // opts.jobs))
+    running: list[tuple[subprocess.Popen, Path]] = []
+    while pending or running:
+        while pending and len(running) < opts.jobs:
+            seed, objective = pending.pop(0)
+            part = work / f"rows_{objective}_s{seed}.json"
+            command = [sys.executable, __file__, "--work-dir", str(work), "--train-tokens", str(opts.train_tokens),
+                       "--objectives", objective, "--seeds", str(seed), "--runs", *opts.runs,
+                       "--attention-backend", opts.attention_backend, "--json", str(part)]
+            with open(work / f"job_{objective}_s{seed}.log", "w") as log:
+                running.append((subprocess.Popen(command + (["--tokenizer", opts.tokenizer] if opts.tokenizer else []),
+                                                 stdout=log, stderr=subprocess.STDOUT,
+                                                 env={**os.environ, "OMP_NUM_THREADS": threads}), part))
+        time.sleep(1)
+        for job in [job for job in running if job[0].poll() is not None]:
+            running.remove(job)
+            process, part = job
+            new = [r for r in (json.loads(part.read_text()) if part.exists() else []) if r not in rows]
+            rows += new
+            for r in new:
+                print(json.dumps(r), flush=True)
+            if process.returncode:
+                print(f"{part.stem}: child failed ({process.returncode}); see job_{part.stem[5:]}.log", flush=True)
+            if opts.json:
+                Path(opts.json).write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 def table(rows: list[dict], budget: int) -> str:
-    """Markdown: each (objective, run)'s mean held-out loss over its seeds, and the gaps between means
-    with their standard error (the runs' seed-to-seed spread, sqrt(s1^2/n1 + s2^2/n2); "-" with one
-    seed), so that a gap can be read against the noise of training a tiny model."""
-    losses: dict[tuple[str, str], numpy.ndarray] = {}
-    for r in rows:
-        if r["budget"] == budget:
-            key = (r["objective"], r["run"])
-            losses[key] = numpy.append(losses.get(key, []), r["heldout_loss"])
+    """Markdown: each (objective, view, run)'s mean held-out loss over its seeds, and the gaps between
+    means with their standard error (the runs' seed-to-seed spread, sqrt(s1^2/n1 + s2^2/n2); "-" with
+    one seed), so that a gap can be read against the noise of training a tiny model."""
+    losses: dict[tuple[str, str, str], numpy.ndarray] = {}
+    for r in sorted(rows, key=lambda r: (r["objective"], ("transformers", *LAYOUTS).index(r["run"]), r["seed"])):
+        for view, field in LOSS_FIELDS.items():
+            if r["budget"] == budget and field in r:
+                key = (r["objective"], view, r["run"])
+                losses[key] = numpy.append(losses.get(key, []), r[field])
     variance = lambda x: numpy.var(x, ddof=1) / len(x) if len(x) > 1 else numpy.nan  # of the mean
-    lines = ["| objective | run | seeds | held-out loss per seed (nats) | mean | std | vs transformers | vs packed |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (objective, run), x in losses.items():
+    lines = ["| objective | view | run | seeds | held-out loss per seed (nats) | mean | std | vs transformers | vs packed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (objective, view, run), x in sorted(losses.items(), key=lambda item: item[0][:2]):  # stable: runs in order
         std = f"{numpy.std(x, ddof=1):.3f}" if len(x) > 1 else "-"
         gaps = []
         for ref in ("transformers", "packed"):
-            y = losses.get((objective, ref))
+            y = losses.get((objective, view, ref))
             if y is None or ref == run:
                 gaps.append("-" if y is None else "0")
                 continue
             error = numpy.sqrt(variance(x) + variance(y))
             gaps.append(f"{x.mean() - y.mean():+.3f}" + ("" if numpy.isnan(error) else f" ± {error:.3f}"))
-        lines.append(f"| {objective} | {run} | {len(x)} | {' '.join(f'{v:.3f}' for v in x)} | {x.mean():.4f} | {std} | "
-                     + " | ".join(gaps) + " |")
+        lines.append(f"| {objective} | {view} | {run} | {len(x)} | {' '.join(f'{v:.3f}' for v in x)} | {x.mean():.4f} | "
+                     f"{std} | " + " | ".join(gaps) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 9's model-quality comparison (benchmarks/model_quality.py) with many training seeds, on a
+# GPU machine: JOBS (seed, objective) pairs side by side, every run on the one GPU. The tiny model
+# leaves the GPU idle, so the seeds a CPU measures in hours fit in minutes here.
+#
+# Prepared on a CPU machine (the GPU machine has no megatron-core / nltk and no network):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl megatron-core==0.16.1 nltk defusedxml
+#   python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
+#     import model_quality; model_quality.prepare(Path('runs/mq_gpu').resolve(), None)"
+# and run with both carried: device run, carry [".whl", "runs/mq_gpu"], `bash benchmarks/gpu_model_quality.sh`.
+# A smoke test (4 steps' worth of tokens) runs first, so a failure costs seconds; then the measurement
+# until LIMIT seconds, whose finished seeds are kept (rows_*.json) and tabled.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out} WORK=${WORK:-runs/mq_gpu} JOBS=${JOBS:-12} LIMIT=${LIMIT:-400} SEEDS=${SEEDS:-$(seq -s ' ' 21 44)}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+measure() {  # measure LOG SECONDS ARGS...: model_quality.py on the GPU, log to $OUT/LOG
+  local log=$1 limit=$2; shift 2
+  timeout "$limit" python3 benchmarks/model_quality.py --work-dir "$WORK" --attention-backend sdpa "$@" > "$OUT/$log" 2>&1
+}
+if ! measure quick.log 180 --quick --jobs 2 --seeds 21 --runs document transformers; then
+  tail -n 40 "$OUT/quick.log"; tail -n 40 "$WORK"/job_*.log "$WORK"/*_s21.log; exit 1
+fi
+tail -n 8 "$OUT/quick.log"
+measure model_quality.log "$LIMIT" --jobs "$JOBS" --runs document packed transformers --seeds $SEEDS
+echo "measurement exit $? after $SECONDS s"
+python3 benchmarks/model_quality.py --table "$WORK"/rows_*.json | tee "$OUT/table.md"
+python3 -c "import json, sys; json.dump([r for f in sorted(sys.argv[1:]) for r in json.load(open(f))], \
+  open('$OUT/rows.json', 'w'), indent=1)" "$WORK"/rows_*.json
+tar czf "$OUT/logs.tgz" "$WORK"/*.log
