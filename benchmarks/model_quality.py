@@ -53,8 +53,8 @@ reference or better, and within 0.05 nats of ``packed``):
   timing, not layouts. At 900 steps every run has left it, but a late exit still shows at the end
   (MLM held-out std over seeds ~0.1-0.15 nats; CLM ~0.02). ``--seeds`` repeats every training run
   with each seed (weights and data order; the evaluator's masks never change) and the table compares
-  the means, with the standard error of each gap. ``--jobs N`` measures N (seed, objective) pairs
-  side by side in child processes (a GPU machine's many cores: benchmarks/gpu_model_quality.sh).
+  the means, with the standard error of each gap. ``--jobs N`` measures N training runs side by
+  side in child processes (a GPU machine's many cores: benchmarks/gpu_model_quality.sh).
 
     python benchmarks/model_quality.py                # one seed, every run (~8 runs)
     python benchmarks/model_quality.py --seeds 21 22 23 --json rows.json   # rows.json keeps finished runs
@@ -295,8 +295,8 @@ def main() -> None:
     parser.add_argument("--attention-backend", default="auto",
                         help="pretrain's --attention-backend (sdpa on a GPU: no FlexAttention compile per run)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="(seed, objective) pairs measured side by side, each by a child process of this "
-                             "script (a GPU, or a machine with many cores)")
+                        help="training runs measured side by side, each by a child process of this script "
+                             "(a GPU, or a machine with many cores)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 steps' worth of tokens")
     parser.add_argument("--json", default=None,
                         help="rows file: rows already in it are kept and not measured again, new ones added")
@@ -353,21 +353,21 @@ def measure(opts: argparse.Namespace, work: Path, rows: list[dict], data: tuple[
 
 
 def run_jobs(opts: argparse.Namespace, work: Path, rows: list[dict]) -> list[dict]:
-    """Each (seed, objective) pair measured by a child process of this script, ``opts.jobs`` at a time,
-    seeds in order (a run cut short still has whole seeds of every objective). A child keeps its
-    rows in its own file in the work directory (``rows_<objective>_s<seed>.json``, so a rerun skips
-    what it finished); each is merged into ``rows`` and ``opts.json`` as it ends."""
-    pending = [(seed, objective) for seed in opts.seeds for objective in opts.objectives]
+    """Each (seed, objective, run) measured by a child process of this script, ``opts.jobs`` at a time,
+    seeds in order (a measurement cut short still has whole seeds). A child keeps its rows in its own
+    file in the work directory (``rows_<objective>_<run>_s<seed>.json``, so a rerun skips what it
+    finished); each is merged into ``rows`` and ``opts.json`` as it ends."""
+    pending = [(seed, objective, name) for seed in opts.seeds for objective in opts.objectives for name in opts.runs]
     threads = str(max(1, (os.cpu_count() or 1) // opts.jobs))
     running: list[tuple[subprocess.Popen, Path]] = []
     while pending or running:
         while pending and len(running) < opts.jobs:
-            seed, objective = pending.pop(0)
-            part = work / f"rows_{objective}_s{seed}.json"
+            seed, objective, name = pending.pop(0)
+            part = work / f"rows_{objective}_{name}_s{seed}.json"
             command = [sys.executable, __file__, "--work-dir", str(work), "--train-tokens", str(opts.train_tokens),
-                       "--objectives", objective, "--seeds", str(seed), "--runs", *opts.runs,
+                       "--objectives", objective, "--seeds", str(seed), "--runs", name,
                        "--attention-backend", opts.attention_backend, "--json", str(part)]
-            with open(work / f"job_{objective}_s{seed}.log", "w") as log:
+            with open(work / f"job_{part.stem[5:]}.log", "w") as log:
                 running.append((subprocess.Popen(command + (["--tokenizer", opts.tokenizer] if opts.tokenizer else []),
                                                  stdout=log, stderr=subprocess.STDOUT,
                                                  env={**os.environ, "OMP_NUM_THREADS": threads}), part))
