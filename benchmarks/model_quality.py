@@ -60,6 +60,8 @@ reference or better, and within 0.05 nats of ``packed``):
     python benchmarks/model_quality.py --seeds 21 22 23 --json rows.json   # rows.json keeps finished runs
     python benchmarks/model_quality.py --quick        # smoke test: 4 steps' worth of tokens
     python benchmarks/model_quality.py --table a.json b.json   # the table of rows files together
+    python benchmarks/model_quality.py --streams --objectives mlm   # what each layout's runs read
+    python benchmarks/model_quality.py --curves --seeds 21 22 23   # training loss per stretch, from the logs
 """
 
 from __future__ import annotations
@@ -302,11 +304,18 @@ def main() -> None:
                         help="rows file: rows already in it are kept and not measured again, new ones added")
     parser.add_argument("--table", nargs="+", metavar="ROWS", default=None,
                         help="measure nothing: print the table of these rows files together (at --train-tokens)")
+    parser.add_argument("--streams", action="store_true",
+                        help="measure nothing: what each layout's runs read (the first --seeds seed, --objectives' first)")
+    parser.add_argument("--curves", action="store_true",
+                        help="measure nothing: the mean training loss over --seeds, per stretch of the run, from the work dir's logs")
     opts = parser.parse_args()
     if opts.quick:
         opts.train_tokens = 4 * GLOBAL * SEQ
     if opts.table:
         print(table([r for path in opts.table for r in json.loads(Path(path).read_text())], opts.train_tokens))
+        return
+    if opts.curves:
+        print(curves(Path(opts.work_dir), opts.objectives, opts.runs, opts.seeds))
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(opts.work_dir).resolve()
@@ -314,6 +323,9 @@ def main() -> None:
     data = prepare(work, opts.tokenizer)  # before any child process, which then finds it ready
     heldout = documents(data[1])
     views = heldout_views(heldout, data[2])
+    if opts.streams:
+        print(streams(opts, data[0], data[2]))
+        return
     print(f"held-out: {len(heldout)} documents, {sum(map(len, heldout)):,} tokens; budget "
           f"{opts.train_tokens:,} training tokens per run; device {device}", flush=True)
     rows = json.loads(Path(opts.json).read_text()) if opts.json and Path(opts.json).exists() else []
@@ -384,6 +396,58 @@ def run_jobs(opts: argparse.Namespace, work: Path, rows: list[dict]) -> list[dic
             if opts.json:
                 Path(opts.json).write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def streams(opts: argparse.Namespace, prefix: str, tokenizer: str) -> str:
+    """What a training run of each layout reads, over all its steps at the budget: tokens and labels per
+    sample, labels per step, short samples, attention segments per sample. Two layouts that agree
+    here train on the same chunks with the same statistics, and differ only in their order and masks."""
+    from ettin_megatron.training import batching
+    from ettin_megatron.training.arguments import parse_args
+
+    objective, seed = opts.objectives[0], opts.seeds[0]
+    lines = ["| layout | steps | samples read | tokens / sample | labels / token | labels / step (std) | "
+             "samples < 64 tokens | segments / sample |", "|---|---|---|---|---|---|---|---|"]
+    for layout in [name for name in opts.runs if name != "transformers"]:
+        steps, _ = steps_for_budget(objective, layout, opts.train_tokens, prefix, tokenizer, seed)
+        args = parse_args(pretrain_flags(objective, layout, steps, prefix, tokenizer, seed))
+        train, _ = batching.run_datasets(args, steps * GLOBAL, 0, batching.token_ids(args)[0])
+        samples = [train[i] for i in range(steps * GLOBAL)]
+        tokens = numpy.array([len(s["tokens"]) for s in samples])
+        labels = numpy.array([s["loss_mask"].sum() for s in samples])
+        per_step = labels.reshape(steps, GLOBAL).sum(1)
+        lines.append(f"| {layout} | {steps} | {len(samples)} | {tokens.mean():.1f} | {labels.sum() / tokens.sum():.4f} | "
+                     f"{per_step.mean():.0f} ({per_step.std():.0f}) | {(tokens < 64).mean():.1%} | "
+                     f"{numpy.mean([len(s['segment_lengths']) for s in samples]):.3f} |")
+    return "\n".join(lines)
+
+
+CURVE_STRETCHES = (0.05, 0.15, 0.25, 0.35, 0.45, 0.6, 0.8, 1.0)
+"""Bounds of the stretches of a run (shares of its steps) whose logged training losses curves() averages."""
+
+
+def curves(work: Path, objectives: list[str], runs: list[str], seeds: list[int]) -> str:
+    """Markdown: each (objective, layout)'s logged training loss averaged over each stretch of the run
+    and over the seeds whose logs are complete: when in the run one layout trains faster or slower
+    than another (held-out losses say only where runs end)."""
+    import re
+
+    heads = [f"{a:.0%}-{b:.0%}" for a, b in zip(CURVE_STRETCHES, CURVE_STRETCHES[1:])]
+    lines = ["| objective | layout | seeds | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(heads)]
+    for objective in objectives:
+        for layout in [name for name in runs if name != "transformers"]:
+            means = []
+            for seed in seeds:
+                log = work / f"{objective}_{layout}_s{seed}.log"
+                steps = re.findall(r"^step\s+(\d+)/(\d+) \| loss ([\d.]+)", log.read_text() if log.exists() else "", re.M)
+                if not steps or steps[-1][0] != steps[-1][1]:
+                    continue
+                share = numpy.array([int(s) / int(n) for s, n, _ in steps])
+                loss = numpy.array([float(v) for _, _, v in steps])
+                means.append([loss[(share > a) & (share <= b)].mean() for a, b in zip(CURVE_STRETCHES, CURVE_STRETCHES[1:])])
+            if means:
+                lines.append(f"| {objective} | {layout} | {len(means)} | " + " | ".join(f"{v:.2f}" for v in numpy.mean(means, 0)) + " |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], budget: int) -> str:
