@@ -40,6 +40,7 @@ tail -n 8 "$OUT/quick.log"
 measure model_quality.log "$LIMIT" --jobs "$JOBS" --runs document packed transformers --seeds $SEEDS
 echo "measurement exit $? after $SECONDS s"
 python3 benchmarks/model_quality.py --table "$WORK"/rows_*.json | tee "$OUT/table.md"
+python3 benchmarks/model_quality.py --work-dir "$WORK" --curves --seeds $SEEDS --runs document packed | tee "$OUT/curves.md"
 python3 -c "import json, sys; json.dump([r for f in sorted(sys.argv[1:]) for r in json.load(open(f))], \
   open('$OUT/rows.json', 'w'), indent=1)" "$WORK"/rows_*.json
 tar czf "$OUT/logs.tgz" "$WORK"/*.log "$WORK"/parity_*.json
