@@ -71,6 +71,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -133,15 +134,21 @@ def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokeniz
             "--seed", str(seed), "--attention-backend", attention]
 
 
-def steps_for_budget(objective: str, layout: str, budget: int, prefix: str, tokenizer: str, seed: int) -> tuple[int, int]:
-    """(steps, input tokens) of the fewest whole steps of ``layout`` that hold ``budget`` tokens,
-    counted on the training samples pretrain will read, in its order."""
+def training_dataset(objective: str, layout: str, budget: int, prefix: str, tokenizer: str, seed: int):
+    """``layout``'s training dataset as pretrain builds it, with samples enough for ``budget`` tokens
+    (budget / 16: a sample holds more than 16 tokens on this corpus; steps_for_budget says if not)."""
     from ettin_megatron.training import batching
     from ettin_megatron.training.arguments import parse_args
 
     args = parse_args(pretrain_flags(objective, layout, 1, prefix, tokenizer, seed))
     special, _ = batching.token_ids(args)
     train, _ = batching.run_datasets(args, budget // 16, 0, special)
+    return train
+
+
+def steps_for_budget(train, layout: str, budget: int) -> tuple[int, int]:
+    """(steps, input tokens) of the fewest whole steps of the training dataset ``train`` (of ``layout``)
+    that hold ``budget`` tokens, counted on the samples pretrain will read, in its order."""
     tokens = 0
     for i in range(len(train)):
         tokens += len(train[i]["tokens"])
@@ -351,7 +358,8 @@ def measure(opts: argparse.Namespace, work: Path, rows: list[dict], data: tuple[
                     tokens = steps * GLOBAL * SEQ
                     hf_dir = train_reference(objective, steps, train_prefix, tokenizer, work, device, seed)
                 else:
-                    steps, tokens = steps_for_budget(objective, name, opts.train_tokens, train_prefix, tokenizer, seed)
+                    train = training_dataset(objective, name, opts.train_tokens, train_prefix, tokenizer, seed)
+                    steps, tokens = steps_for_budget(train, name, opts.train_tokens)
                     hf_dir = train_ours(objective, name, steps, train_prefix, tokenizer, work, seed,
                                         opts.attention_backend)
                 loss = evaluate(hf_dir, objective, views, tokenizer, device)
@@ -402,16 +410,12 @@ def streams(opts: argparse.Namespace, prefix: str, tokenizer: str) -> str:
     """What a training run of each layout reads, over all its steps at the budget: tokens and labels per
     sample, labels per step, short samples, attention segments per sample. Two layouts that agree
     here train on the same chunks with the same statistics, and differ only in their order and masks."""
-    from ettin_megatron.training import batching
-    from ettin_megatron.training.arguments import parse_args
-
     objective, seed = opts.objectives[0], opts.seeds[0]
     lines = ["| layout | steps | samples read | tokens / sample | labels / token | labels / step (std) | "
              "samples < 64 tokens | segments / sample |", "|---|---|---|---|---|---|---|---|"]
     for layout in [name for name in opts.runs if name != "transformers"]:
-        steps, _ = steps_for_budget(objective, layout, opts.train_tokens, prefix, tokenizer, seed)
-        args = parse_args(pretrain_flags(objective, layout, steps, prefix, tokenizer, seed))
-        train, _ = batching.run_datasets(args, steps * GLOBAL, 0, batching.token_ids(args)[0])
+        train = training_dataset(objective, layout, opts.train_tokens, prefix, tokenizer, seed)
+        steps, _ = steps_for_budget(train, layout, opts.train_tokens)
         samples = [train[i] for i in range(steps * GLOBAL)]
         tokens = numpy.array([len(s["tokens"]) for s in samples])
         labels = numpy.array([s["loss_mask"].sum() for s in samples])
@@ -430,8 +434,6 @@ def curves(work: Path, objectives: list[str], runs: list[str], seeds: list[int])
     """Markdown: each (objective, layout)'s logged training loss averaged over each stretch of the run
     and over the seeds whose logs are complete: when in the run one layout trains faster or slower
     than another (held-out losses say only where runs end)."""
-    import re
-
     heads = [f"{a:.0%}-{b:.0%}" for a, b in zip(CURVE_STRETCHES, CURVE_STRETCHES[1:])]
     lines = ["| objective | layout | seeds | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(heads)]
     for objective in objectives:
