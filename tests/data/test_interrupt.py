@@ -35,6 +35,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _default_sigint() -> None:
+    """Give the tool SIGINT's default disposition: a shell starts a background job (``pytest &``, a CI
+    runner's) with SIGINT ignored, the tool inherits that, and Python then rightly keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(condition, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -54,7 +60,7 @@ def test_a_signal_ends_the_workers_and_removes_temp_files(tmp_path, tokenizer_di
     run = subprocess.Popen([sys.executable, "tools/preprocess_data.py", "--input", str(tmp_path / "big.jsonl"),
                             "--output-prefix", str(out / "data"), "--tokenizer-model", tokenizer_dir,
                             "--workers", "2", "--chunk-size", "50", "--log-interval", "0"],
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     temp = out / f"data_text_document.bin.{run.pid}.tmp"
     _wait_for(lambda: temp.exists() and temp.stat().st_size > 0 and len(_children(run.pid)) >= 2)
     workers = _children(run.pid)
