@@ -320,7 +320,7 @@ def main() -> None:
         opts.train_tokens = 4 * GLOBAL * SEQ
     if opts.table:
         rows = [r for path in opts.table for r in json.loads(Path(path).read_text())]
-        print(table(rows, opts.train_tokens), paired(rows, opts.train_tokens), sep="\n\n")
+        print(tables(rows, opts.train_tokens))
         return
     if opts.curves:
         print(curves(Path(opts.work_dir), opts.objectives, opts.runs, opts.seeds))
@@ -340,7 +340,7 @@ def main() -> None:
     rows = run_jobs(opts, work, rows) if opts.jobs > 1 else measure(opts, work, rows, data, views, device)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, {device}, torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.1f}; total {time.time() - start:.0f} s\n")
-    print(table(rows, opts.train_tokens), paired(rows, opts.train_tokens), sep="\n\n")
+    print(tables(rows, opts.train_tokens))
 
 
 def measure(opts: argparse.Namespace, work: Path, rows: list[dict], data: tuple[str, str, str],
@@ -453,16 +453,25 @@ def curves(work: Path, objectives: list[str], runs: list[str], seeds: list[int])
     return "\n".join(lines)
 
 
+def heldout_losses(rows: list[dict], budget: int) -> dict[tuple[str, str, str, int], float]:
+    """Each row's held-out loss at ``budget`` in each view it has, keyed (objective, view, run, seed)."""
+    return {(r["objective"], view, r["run"], r["seed"]): r[field] for r in rows if r["budget"] == budget
+            for view, field in LOSS_FIELDS.items() if field in r}
+
+
+def tables(rows: list[dict], budget: int) -> str:
+    """The means table and the paired table, as the benchmark prints them."""
+    return f"{table(rows, budget)}\n\n{paired(rows, budget)}"
+
+
 def table(rows: list[dict], budget: int) -> str:
     """Markdown: each (objective, view, run)'s mean held-out loss over its seeds, and the gaps between
     means with their standard error (the runs' seed-to-seed spread, sqrt(s1^2/n1 + s2^2/n2); "-" with
     one seed), so that a gap can be read against the noise of training a tiny model."""
     losses: dict[tuple[str, str, str], numpy.ndarray] = {}
-    for r in sorted(rows, key=lambda r: (r["objective"], ("transformers", *LAYOUTS).index(r["run"]), r["seed"])):
-        for view, field in LOSS_FIELDS.items():
-            if r["budget"] == budget and field in r:
-                key = (r["objective"], view, r["run"])
-                losses[key] = numpy.append(losses.get(key, []), r[field])
+    by_seed = heldout_losses(rows, budget)
+    for key in sorted(by_seed, key=lambda k: (k[0], ("transformers", *LAYOUTS).index(k[2]), k[3])):
+        losses[key[:3]] = numpy.append(losses.get(key[:3], []), by_seed[key])
     variance = lambda x: numpy.var(x, ddof=1) / len(x) if len(x) > 1 else numpy.nan  # of the mean
     lines = ["| objective | view | run | seeds | held-out loss per seed (nats) | mean | std | vs transformers | vs packed |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -487,8 +496,7 @@ def paired(rows: list[dict], budget: int) -> str:
     late exits from its unigram plateau make single seeds miss by up to ~0.6 nats either way, so a mean
     of a dozen seeds can sit a standard error or two from zero; the median and the count are not moved
     by one such seed."""
-    loss = {(r["objective"], view, r["run"], r["seed"]): r[field] for r in rows if r["budget"] == budget
-            for view, field in LOSS_FIELDS.items() if field in r}
+    loss = heldout_losses(rows, budget)
     lines = ["| objective | view | run | vs | seeds | mean gap (paired) | median gap | worse in |", "|---|---|---|---|---|---|---|---|"]
     for objective, view in sorted({key[:2] for key in loss}):
         for run in LAYOUTS:
