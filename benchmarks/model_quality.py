@@ -12,8 +12,8 @@ reference or better, and within 0.05 nats of ``packed``):
   ([CLS] ... [SEP]) token ids.
 - Hyper-parameters: the demo's (examples/pretrain_ettin_common.sh): tiny model, seq 128, micro batch
   16, global batch 32, AdamW lr 3e-3 (betas 0.9/0.98, eps 1e-6, weight decay 0.01 on matrices only,
-  grad clip 1.0), 10 warm-up steps, WSD with a 1-sqrt anneal to 3e-4 over the last 30% + 1 steps,
-  MLM masking rate 0.3, fp32, seed 21.
+  grad clip 1.0), WSD with a 1-sqrt anneal to 3e-4 over the last 30% + 1 steps, MLM masking rate
+  0.3, fp32, seed 21; but 100 LR warm-up steps, not the demo's 10 (``--warmup-steps``; see Seeds).
 - Token budget: every run trains on the same number of input tokens, ``--train-tokens`` (default
   3,686,400 = 900 steps x 32 x 128, ~9 epochs of the training documents: three times the demo's 300
   steps, so that every MLM run has left its unigram plateau, see Seeds). A ``document``
@@ -21,7 +21,7 @@ reference or better, and within 0.05 nats of ``packed``):
   layout: before training, the benchmark builds each layout's training dataset exactly as pretrain
   does and counts the input tokens of its first samples, and takes the fewest whole steps whose
   samples hold at least the budget (the overshoot is under one step; the table shows the tokens).
-  The LR schedule has the same shape in every run (warm-up 10 steps, anneal over the last 30% + 1).
+  The LR schedule has the same shape in every run (the same warm-up steps, anneal over the last 30% + 1).
 - Ours: ``python -m torch.distributed.run --nproc-per-node 1 -m ettin_megatron.pretrain`` with
   ``--data-layout document | packed | concat``, then exported to Hugging Face with tools/convert_checkpoint.py.
 - Reference: ModernBertForMaskedLM / ModernBertDecoderForCausalLM built from the same EttinConfig
@@ -48,10 +48,13 @@ reference or better, and within 0.05 nats of ``packed``):
   (one draw alone moved a model's score by ~0.2 nats: ~1,100 masked tokens); CLM: the next token
   within the piece. Reported: mean loss per labelled token (nats).
 - Seeds: a 1M-parameter MLM sits on a unigram plateau (~6.3 nats) for a variable number of steps
-  (100-400) before it learns to use context, so after the demo's 300 steps one run per contender
-  could differ by more than 0.5 nats with nothing changed but the seed: that budget compared plateau
-  timing, not layouts. At 900 steps every run has left it, but a late exit still shows at the end
-  (MLM held-out std over seeds ~0.1-0.15 nats; CLM ~0.02). ``--seeds`` repeats every training run
+  before it learns to use context, and when it leaves decides where it ends: with the demo's 10
+  warm-up steps the training loss first fell below 5.0 after 270-670 steps (56 runs), and that step
+  explains 80% of the held-out loss's spread over seeds (correlation 0.9; 0.1-0.25 nats std at 900
+  steps' worth of tokens, against 0.02 for CLM), so a dozen seeds compared plateau exits, not
+  layouts (benchmarks/RESULTS.md). Warmed up over 100 steps, the runs leave together (a pilot, 6
+  `packed` seeds: below 5.0 after 310-370 steps), hence ``--warmup-steps`` 100; 10 reproduces the
+  earlier tables, whose rows carry no "warmup" (read as 10). ``--seeds`` repeats every training run
   with each seed (weights and data order; the evaluator's masks never change) and the table compares
   the means, with the standard error of each gap. ``--jobs N`` measures N training runs side by
   side in child processes (a GPU machine's many cores: benchmarks/gpu_model_quality.sh).
@@ -82,7 +85,8 @@ import numpy
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SEQ, MICRO, GLOBAL, LR, MIN_LR, WD, WARMUP = 128, 16, 32, 3e-3, 3e-4, 0.01, 10
+SEQ, MICRO, GLOBAL, LR, MIN_LR, WD, WARMUP = 128, 16, 32, 3e-3, 3e-4, 0.01, 10  # WARMUP: the demo's steps
+BENCHMARK_WARMUP = 100  # LR warm-up steps of the benchmark's runs (see Seeds)
 SEED, HOLDOUT_EVERY, EVAL_MASK_RATE = 21, 50, 0.15  # SEED: the evaluator's masks; training seeds: --seeds
 EVAL_MASKS = 8  # MLM masks per held-out piece: ~9,000 scored positions instead of ~1,100
 LAYOUTS = ("document", "packed", "concat")
@@ -122,12 +126,13 @@ def prepare(work: Path, tokenizer: str | None) -> tuple[str, str, str]:
 
 
 def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, seed: int = SEED,
-                   attention: str = "auto") -> list[str]:
-    """The demo's flags (examples/pretrain_ettin_common.sh) for a run of ``iters`` steps."""
+                   attention: str = "auto", warmup: int = WARMUP) -> list[str]:
+    """The demo's flags (examples/pretrain_ettin_common.sh) for a run of ``iters`` steps, ``warmup`` of
+    them warming the LR up."""
     return ["--objective", objective, "--model-size", "tiny", "--no-bf16", "--data-path", prefix,
             "--split", "100,0,0", "--data-layout", layout, "--tokenizer-model", tokenizer,
             "--seq-length", str(SEQ), "--micro-batch-size", str(MICRO), "--global-batch-size", str(GLOBAL),
-            "--train-iters", str(iters), "--lr", str(LR), "--lr-warmup-iters", str(WARMUP),
+            "--train-iters", str(iters), "--lr", str(LR), "--lr-warmup-iters", str(warmup),
             "--weight-decay", str(WD), "--lr-decay-style", "WSD", "--lr-wsd-decay-style", "minus_sqrt",
             "--min-lr", str(MIN_LR), "--lr-wsd-decay-iters", str(iters * 3 // 10 + 1),
             "--attention-output-dropout", "0.0", "--log-interval", "10", "--eval-iters", "0",
@@ -158,7 +163,7 @@ def steps_for_budget(train, layout: str, budget: int) -> tuple[int, int]:
 
 
 def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, work: Path, seed: int,
-               attention: str) -> Path:
+               attention: str, warmup: int) -> Path:
     """Train with pretrain, export to Hugging Face; the HF directory."""
     from ettin_megatron.runtime.distributed import free_port
 
@@ -167,7 +172,8 @@ def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: 
     shutil.rmtree(run, ignore_errors=True)  # a run of another budget: pretrain refuses a used --save
     sh(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
        "--master-port", str(free_port()),  # several benchmarks may run side by side
-       "-m", "ettin_megatron.pretrain", *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed, attention),
+       "-m", "ettin_megatron.pretrain",
+       *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed, attention, warmup),
        "--save", str(run / "ckpt"), log=work / f"{name}.log")
     sh(sys.executable, "tools/convert_checkpoint.py", "megatron-to-hf", "--load", str(run / "ckpt"),
        "--output", str(run / "hf"), log=work / f"{name}_export.log")
@@ -201,7 +207,7 @@ def targets(objective: str, block: numpy.ndarray, mask, rng) -> tuple[torch.Tens
 
 
 def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, work: Path, device: str,
-                    seed: int) -> Path:
+                    seed: int, warmup: int) -> Path:
     """The plain transformers loop (see the module docstring); the saved HF directory."""
     from ettin_megatron.convert.hf_mapping import hf_config
     from ettin_megatron.convert.verify import hf_model_class
@@ -210,7 +216,7 @@ def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, wor
     from ettin_megatron.training.optimizer import build_scheduler
     from ettin_megatron.training.setup import build_model_config
 
-    args = parse_args(pretrain_flags(objective, "concat", iters, prefix, tokenizer, seed))
+    args = parse_args(pretrain_flags(objective, "concat", iters, prefix, tokenizer, seed, warmup=warmup))
     special, vocab = batching.token_ids(args)
     torch.manual_seed(seed)
     config = hf_config(build_model_config(args, vocab_size=vocab), special)
@@ -297,6 +303,8 @@ def main() -> None:
     parser.add_argument("--work-dir", default="runs/model_quality")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train one on the corpus)")
     parser.add_argument("--train-tokens", type=int, default=900 * GLOBAL * SEQ)
+    parser.add_argument("--warmup-steps", type=int, default=BENCHMARK_WARMUP,
+                        help=f"LR warm-up steps of every run (the demo's: {WARMUP}; see Seeds)")
     parser.add_argument("--objectives", nargs="+", default=["mlm", "clm"], choices=["mlm", "clm"])
     parser.add_argument("--runs", nargs="+", default=["transformers", *LAYOUTS], choices=["transformers", *LAYOUTS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[SEED],
@@ -320,7 +328,7 @@ def main() -> None:
         opts.train_tokens = 4 * GLOBAL * SEQ
     if opts.table:
         rows = [r for path in opts.table for r in json.loads(Path(path).read_text())]
-        print(tables(rows, opts.train_tokens))
+        print(tables(rows, (opts.train_tokens, opts.warmup_steps)))
         return
     if opts.curves:
         print(curves(Path(opts.work_dir), opts.objectives, opts.runs, opts.seeds))
@@ -340,33 +348,36 @@ def main() -> None:
     rows = run_jobs(opts, work, rows) if opts.jobs > 1 else measure(opts, work, rows, data, views, device)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, {device}, torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.1f}; total {time.time() - start:.0f} s\n")
-    print(tables(rows, opts.train_tokens))
+    print(tables(rows, (opts.train_tokens, opts.warmup_steps)))
 
 
 def measure(opts: argparse.Namespace, work: Path, rows: list[dict], data: tuple[str, str, str],
             views: dict[str, list[numpy.ndarray]], device: str) -> list[dict]:
     """Train and score every (seed, objective, run) not yet in ``rows``, one after another."""
     train_prefix, _, tokenizer = data
+    wanted = (opts.train_tokens, opts.warmup_steps)
     for seed in opts.seeds:
         for objective in opts.objectives:
             for name in opts.runs:
-                if any((r["objective"], r["run"], r["seed"], r["budget"]) == (objective, name, seed, opts.train_tokens)
+                if any((r["objective"], r["run"], r["seed"], setting(r)) == (objective, name, seed, wanted)
                        for r in rows):
                     continue
                 t0 = time.time()
                 if name == "transformers":
                     steps = math.ceil(opts.train_tokens / (GLOBAL * SEQ))
                     tokens = steps * GLOBAL * SEQ
-                    hf_dir = train_reference(objective, steps, train_prefix, tokenizer, work, device, seed)
+                    hf_dir = train_reference(objective, steps, train_prefix, tokenizer, work, device, seed,
+                                             opts.warmup_steps)
                 else:
                     train = training_dataset(objective, name, opts.train_tokens, train_prefix, tokenizer, seed)
                     steps, tokens = steps_for_budget(train, name, opts.train_tokens)
                     hf_dir = train_ours(objective, name, steps, train_prefix, tokenizer, work, seed,
-                                        opts.attention_backend)
+                                        opts.attention_backend, opts.warmup_steps)
                 loss = evaluate(hf_dir, objective, views, tokenizer, device)
                 rows.append({"objective": objective, "run": name, "seed": seed, "budget": opts.train_tokens,
-                             "steps": steps, "tokens": tokens, "heldout_loss": loss["stream"],
-                             "heldout_loss_framed": loss["framed"], "seconds": round(time.time() - t0)})
+                             "warmup": opts.warmup_steps, "steps": steps, "tokens": tokens,
+                             "heldout_loss": loss["stream"], "heldout_loss_framed": loss["framed"],
+                             "seconds": round(time.time() - t0)})
                 print(json.dumps(rows[-1]), flush=True)
                 if opts.json:
                     Path(opts.json).write_text(json.dumps(rows, indent=1))
@@ -386,6 +397,7 @@ def run_jobs(opts: argparse.Namespace, work: Path, rows: list[dict]) -> list[dic
             seed, objective, name = pending.pop(0)
             part = work / f"rows_{objective}_{name}_s{seed}.json"
             command = [sys.executable, __file__, "--work-dir", str(work), "--train-tokens", str(opts.train_tokens),
+                       "--warmup-steps", str(opts.warmup_steps),
                        "--objectives", objective, "--seeds", str(seed), "--runs", name,
                        "--attention-backend", opts.attention_backend, "--json", str(part)]
             with open(work / f"job_{part.stem[5:]}.log", "w") as log:
@@ -453,23 +465,29 @@ def curves(work: Path, objectives: list[str], runs: list[str], seeds: list[int])
     return "\n".join(lines)
 
 
-def heldout_losses(rows: list[dict], budget: int) -> dict[tuple[str, str, str, int], float]:
-    """Each row's held-out loss at ``budget`` in each view it has, keyed (objective, view, run, seed)."""
-    return {(r["objective"], view, r["run"], r["seed"]): r[field] for r in rows if r["budget"] == budget
+def setting(row: dict) -> tuple[int, int]:
+    """(token budget, warm-up steps) of a row; rows from before --warmup-steps warmed up for the demo's."""
+    return row["budget"], row.get("warmup", WARMUP)
+
+
+def heldout_losses(rows: list[dict], wanted: tuple[int, int]) -> dict[tuple[str, str, str, int], float]:
+    """Each row's held-out loss at the ``wanted`` setting in each view it has, keyed (objective, view,
+    run, seed)."""
+    return {(r["objective"], view, r["run"], r["seed"]): r[field] for r in rows if setting(r) == wanted
             for view, field in LOSS_FIELDS.items() if field in r}
 
 
-def tables(rows: list[dict], budget: int) -> str:
-    """The means table and the paired table, as the benchmark prints them."""
-    return f"{table(rows, budget)}\n\n{paired(rows, budget)}"
+def tables(rows: list[dict], wanted: tuple[int, int]) -> str:
+    """The means table and the paired table of the rows at the ``wanted`` setting."""
+    return f"{table(rows, wanted)}\n\n{paired(rows, wanted)}"
 
 
-def table(rows: list[dict], budget: int) -> str:
+def table(rows: list[dict], wanted: tuple[int, int]) -> str:
     """Markdown: each (objective, view, run)'s mean held-out loss over its seeds, and the gaps between
     means with their standard error (the runs' seed-to-seed spread, sqrt(s1^2/n1 + s2^2/n2); "-" with
     one seed), so that a gap can be read against the noise of training a tiny model."""
     losses: dict[tuple[str, str, str], numpy.ndarray] = {}
-    by_seed = heldout_losses(rows, budget)
+    by_seed = heldout_losses(rows, wanted)
     for key in sorted(by_seed, key=lambda k: (k[0], ("transformers", *LAYOUTS).index(k[2]), k[3])):
         losses[key[:3]] = numpy.append(losses.get(key[:3], []), by_seed[key])
     variance = lambda x: numpy.var(x, ddof=1) / len(x) if len(x) > 1 else numpy.nan  # of the mean
@@ -490,13 +508,13 @@ def table(rows: list[dict], budget: int) -> str:
     return "\n".join(lines)
 
 
-def paired(rows: list[dict], budget: int) -> str:
+def paired(rows: list[dict], wanted: tuple[int, int]) -> str:
     """Markdown: each layout's gap to ``packed`` and to the reference seed by seed (the seeds both ran):
     mean with its paired standard error, median, and in how many seeds the layout is worse. A tiny MLM's
     late exits from its unigram plateau make single seeds miss by up to ~0.6 nats either way, so a mean
     of a dozen seeds can sit a standard error or two from zero; the median and the count are not moved
     by one such seed."""
-    loss = heldout_losses(rows, budget)
+    loss = heldout_losses(rows, wanted)
     lines = ["| objective | view | run | vs | seeds | mean gap (paired) | median gap | worse in |", "|---|---|---|---|---|---|---|---|"]
     for objective, view in sorted({key[:2] for key in loss}):
         for run in LAYOUTS:
