@@ -64,7 +64,7 @@ reference or better, and within 0.05 nats of ``packed``):
     python benchmarks/model_quality.py --quick        # smoke test: 4 steps' worth of tokens
     python benchmarks/model_quality.py --table a.json b.json   # the table of rows files together
     python benchmarks/model_quality.py --streams --objectives mlm   # what each layout's runs read
-    python benchmarks/model_quality.py --curves --seeds 21 22 23   # training loss per stretch, from the logs
+    python benchmarks/model_quality.py --curves --seeds 21 22 23   # training loss per stretch, plateau exits
 """
 
 from __future__ import annotations
@@ -322,7 +322,8 @@ def main() -> None:
     parser.add_argument("--streams", action="store_true",
                         help="measure nothing: what each layout's runs read (the first --seeds seed, --objectives' first)")
     parser.add_argument("--curves", action="store_true",
-                        help="measure nothing: the mean training loss over --seeds, per stretch of the run, from the work dir's logs")
+                        help="measure nothing: the mean training loss over --seeds per stretch of the run, and when "
+                             "it first fell below 6.0 / 5.5 / 5.0, from the work dir's logs")
     opts = parser.parse_args()
     if opts.quick:
         opts.train_tokens = 4 * GLOBAL * SEQ
@@ -443,26 +444,43 @@ CURVE_STRETCHES = (0.05, 0.15, 0.25, 0.35, 0.45, 0.6, 0.8, 1.0)
 """Bounds of the stretches of a run (shares of its steps) whose logged training losses curves() averages."""
 
 
+def training_curve(work: Path, objective: str, layout: str, seed: int):
+    """(logged steps, their training losses, the run's steps) from a run's log; None unless it ran to
+    the end."""
+    log = work / f"{objective}_{layout}_s{seed}.log"
+    steps = re.findall(r"^step\s+(\d+)/(\d+) \| loss ([\d.]+)", log.read_text() if log.exists() else "", re.M)
+    if not steps or steps[-1][0] != steps[-1][1]:
+        return None
+    return numpy.array([int(s) for s, _, _ in steps]), numpy.array([float(v) for _, _, v in steps]), int(steps[-1][1])
+
+
 def curves(work: Path, objectives: list[str], runs: list[str], seeds: list[int]) -> str:
     """Markdown: each (objective, layout)'s logged training loss averaged over each stretch of the run
     and over the seeds whose logs are complete: when in the run one layout trains faster or slower
-    than another (held-out losses say only where runs end)."""
+    than another (held-out losses say only where runs end); then when its runs left the MLM's unigram
+    plateau: the first logged step whose training loss is below each of EXIT_LOSSES."""
     heads = [f"{a:.0%}-{b:.0%}" for a, b in zip(CURVE_STRETCHES, CURVE_STRETCHES[1:])]
     lines = ["| objective | layout | seeds | " + " | ".join(heads) + " |", "|---|---|---|" + "---|" * len(heads)]
+    exits = ["| objective | layout | seeds | " + " | ".join(f"below {v} (median, range)" for v in EXIT_LOSSES) + " |",
+             "|---|---|---|" + "---|" * len(EXIT_LOSSES)]
     for objective in objectives:
         for layout in [name for name in runs if name != "transformers"]:
-            means = []
-            for seed in seeds:
-                log = work / f"{objective}_{layout}_s{seed}.log"
-                steps = re.findall(r"^step\s+(\d+)/(\d+) \| loss ([\d.]+)", log.read_text() if log.exists() else "", re.M)
-                if not steps or steps[-1][0] != steps[-1][1]:
-                    continue
-                share = numpy.array([int(s) / int(n) for s, n, _ in steps])
-                loss = numpy.array([float(v) for _, _, v in steps])
-                means.append([loss[(share > a) & (share <= b)].mean() for a, b in zip(CURVE_STRETCHES, CURVE_STRETCHES[1:])])
-            if means:
-                lines.append(f"| {objective} | {layout} | {len(means)} | " + " | ".join(f"{v:.2f}" for v in numpy.mean(means, 0)) + " |")
-    return "\n".join(lines)
+            logged = [c for c in (training_curve(work, objective, layout, seed) for seed in seeds) if c is not None]
+            if not logged:
+                continue
+            means = [[loss[(step / total > a) & (step / total <= b)].mean()
+                      for a, b in zip(CURVE_STRETCHES, CURVE_STRETCHES[1:])] for step, loss, total in logged]
+            lines.append(f"| {objective} | {layout} | {len(means)} | "
+                         + " | ".join(f"{v:.2f}" for v in numpy.mean(means, 0)) + " |")
+            firsts = [[step[loss < v][0] if (loss < v).any() else total for step, loss, total in logged]
+                      for v in EXIT_LOSSES]
+            exits.append(f"| {objective} | {layout} | {len(logged)} | "
+                         + " | ".join(f"{numpy.median(f):.0f} ({min(f)}-{max(f)})" for f in firsts) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(exits)
+
+
+EXIT_LOSSES = (6.0, 5.5, 5.0)
+"""Training losses whose first crossing curves() reports: a tiny MLM's unigram plateau sits at ~6.3-6.5."""
 
 
 def setting(row: dict) -> tuple[int, int]:
