@@ -52,12 +52,13 @@ reference or better, and within 0.05 nats of ``packed``):
   warm-up steps the training loss first fell below 5.0 after 270-670 steps (56 runs), and that step
   explains 80% of the held-out loss's spread over seeds (correlation 0.9; 0.1-0.25 nats std at 900
   steps' worth of tokens, against 0.02 for CLM), so a dozen seeds compared plateau exits, not
-  layouts (benchmarks/RESULTS.md). Warmed up over 100 steps, the runs leave together (a pilot, 6
-  `packed` seeds: below 5.0 after 310-370 steps), hence ``--warmup-steps`` 100; 10 reproduces the
-  earlier tables, whose rows carry no "warmup" (read as 10). ``--seeds`` repeats every training run
-  with each seed (weights and data order; the evaluator's masks never change) and the table compares
-  the means, with the standard error of each gap. ``--jobs N`` measures N training runs side by
-  side in child processes (a GPU machine's many cores: benchmarks/gpu_model_quality.sh).
+  layouts (benchmarks/RESULTS.md). Warmed up over 100 steps, the runs leave together (below 5.0
+  after 290-380 steps, 12 runs; held-out std 0.03-0.05 nats), hence ``--warmup-steps`` 100; 10
+  reproduces the earlier tables, whose rows carry no "warmup" (read as 10). ``--seeds`` repeats
+  every training run with each seed (weights and data order; the evaluator's masks never change)
+  and the table compares the means, with the standard error of each gap. ``--jobs N`` measures N
+  training runs side by side in child processes (a GPU machine's many cores:
+  benchmarks/gpu_model_quality.sh).
 
     python benchmarks/model_quality.py                # one seed, every run (~8 runs)
     python benchmarks/model_quality.py --seeds 21 22 23 --json rows.json   # rows.json keeps finished runs
