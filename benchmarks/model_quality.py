@@ -53,7 +53,7 @@ reference or better, and within 0.05 nats of ``packed``):
   explains 80% of the held-out loss's spread over seeds (correlation 0.9; 0.1-0.25 nats std at 900
   steps' worth of tokens, against 0.02 for CLM), so a dozen seeds compared plateau exits, not
   layouts (benchmarks/RESULTS.md). Warmed up over 100 steps, the runs leave together (below 5.0
-  after 290-380 steps, 12 runs; held-out std 0.03-0.05 nats), hence ``--warmup-steps`` 100; 10
+  after 290-380 steps, 14 runs; held-out std 0.03-0.05 nats), hence ``--warmup-steps`` 100; 10
   reproduces the earlier tables, whose rows carry no "warmup" (read as 10). ``--seeds`` repeats
   every training run with each seed (weights and data order; the evaluator's masks never change)
   and the table compares the means, with the standard error of each gap. ``--jobs N`` measures N
