@@ -324,7 +324,7 @@ def main() -> None:
                         help="measure nothing: what each layout's runs read (the first --seeds seed, --objectives' first)")
     parser.add_argument("--curves", action="store_true",
                         help="measure nothing: the mean training loss over --seeds per stretch of the run, and when "
-                             "it first fell below 6.0 / 5.5 / 5.0, from the work dir's logs")
+                             f"it first fell below {' / '.join(map(str, EXIT_LOSSES))}, from the work dir's logs")
     opts = parser.parse_args()
     if opts.quick:
         opts.train_tokens = 4 * GLOBAL * SEQ
@@ -529,10 +529,10 @@ def table(rows: list[dict], wanted: tuple[int, int]) -> str:
 
 def paired(rows: list[dict], wanted: tuple[int, int]) -> str:
     """Markdown: each layout's gap to ``packed`` and to the reference seed by seed (the seeds both ran):
-    mean with its paired standard error, median, and in how many seeds the layout is worse. A tiny MLM's
-    late exits from its unigram plateau make single seeds miss by up to ~0.6 nats either way, so a mean
-    of a dozen seeds can sit a standard error or two from zero; the median and the count are not moved
-    by one such seed."""
+    mean with its paired standard error, median, and in how many seeds the layout is worse. With the
+    demo's 10 warm-up steps a tiny MLM's late exits from its unigram plateau made single seeds miss by
+    up to ~0.6 nats either way, so a mean of a dozen seeds could sit a standard error or two from zero;
+    the median and the count are not moved by one such seed."""
     loss = heldout_losses(rows, wanted)
     lines = ["| objective | view | run | vs | seeds | mean gap (paired) | median gap | worse in |", "|---|---|---|---|---|---|---|---|"]
     for objective, view in sorted({key[:2] for key in loss}):
