@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.batches import collate
 from ..data.readers import InputError
+from ..data.tokenizer import MODERNBERT_IDS
 
 PREFETCH_FACTOR = 4
 """Micro-batches each worker may hold ready: enough to cover a step's tail while the next begins."""
@@ -113,9 +114,12 @@ def _collate_to_ship(samples, **options) -> _OneStorage:
     return _OneStorage(collate(samples, **options))
 
 
-def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int,
-                       pad_to_multiple_of: int = 1) -> DataLoader:
-    """A DataLoader yielding the packed micro-batches (data.batches.collate) of ``sampler``."""
+def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int, pad_to_multiple_of: int = 1,
+                       pad_token_id: int = MODERNBERT_IDS.pad) -> DataLoader:
+    """A DataLoader yielding the packed micro-batches (data.batches.collate) of ``sampler``.
+
+    Sequence parallelism pads a micro-batch to ``pad_to_multiple_of`` (TP) with ``pad_token_id``: it must
+    be the run's own [PAD], since the model refuses any id outside the run's vocabulary."""
     # Forked workers (Linux's default, which Megatron-LM's loaders get too): they start at once and share
     # the memory-mapped indices; a process that was itself spawned would otherwise spawn them, re-importing
     # everything and pickling the datasets.
@@ -124,7 +128,8 @@ def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int,
     # one would move the dropout RNG (a resumed run would no longer repeat the straight run). Samples
     # are seeded by their index (datasets.py), so the loader needs no randomness of its own.
     # Workers ship each micro-batch in one storage (_OneStorage); read in-process it is used as it is.
-    collate_fn = partial(_collate_to_ship if num_workers else collate, pad_to_multiple_of=pad_to_multiple_of)
+    collate_fn = partial(_collate_to_ship if num_workers else collate, pad_to_multiple_of=pad_to_multiple_of,
+                         pad_token_id=pad_token_id)
     return DataLoader(_Samples(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator(), **workers)
 

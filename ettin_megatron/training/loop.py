@@ -31,6 +31,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from ..config import model_fields
+from ..data.tokenizer import MODERNBERT_IDS
 from ..runtime import ParallelLayout, device, initialize
 from . import batching, checkpointing
 from .arguments import Arguments, model_shape, reached_end, validate, virtual_pipeline_size
@@ -286,7 +287,8 @@ def _loader(run: Run, dataset, start: int, count: int | None = None):
     pad = run.args.parallel.tensor_model_parallel_size if run.config.sequence_parallel else 1
     sampler = MicroBatchSampler(len(dataset), start, run.args.data.micro_batch_size, run.dp_rank, run.dp_size,
                                 count)
-    return micro_batch_loader(dataset, sampler, run.args.data.num_workers, pad)
+    return micro_batch_loader(dataset, sampler, run.args.data.num_workers, pad,
+                              run.special.get("pad_token_id", MODERNBERT_IDS.pad))
 
 
 def count_parameters(config) -> int:

@@ -1,6 +1,10 @@
-"""From scratch, TP=2, PP=2, PP=2 x VPP=2 and DP=2 (distributed optimizer) log the single-rank
-losses, float32; a single-rank training checkpoint resumes at TP=2 (optimizer state resharded) on the
-same losses.
+"""From scratch, TP=2 (with and without sequence parallelism), PP=2, PP=2 x VPP=2 and DP=2 (distributed
+optimizer) log the single-rank losses, float32; TP=2 with sequence parallelism does so for every data layout
+and objective; a single-rank training checkpoint resumes at TP=2 (optimizer state resharded) on the same
+losses.
+
+The runs take their token ids from a tokenizer.json, as users' runs do (sequence parallelism pads a
+micro-batch with the run's [PAD], which must be that tokenizer's, not ModernBERT's).
 
 Every run initialises its own weights from the same --seed (no shared starting checkpoint: the
 initial weights depend on the seed and the model only, model/init.py) and reads the same samples.
@@ -14,16 +18,20 @@ Megatron seeds them) move every step's loss, by 2e-4 relative or more.
 import pytest
 
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, base_args, write_corpus
+from tests.training.training_data import base_args, write_corpus, write_tokenizer
 
 STEPS = 5
 RTOL = 1e-6
 LAYOUTS = {
     "TP=2": dict(tensor_model_parallel_size=2),
+    "TP=2 SP": dict(tensor_model_parallel_size=2, sequence_parallel=True),
     "PP=2": dict(pipeline_model_parallel_size=2),
     "PP=2 VPP=2": dict(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2),
     "DP=2 distributed optimizer": dict(use_distributed_optimizer=True),
 }
+SP = dict(tensor_model_parallel_size=2, sequence_parallel=True)
+DATA = [dict(data_layout=layout, objective=objective)
+        for layout in ("document", "packed", "concat") for objective in ("mlm", "clm")]
 pytestmark = pytest.mark.timeout(600)  # covers the module fixtures' runs, set up by the first test
 
 
@@ -33,44 +41,52 @@ def _losses(history):
     return [row["loss"] for row in rows], [row["tokens"] for row in rows]
 
 
-def _train(rank, prefix, overrides):
+def _train(rank, data, overrides):
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
 
-    values = {"train_iters": STEPS, **overrides}
-    return _losses(pretrain(make_arguments(**base_args(prefix, **values)), special_tokens=SPECIAL))
+    prefix, tokenizer = data
+    values = {"train_iters": STEPS, "tokenizer_model": tokenizer, "vocab_size": None, **overrides}
+    return _losses(pretrain(make_arguments(**base_args(prefix, **values))))
 
 
-def _parallel(rank, prefix, saved):
-    results = {name: _train(rank, prefix, layout) for name, layout in LAYOUTS.items()}
+def _parallel(rank, data, saved):
+    results = {name: _train(rank, data, layout) for name, layout in LAYOUTS.items()}
     # Resume the single-rank run's step-5 checkpoint (optimizer, schedule, data position) at TP=2.
-    results["resume at TP=2"] = _train(rank, prefix, dict(
+    results["resume at TP=2"] = _train(rank, data, dict(
         load=f"{saved}/iter_{STEPS:07d}", train_iters=STEPS + 2, tensor_model_parallel_size=2))
+    results["SP"] = [_train(rank, data, {**case, **SP}) for case in DATA]
     return results
+
+
+def _references(rank, data, saved):
+    """The single-rank run of the layouts (2 steps longer, saved after step 5), then one per DATA case."""
+    run = _train(rank, data, dict(train_iters=STEPS + 2, save=saved, save_interval=STEPS))
+    return run, [_train(rank, data, case) for case in DATA]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The single-rank run from scratch: 2 steps more than the layouts, saving after step 5 for the
-    cross-layout resume. Returns (corpus prefix, checkpoint directory, losses, tokens)."""
+    """The single-rank runs from scratch: ((corpus prefix, tokenizer), checkpoint directory, (losses, tokens)
+    of the run the layouts repeat, [(losses, tokens)] of each DATA case)."""
     root = tmp_path_factory.mktemp("loop_parallel")
-    prefix, saved = write_corpus(root), str(root / "run")
-    run = dict(train_iters=STEPS + 2, save=saved, save_interval=STEPS)
-    ((losses, tokens),) = run_ranks(1, _train, prefix, run)
+    data, saved = (write_corpus(root), write_tokenizer(root)), str(root / "run")
+    ((run, cases),) = run_ranks(1, _references, data, saved)
+    losses, _ = run
     assert len(losses) == STEPS + 2 and losses[-1] < losses[0]
-    return prefix, saved, losses, tokens
+    return data, saved, run, cases
 
 
 @pytest.fixture(scope="module")
 def parallel(reference):
     """Every layout's (losses, tokens) on each of the 2 ranks, from one 2-rank launch."""
-    prefix, saved, _, _ = reference
-    return run_ranks(2, _parallel, prefix, saved)
+    data, saved, _, _ = reference
+    return run_ranks(2, _parallel, data, saved)
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_from_scratch_layout_matches_single_rank(name, reference, parallel):
-    _, _, losses, tokens = reference
+    _, _, (losses, tokens), _ = reference
     for rank in range(2):  # every rank reports the global loss and token count
         got, got_tokens = parallel[rank][name]
         assert got == pytest.approx(losses[:STEPS], rel=RTOL), f"{name} rank {rank}: {got} vs {losses}"
@@ -78,8 +94,17 @@ def test_from_scratch_layout_matches_single_rank(name, reference, parallel):
 
 
 def test_single_rank_checkpoint_resumes_at_tp2(reference, parallel):
-    _, _, losses, tokens = reference
+    _, _, (losses, tokens), _ = reference
     for rank in range(2):
         got, got_tokens = parallel[rank]["resume at TP=2"]
         assert got == pytest.approx(losses[STEPS:], rel=RTOL), f"resume rank {rank}: {got} vs {losses}"
         assert got_tokens == tokens[STEPS:], f"resume rank {rank}"
+
+
+@pytest.mark.parametrize("case", range(len(DATA)), ids=[f"{c['data_layout']}-{c['objective']}" for c in DATA])
+def test_sequence_parallel_matches_single_rank_for_every_layout_and_objective(case, reference, parallel):
+    losses, tokens = reference[3][case]
+    for rank in range(2):
+        got, got_tokens = parallel[rank]["SP"][case]
+        assert got == pytest.approx(losses, rel=RTOL), f"{DATA[case]} rank {rank}: {got} vs {losses}"
+        assert got_tokens == tokens, f"{DATA[case]} rank {rank}"

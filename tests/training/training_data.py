@@ -1,5 +1,6 @@
 """A small IndexedDataset for training tests: [CLS] body [SEP] documents over a 1024-token vocabulary
-whose specials sit at the top (as EttinDatasetConfig allows), written with megatron's builder."""
+whose specials sit at the top (as EttinDatasetConfig allows), written with megatron's builder, and the
+tokenizer.json of that vocabulary (so that a run can take its ids the way users give them)."""
 
 import os
 
@@ -11,6 +12,22 @@ CLS, SEP, PAD, MASK = 1001, 1002, 1003, 1004
 VOCAB = 1024
 SPECIAL = dict(cls_token_id=CLS, sep_token_id=SEP, pad_token_id=PAD, mask_token_id=MASK,
                num_ordinary_tokens=1000, extra_special_token_ids=())
+
+
+def write_tokenizer(directory) -> str:
+    """A word-level tokenizer.json over "t0".."t999" whose special tokens get SPECIAL's ids (1000-1004, padded
+    vocabulary VOCAB): ``--tokenizer-model`` of it gives a run the ids SPECIAL lists. Returns its path."""
+    from tokenizers import AddedToken, Tokenizer, models
+
+    from ettin_megatron.data.tokenizer import SPECIAL_TOKENS
+
+    vocab = {f"t{i}": i for i in range(SPECIAL["num_ordinary_tokens"])}
+    vocab["[UNK]"] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
+    path = os.path.join(str(directory), "tokenizer.json")
+    tokenizer.save(path)
+    return path
 
 
 def corpus_bodies(num_docs=400, min_len=8, max_len=48, seed=0):
