@@ -196,7 +196,7 @@ class RunArgs:
     exit_interval: int | None = arg(None, "Stop (after saving) at a step divisible by N.")
     exit_duration_in_mins: float | None = arg(None, "Save and stop (exit 0) after the step during which "
                                               "this many minutes have passed; relaunch to resume.")
-    exit_signal_handler: bool = arg(False, "On SIGTERM or --exit-signal: finish the step, save, exit 0.")
+    exit_signal_handler: bool = arg(False, "On SIGTERM, SIGINT or --exit-signal: finish the step, save, exit 0.")
     exit_signal: str = arg("SIGTERM", "The signal --exit-signal-handler also catches (SLURM: --signal).",
                            choices=("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"))
     check_for_nan_in_loss_and_grad: bool = arg(True, "Stop (exit non-zero, nothing saved) before the "

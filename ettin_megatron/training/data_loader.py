@@ -18,6 +18,7 @@ reads in the training process, as before.
 from __future__ import annotations
 
 import itertools
+import signal
 from functools import partial
 from typing import Iterator
 
@@ -30,6 +31,21 @@ from ..data.tokenizer import MODERNBERT_IDS
 
 PREFETCH_FACTOR = 4
 """Micro-batches each worker may hold ready: enough to cover a step's tail while the next begins."""
+
+
+STOP_REQUESTS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+"""The signals launchers and schedulers send to ask a job to stop: torchrun forwards them to each rank's
+whole process group, SLURM's scancel and preemption signal every process of the job, a terminal's Ctrl-C
+reaches the foreground group. Loader workers ignore them: the rank decides (finish the step, save, exit;
+training/stopping.py) and then ends its workers. A worker killed instead (torch's own SIGTERM handler
+does that) would crash its rank at the next read, and the preempted run would save nothing."""
+
+
+def _leave_stop_requests_to_the_rank(worker_id: int) -> None:
+    """DataLoader's worker_init_fn: ignore STOP_REQUESTS in this worker. A worker still ends when its rank
+    shuts the loader down, and on its own when the rank dies (torch's worker watchdog)."""
+    for request in STOP_REQUESTS:
+        signal.signal(request, signal.SIG_IGN)
 
 
 class MicroBatchSampler(Sampler):
@@ -123,7 +139,8 @@ def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int, pa
     # Forked workers (Linux's default, which Megatron-LM's loaders get too): they start at once and share
     # the memory-mapped indices; a process that was itself spawned would otherwise spawn them, re-importing
     # everything and pickling the datasets.
-    workers = dict(prefetch_factor=PREFETCH_FACTOR, multiprocessing_context="fork") if num_workers else {}
+    workers = dict(prefetch_factor=PREFETCH_FACTOR, multiprocessing_context="fork",
+                   worker_init_fn=_leave_stop_requests_to_the_rank) if num_workers else {}
     # Its own generator: each iterator draws a worker seed from it, and drawing from torch's default
     # one would move the dropout RNG (a resumed run would no longer repeat the straight run). Samples
     # are seeded by their index (datasets.py), so the loader needs no randomness of its own.

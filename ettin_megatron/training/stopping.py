@@ -88,22 +88,23 @@ class ExitConditions:
     every rank, whether to save and stop now (and why), or None to go on.
 
     The handler catches SIGTERM (what SLURM sends at the time limit and on preemption, and what
-    torchrun forwards) and --exit-signal (e.g. SIGUSR1 from ``sbatch --signal=USR1@600``); a signal only
-    sets a flag, so the step in flight finishes.
+    torchrun forwards), SIGINT (Ctrl-C, which torchrun forwards too) and --exit-signal (e.g. SIGUSR1 from
+    ``sbatch --signal=USR1@600``); a signal only sets a flag, so the step in flight finishes. The data
+    loader's workers ignore these signals (data_loader.STOP_REQUESTS), so that they outlive the save.
     """
 
     def __init__(self, run_args, start_time: float):
         self.deadline = (start_time + 60 * run_args.exit_duration_in_mins
                          if run_args.exit_duration_in_mins else None)
-        self.signals = ({signal.SIGTERM, signal.Signals[run_args.exit_signal]}
+        self.signals = ({signal.SIGTERM, signal.SIGINT, signal.Signals[run_args.exit_signal]}
                         if run_args.exit_signal_handler else set())
         self.received = None
         self.pid = os.getpid()
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
 
     def _handle(self, signum, frame) -> None:
-        # Forked DataLoader workers inherit this handler: there the signal (SLURM sends it to every
-        # process of the job) is ignored, and the training process ends its workers when it stops.
+        # Forked DataLoader workers inherit this handler for an --exit-signal outside STOP_REQUESTS: a
+        # worker that receives it does nothing, and the training process ends its workers when it stops.
         if os.getpid() == self.pid:
             self.received = self.received or signum
 

@@ -87,15 +87,18 @@ def _weights(rank, directories):
 
 
 def _losses(log: str) -> dict:
-    return {int(m.group(1)): m.group(2) for m in re.finditer(r"step\s+(\d+)/\d+ \| loss (\S+)", log)}
+    """{step: "loss ... | lr ... | grad norm ..."} of a log's step lines."""
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"step\s+(\d+)/\d+ \| (loss .* grad norm \S+)", log)}
 
 
-def _torchrun(argv, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def _torchrun(argv):
+    """torchrun with 2 ranks of pretrain_cli.py, as a shell starts a job: SIGINT at its default (a
+    background pytest would pass it on ignored), and time for the ranks to save after a signal."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(_port()), str(REPO / "tests/training/pretrain_cli.py"), *argv]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _port():
@@ -104,13 +107,46 @@ def _port():
     return free_port()
 
 
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The corpus, and the uninterrupted 2-rank run on it: (prefix, its log's step lines, its last checkpoint)."""
+    root = tmp_path_factory.mktemp("preemption")
+    prefix, reference = write_corpus(root), root / "reference"
+    run = _torchrun(flags(**_preemptible(prefix), save=str(reference)))
+    log = run.communicate()[0]
+    assert run.returncode == 0, log
+    return prefix, _losses(log), reference / f"iter_{STEPS:07d}"
+
+
+def _preemptible(prefix) -> dict:
+    """A 2-rank run with the default data-loader workers, dropout on (the RNG state must resume too)."""
+    return base_args(prefix, train_iters=STEPS, attention_output_dropout=0.1, exit_signal_handler=True)
+
+
+def _job(run) -> dict:
+    """The processes of a torchrun job: {"launcher": [torchrun], "rank 0": [rank 0], "job": [torchrun, each
+    rank, each rank's data-loader workers]} (what SLURM's scancel and preemption signal)."""
+    launcher = psutil.Process(run.pid)
+    ranks = {int(p.environ()["RANK"]): p for p in launcher.children() if "RANK" in p.environ()}
+    assert len(ranks) == 2 and all(rank.children() for rank in ranks.values()), "expected 2 ranks with workers"
+    return {"launcher": [launcher], "rank 0": [ranks[0]], "job": [launcher, *launcher.children(recursive=True)]}
+
+
 @pytest.mark.timeout(900)
-def test_sigterm_to_one_rank_saves_the_step_on_both_and_the_relaunch_resumes_exactly(tmp_path):
-    steps = 12
-    prefix = write_corpus(tmp_path)
-    root, reference = tmp_path / "ckpt", tmp_path / "reference"
-    values = base_args(prefix, train_iters=steps, attention_output_dropout=0.1, exit_signal_handler=True)
-    argv = flags(**values, save=str(root), load=str(root))
+@pytest.mark.parametrize("signum, target", [(signal.SIGTERM, "rank 0"), (signal.SIGTERM, "launcher"),
+                                            (signal.SIGTERM, "job"), (signal.SIGINT, "launcher"),
+                                            (signal.SIGINT, "job")])
+def test_stop_request_saves_the_step_and_the_relaunch_resumes_exactly(signum, target, straight, tmp_path):
+    """--exit-signal-handler with the default data-loader workers: a stop request to one rank (the other
+    must stop at the same step), to torchrun (which forwards it to each rank's process group, workers
+    included) or to every process of the job finishes the step, saves it, and the relaunch ends on the
+    uninterrupted run's losses and weights."""
+    prefix, expected, reference = straight
+    root = tmp_path / "ckpt"
+    argv = flags(**_preemptible(prefix), save=str(root), load=str(root))
 
     run = _torchrun(argv)
     log = []
@@ -118,30 +154,25 @@ def test_sigterm_to_one_rank_saves_the_step_on_both_and_the_relaunch_resumes_exa
         log.append(line)
         if re.match(r"step\s+2/", line):
             break
-    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(run.pid).children() if "RANK" in p.environ()}
-    ranks[0].send_signal(signal.SIGTERM)  # one rank only: the other must stop at the same step
+    for process in _job(run)[target]:
+        process.send_signal(signum)
     log += list(run.stdout)
-    assert run.wait() == 0, "".join(log)
-    stopped = re.search(r"SIGTERM received: stopped after step (\d+), saved", "".join(log))
-    assert stopped, "".join(log)
+    run.wait()  # a signalled torchrun exits 1 with its own traceback: what counts is what the ranks did
+    log = "".join(log)
+    stopped = re.search(rf"{signum.name} received: stopped after step (\d+), saved", log)
+    assert stopped and not re.search(r"\[rank\d\]:", log), log  # no rank failed
     stop = int(stopped.group(1))
-    assert 2 <= stop < steps and latest_iteration(root) == stop
+    assert 2 <= stop < STEPS and latest_iteration(root) == stop, log
 
     relaunch = _torchrun(argv)
     resumed = relaunch.communicate()[0]
     assert relaunch.returncode == 0, resumed
-    assert f"continuing at step {stop}" in resumed and latest_iteration(root) == steps
-
-    straight = _torchrun(flags(**values, save=str(reference)))
-    uninterrupted = straight.communicate()[0]
-    assert straight.returncode == 0, uninterrupted
+    assert f"continuing at step {stop}" in resumed and latest_iteration(root) == STEPS
+    assert {**_losses(log), **_losses(resumed)} == expected and len(expected) == STEPS
 
     ((resumed_weights, reference_weights),) = run_ranks(
-        1, _weights, [str(root / f"iter_{steps:07d}"), str(reference / f"iter_{steps:07d}")], timeout=600)
+        1, _weights, [str(root / f"iter_{STEPS:07d}"), str(reference)], timeout=600)
     assert all(torch.equal(resumed_weights[k], reference_weights[k]) for k in reference_weights)
-    expected = _losses(uninterrupted)
-    got = {**_losses("".join(log)), **_losses(resumed)}
-    assert got == expected and len(expected) == steps
 
 
 def _duration(rank, prefix, root):
