@@ -18,7 +18,9 @@ reads in the training process, as before.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
+import threading
 from functools import partial
 from typing import Iterator
 
@@ -36,16 +38,29 @@ PREFETCH_FACTOR = 4
 STOP_REQUESTS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 """The signals launchers and schedulers send to ask a job to stop: torchrun forwards them to each rank's
 whole process group, SLURM's scancel and preemption signal every process of the job, a terminal's Ctrl-C
-reaches the foreground group. Loader workers ignore them: the rank decides (finish the step, save, exit;
-training/stopping.py) and then ends its workers. A worker killed instead (torch's own SIGTERM handler
-does that) would crash its rank at the next read, and the preempted run would save nothing."""
+reaches the foreground group. Loader workers leave them to their rank, which decides (finish the step,
+save, exit; training/stopping.py) and then ends its workers. A worker killed instead (torch's own SIGTERM
+handler does that) would crash its rank at the next read, and the preempted run would save nothing."""
 
 
 def _leave_stop_requests_to_the_rank(worker_id: int) -> None:
-    """DataLoader's worker_init_fn: ignore STOP_REQUESTS in this worker. A worker still ends when its rank
-    shuts the loader down, and on its own when the rank dies (torch's worker watchdog)."""
+    """DataLoader's worker_init_fn: ignore STOP_REQUESTS in this worker, except a SIGTERM from the rank itself.
+
+    The rank sends SIGTERM when it ends a worker that does not stop by itself (torch's loader shutdown,
+    multiprocessing's exit): that one must still end it, or the rank would wait for it forever. Which
+    process sent a signal only shows to a thread that waits for it (sigwaitinfo), so SIGTERM is blocked
+    here and such a thread takes it. A worker also ends when its rank dies (torch's worker watchdog)."""
     for request in STOP_REQUESTS:
-        signal.signal(request, signal.SIG_IGN)
+        if request != signal.SIGTERM:
+            signal.signal(request, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_on_sigterm_from(rank: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != rank:
+        pass
+    os._exit(0)
 
 
 class MicroBatchSampler(Sampler):

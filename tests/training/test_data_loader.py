@@ -1,11 +1,17 @@
 """Micro-batches read ahead by DataLoader workers: the same batches as in-process reading (and as
-Megatron-LM's per-step sampling rule), one-line errors from a worker, and a training step whose host
-waits for the device do not grow with its micro-batches or documents."""
+Megatron-LM's per-step sampling rule), one-line errors from a worker, workers that leave stop requests to
+their rank, and a training step whose host waits for the device do not grow with its micro-batches or
+documents."""
 
 import collections
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy
+import psutil
 import pytest
 import torch
 
@@ -17,6 +23,7 @@ from tests.data.conftest import tokenizer_dir  # noqa: F401 (fixture)
 from tests.training.training_data import SPECIAL, VOCAB, base_args, pretrain_error, write_corpus
 
 MICRO, DP = 2, 2
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +78,40 @@ class _Corrupt(torch.utils.data.Dataset):
             raise ValueError("buffer is smaller than requested size\n(and a second line)")
         return {"tokens": numpy.ones(4, numpy.int64), "labels": numpy.zeros(4, numpy.int64),
                 "loss_mask": numpy.zeros(4, numpy.float32), "segment_lengths": numpy.array([4])}
+
+
+_READER = """
+import sys
+from pathlib import Path
+from tests.training.test_data_loader import _Corrupt
+from ettin_megatron.training.data_loader import MicroBatchSampler, micro_batch_loader
+
+batches = iter(micro_batch_loader(_Corrupt(), MicroBatchSampler(100, 14, 4, 0, 1), 2))
+next(batches)
+print("reading", flush=True)
+sys.stdin.readline()
+for _ in range(10):
+    next(batches)
+print("read", flush=True)
+raise RuntimeError("the rank fails with its workers alive")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_workers_ignore_stop_requests_from_others_and_end_with_their_rank():
+    """SIGTERM and SIGINT sent to the workers by another process (torchrun and SLURM signal them with their
+    rank) leave them reading; a rank that then dies of an error still exits, its workers with it."""
+    reader = subprocess.Popen([sys.executable, "-c", _READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert reader.stdout.readline() == "reading\n", reader.communicate()
+    workers = psutil.Process(reader.pid).children()
+    assert len(workers) == 2
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        worker.send_signal(signal.SIGINT)
+    out, err = reader.communicate("go\n", timeout=60)
+    assert out == "read\n" and err.strip().endswith("RuntimeError: the rank fails with its workers alive"), err
+    assert reader.returncode == 1 and not any(worker.is_running() for worker in workers)
 
 
 @pytest.mark.timeout(120)

@@ -15,9 +15,12 @@ only), DP=2 identical. Initial weights seeded per pipeline stage, tensor or data
 Megatron seeds them) move every step's loss, by 2e-4 relative or more.
 """
 
+import re
+
 import pytest
 
 from tests.ranks import run_ranks
+from tests.training.cli import finished, flags, step_lines, torchrun
 from tests.training.training_data import base_args, write_corpus, write_tokenizer
 
 STEPS = 5
@@ -108,3 +111,23 @@ def test_sequence_parallel_matches_single_rank_for_every_layout_and_objective(ca
         got, got_tokens = parallel[rank]["SP"][case]
         assert got == pytest.approx(losses, rel=RTOL), f"{DATA[case]} rank {rank}: {got} vs {losses}"
         assert got_tokens == tokens, f"{DATA[case]} rank {rank}"
+
+
+def test_cli_tp2_with_sequence_parallel_logs_the_single_process_losses(tmp_path):
+    """The user's path: ``torchrun -m ettin_megatron.pretrain --tokenizer-model ...`` at TP=2 with
+    --sequence-parallel logs the losses, learning rates and gradient norms of one process."""
+    values = base_args(write_corpus(tmp_path), tokenizer_model=write_tokenizer(tmp_path), vocab_size=None,
+                       train_iters=STEPS)
+    single = _printed(finished(torchrun(flags(**values), nproc=1)))
+    parallel = _printed(finished(torchrun(flags(**values, tensor_model_parallel_size=2, sequence_parallel=True))))
+    assert len(single) == STEPS and parallel.keys() == single.keys()
+    for step, (loss, lr, grad_norm) in single.items():  # equal to the last printed digit (rounding may flip it)
+        got_loss, got_lr, got_grad_norm = parallel[step]
+        assert (got_loss, got_lr, got_grad_norm) == (pytest.approx(loss, abs=1.01e-4), lr,
+                                                     pytest.approx(grad_norm, abs=1.01e-3)), f"step {step}"
+
+
+def _printed(log: str) -> dict:
+    """{step: (loss, lr, grad norm)} as the log prints them."""
+    return {step: tuple(float(number) for number in re.findall(r"(?:loss|lr|norm) (\S+)", line))
+            for step, line in step_lines(log).items()}

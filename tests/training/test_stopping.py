@@ -5,9 +5,6 @@ uninterrupted run ends (bit-exact weights, the same logged losses)."""
 import os
 import re
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import psutil
 import pytest
@@ -15,23 +12,8 @@ import torch
 
 from ettin_megatron.checkpoint import latest_iteration
 from tests.ranks import run_ranks
-from tests.training.training_data import base_args, write_corpus
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def flags(**values) -> list[str]:
-    """Command-line flags of base_args' values."""
-    out = []
-    for name, value in values.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            out += [flag, *map(str, value)]
-        elif value is not None:
-            out += [flag, str(value)]
-    return out
+from tests.training.cli import finished, flags, step_lines, torchrun
+from tests.training.training_data import base_args, write_corpus, write_tokenizer
 
 
 def _cli(rank, argv):
@@ -86,27 +68,6 @@ def _weights(rank, directories):
     return weights
 
 
-def _losses(log: str) -> dict:
-    """{step: "loss ... | lr ... | grad norm ..."} of a log's step lines."""
-    return {int(m.group(1)): m.group(2) for m in re.finditer(r"step\s+(\d+)/\d+ \| (loss .* grad norm \S+)", log)}
-
-
-def _torchrun(argv):
-    """torchrun with 2 ranks of pretrain_cli.py, as a shell starts a job: SIGINT at its default (a
-    background pytest would pass it on ignored), and time for the ranks to save after a signal."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-               str(_port()), str(REPO / "tests/training/pretrain_cli.py"), *argv]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _port():
-    from ettin_megatron.runtime.distributed import free_port
-
-    return free_port()
-
-
 STEPS = 12
 
 
@@ -114,16 +75,15 @@ STEPS = 12
 def straight(tmp_path_factory):
     """The corpus, and the uninterrupted 2-rank run on it: (prefix, its log's step lines, its last checkpoint)."""
     root = tmp_path_factory.mktemp("preemption")
-    prefix, reference = write_corpus(root), root / "reference"
-    run = _torchrun(flags(**_preemptible(prefix), save=str(reference)))
-    log = run.communicate()[0]
-    assert run.returncode == 0, log
-    return prefix, _losses(log), reference / f"iter_{STEPS:07d}"
+    values, reference = _preemptible(root), root / "reference"
+    log = finished(torchrun(flags(**values, save=str(reference))))
+    return values, step_lines(log), reference / f"iter_{STEPS:07d}"
 
 
-def _preemptible(prefix) -> dict:
-    """A 2-rank run with the default data-loader workers, dropout on (the RNG state must resume too)."""
-    return base_args(prefix, train_iters=STEPS, attention_output_dropout=0.1, exit_signal_handler=True)
+def _preemptible(root) -> dict:
+    """A run with the default data-loader workers, dropout on (the RNG state must resume too)."""
+    return base_args(write_corpus(root), tokenizer_model=write_tokenizer(root), vocab_size=None,
+                     train_iters=STEPS, attention_output_dropout=0.1, exit_signal_handler=True)
 
 
 def _job(run) -> dict:
@@ -144,11 +104,11 @@ def test_stop_request_saves_the_step_and_the_relaunch_resumes_exactly(signum, ta
     must stop at the same step), to torchrun (which forwards it to each rank's process group, workers
     included) or to every process of the job finishes the step, saves it, and the relaunch ends on the
     uninterrupted run's losses and weights."""
-    prefix, expected, reference = straight
+    values, expected, reference = straight
     root = tmp_path / "ckpt"
-    argv = flags(**_preemptible(prefix), save=str(root), load=str(root))
+    argv = flags(**values, save=str(root), load=str(root))
 
-    run = _torchrun(argv)
+    run = torchrun(argv)
     log = []
     for line in run.stdout:  # the marker: step 2 is logged, so the handler is in place and a step runs
         log.append(line)
@@ -164,11 +124,9 @@ def test_stop_request_saves_the_step_and_the_relaunch_resumes_exactly(signum, ta
     stop = int(stopped.group(1))
     assert 2 <= stop < STEPS and latest_iteration(root) == stop, log
 
-    relaunch = _torchrun(argv)
-    resumed = relaunch.communicate()[0]
-    assert relaunch.returncode == 0, resumed
+    resumed = finished(torchrun(argv))
     assert f"continuing at step {stop}" in resumed and latest_iteration(root) == STEPS
-    assert {**_losses(log), **_losses(resumed)} == expected and len(expected) == STEPS
+    assert {**step_lines(log), **step_lines(resumed)} == expected and len(expected) == STEPS
 
     ((resumed_weights, reference_weights),) = run_ranks(
         1, _weights, [str(root / f"iter_{STEPS:07d}"), str(reference)], timeout=600)
