@@ -11,27 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 
-import torch
-
+from ettin_megatron.data.batches import batch_digest
 from ettin_megatron.data.datasets import LAYOUTS, EttinDatasetConfig, build_datasets
 from ettin_megatron.data.objectives import OBJECTIVES
 from ettin_megatron.training.data_loader import MicroBatchSampler, micro_batch_loader
-
-
-def digest(batch: dict) -> str:
-    """Every field's name, type, dtype, shape, strides and bytes."""
-    h = hashlib.sha256()
-    for key in sorted(batch):
-        value = batch[key]
-        if torch.is_tensor(value):
-            h.update(f"{key}{value.dtype}{tuple(value.shape)}{value.stride()}".encode())
-            h.update(value.contiguous().numpy().tobytes())
-        else:
-            h.update(f"{key}{type(value).__name__}{value!r}".encode())
-    return h.hexdigest()[:16]
 
 
 def main() -> None:
@@ -51,7 +36,7 @@ def main() -> None:
                     for workers in (0, 2):
                         for rank, start, pad in ((0, 0, 1), (1, 0, 1), (0, 37, 4)):
                             sampler = MicroBatchSampler(len(dataset), start, micro, rank, 2, args.micro_batches)
-                            digests = [digest(b) for b in micro_batch_loader(dataset, sampler, workers, pad)]
+                            digests = [batch_digest(b) for b in micro_batch_loader(dataset, sampler, workers, pad)]
                             print(f"{layout} {objective} seq {seq} {split} workers {workers} rank {rank} start {start} "
                                   f"pad {pad}: {' '.join(digests)}", flush=True)
 

@@ -15,6 +15,7 @@ No position holds a pad token unless `pad_to_multiple_of` asks for one (see coll
 is spent on padding: this is the "unpadded" training of ModernBERT / Ettin.
 """
 
+import hashlib
 from typing import Dict, Mapping, Sequence, Union
 
 import numpy
@@ -107,3 +108,18 @@ def repad(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     padded = values.new_zeros(keep.shape + values.shape[2:])
     padded[keep] = values[0, :num_tokens]
     return padded
+
+
+def batch_digest(batch: Batch) -> str:
+    """A fingerprint of everything a micro-batch holds (each field's name, type, dtype, shape, strides
+    and bytes): equal digests mean the model saw the same thing. Golden values and before/after diffs of
+    the data pipeline compare them."""
+    h = hashlib.sha256()
+    for key in sorted(batch):
+        value = batch[key]
+        if torch.is_tensor(value):
+            h.update(f"{key}{value.dtype}{tuple(value.shape)}{value.stride()}".encode())
+            h.update(value.contiguous().numpy().tobytes())
+        else:
+            h.update(f"{key}{type(value).__name__}{value!r}".encode())
+    return h.hexdigest()[:16]
