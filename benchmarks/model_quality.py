@@ -91,6 +91,15 @@ BENCHMARK_WARMUP = 100  # LR warm-up steps of the benchmark's runs (see Seeds)
 SEED, HOLDOUT_EVERY, EVAL_MASK_RATE = 21, 50, 0.15  # SEED: the evaluator's masks; training seeds: --seeds
 EVAL_MASKS = 8  # MLM masks per held-out piece: ~9,000 scored positions instead of ~1,100
 LAYOUTS = ("document", "packed", "concat")
+OPTIMIZER_RUNS = {"stableadamw": ("document", ["--optimizer", "stableadamw", "--fully-decoupled-weight-decay",
+                                               "--weight-decay", "3e-4"])}
+"""Runs of another optimizer: (layout, pretrain flags). ``stableadamw`` is Ettin's (its 17m-68m weight decay,
+3e-4 fully decoupled, no gradient clipping) on the default layout: it pairs with ``document`` (AdamW, weight
+decay 0.01, clip 1.0)."""
+RUNS = ("transformers", *LAYOUTS, *OPTIMIZER_RUNS)
+PAIRS = [*((layout, ref) for layout in LAYOUTS for ref in ("packed", "transformers") if layout != ref),
+         *((name, "document") for name in OPTIMIZER_RUNS)]
+"""(run, reference) pairs of the paired table."""
 LOSS_FIELDS = {"framed": "heldout_loss_framed", "stream": "heldout_loss"}  # a row's loss in each view
 
 
@@ -127,9 +136,9 @@ def prepare(work: Path, tokenizer: str | None) -> tuple[str, str, str]:
 
 
 def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, seed: int = SEED,
-                   attention: str = "auto", warmup: int = WARMUP) -> list[str]:
+                   attention: str = "auto", warmup: int = WARMUP, optimizer: list[str] = ()) -> list[str]:
     """The demo's flags (examples/pretrain_ettin_common.sh) for a run of ``iters`` steps, ``warmup`` of
-    them warming the LR up."""
+    them warming the LR up; ``optimizer`` flags replace the demo's AdamW settings."""
     return ["--objective", objective, "--model-size", "tiny", "--no-bf16", "--data-path", prefix,
             "--split", "100,0,0", "--data-layout", layout, "--tokenizer-model", tokenizer,
             "--seq-length", str(SEQ), "--micro-batch-size", str(MICRO), "--global-batch-size", str(GLOBAL),
@@ -137,7 +146,7 @@ def pretrain_flags(objective: str, layout: str, iters: int, prefix: str, tokeniz
             "--weight-decay", str(WD), "--lr-decay-style", "WSD", "--lr-wsd-decay-style", "minus_sqrt",
             "--min-lr", str(MIN_LR), "--lr-wsd-decay-iters", str(iters * 3 // 10 + 1),
             "--attention-output-dropout", "0.0", "--log-interval", "10", "--eval-iters", "0",
-            "--seed", str(seed), "--attention-backend", attention]
+            "--seed", str(seed), "--attention-backend", attention, *optimizer]
 
 
 def training_dataset(objective: str, layout: str, budget: int, prefix: str, tokenizer: str, seed: int):
@@ -163,18 +172,20 @@ def steps_for_budget(train, layout: str, budget: int) -> tuple[int, int]:
     raise SystemExit(f"{layout}: {len(train)} samples hold only {tokens} tokens; raise the sample estimate")
 
 
-def train_ours(objective: str, layout: str, iters: int, prefix: str, tokenizer: str, work: Path, seed: int,
+def train_ours(objective: str, run_name: str, iters: int, prefix: str, tokenizer: str, work: Path, seed: int,
                attention: str, warmup: int) -> Path:
-    """Train with pretrain, export to Hugging Face; the HF directory."""
+    """Train the run ``run_name`` (a layout or an OPTIMIZER_RUNS entry) with pretrain, export to Hugging
+    Face; the HF directory."""
     from ettin_megatron.runtime.distributed import free_port
 
-    name = f"{objective}_{layout}_s{seed}"
+    layout, optimizer = OPTIMIZER_RUNS.get(run_name, (run_name, []))
+    name = f"{objective}_{run_name}_s{seed}"
     run = work / name
     shutil.rmtree(run, ignore_errors=True)  # a run of another budget: pretrain refuses a used --save
     sh(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
        "--master-port", str(free_port()),  # several benchmarks may run side by side
        "-m", "ettin_megatron.pretrain",
-       *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed, attention, warmup),
+       *pretrain_flags(objective, layout, iters, prefix, tokenizer, seed, attention, warmup, optimizer),
        "--save", str(run / "ckpt"), log=work / f"{name}.log")
     sh(sys.executable, "tools/convert_checkpoint.py", "megatron-to-hf", "--load", str(run / "ckpt"),
        "--output", str(run / "hf"), log=work / f"{name}_export.log")
@@ -307,7 +318,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=BENCHMARK_WARMUP,
                         help=f"LR warm-up steps of every run (the demo's: {WARMUP}; see Seeds)")
     parser.add_argument("--objectives", nargs="+", default=["mlm", "clm"], choices=["mlm", "clm"])
-    parser.add_argument("--runs", nargs="+", default=["transformers", *LAYOUTS], choices=["transformers", *LAYOUTS])
+    parser.add_argument("--runs", nargs="+", default=["transformers", *LAYOUTS], choices=RUNS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[SEED],
                         help="training seeds (weights and data order); the table shows each run's mean")
     parser.add_argument("--attention-backend", default="auto",
@@ -371,8 +382,9 @@ def measure(opts: argparse.Namespace, work: Path, rows: list[dict], data: tuple[
                     hf_dir = train_reference(objective, steps, train_prefix, tokenizer, work, device, seed,
                                              opts.warmup_steps)
                 else:
-                    train = training_dataset(objective, name, opts.train_tokens, train_prefix, tokenizer, seed)
-                    steps, tokens = steps_for_budget(train, name, opts.train_tokens)
+                    layout = OPTIMIZER_RUNS.get(name, (name,))[0]
+                    train = training_dataset(objective, layout, opts.train_tokens, train_prefix, tokenizer, seed)
+                    steps, tokens = steps_for_budget(train, layout, opts.train_tokens)
                     hf_dir = train_ours(objective, name, steps, train_prefix, tokenizer, work, seed,
                                         opts.attention_backend, opts.warmup_steps)
                 loss = evaluate(hf_dir, objective, views, tokenizer, device)
@@ -507,7 +519,7 @@ def table(rows: list[dict], wanted: tuple[int, int]) -> str:
     one seed), so that a gap can be read against the noise of training a tiny model."""
     losses: dict[tuple[str, str, str], numpy.ndarray] = {}
     by_seed = heldout_losses(rows, wanted)
-    for key in sorted(by_seed, key=lambda k: (k[0], ("transformers", *LAYOUTS).index(k[2]), k[3])):
+    for key in sorted(by_seed, key=lambda k: (k[0], RUNS.index(k[2]), k[3])):
         losses[key[:3]] = numpy.append(losses.get(key[:3], []), by_seed[key])
     variance = lambda x: numpy.var(x, ddof=1) / len(x) if len(x) > 1 else numpy.nan  # of the mean
     lines = ["| objective | view | run | seeds | held-out loss per seed (nats) | mean | std | vs transformers | vs packed |",
@@ -528,7 +540,8 @@ def table(rows: list[dict], wanted: tuple[int, int]) -> str:
 
 
 def paired(rows: list[dict], wanted: tuple[int, int]) -> str:
-    """Markdown: each layout's gap to ``packed`` and to the reference seed by seed (the seeds both ran):
+    """Markdown: each layout's gap to ``packed`` and to the reference, and each other optimizer's to
+    ``document`` (PAIRS), seed by seed (the seeds both ran):
     mean with its paired standard error, median, and in how many seeds the layout is worse. With the
     demo's 10 warm-up steps a tiny MLM's late exits from its unigram plateau made single seeds miss by
     up to ~0.6 nats either way, so a mean of a dozen seeds could sit a standard error or two from zero;
@@ -536,16 +549,15 @@ def paired(rows: list[dict], wanted: tuple[int, int]) -> str:
     loss = heldout_losses(rows, wanted)
     lines = ["| objective | view | run | vs | seeds | mean gap (paired) | median gap | worse in |", "|---|---|---|---|---|---|---|---|"]
     for objective, view in sorted({key[:2] for key in loss}):
-        for run in LAYOUTS:
-            for ref in ("packed", "transformers"):
-                seeds = sorted(s for (o, v, name, s) in loss if (o, v, name) == (objective, view, run)
-                               and (objective, view, ref, s) in loss)
-                if run == ref or not seeds:
-                    continue
-                gap = numpy.array([loss[objective, view, run, s] - loss[objective, view, ref, s] for s in seeds])
-                error = f" ± {numpy.std(gap, ddof=1) / math.sqrt(len(gap)):.3f}" if len(gap) > 1 else ""
-                lines.append(f"| {objective} | {view} | {run} | {ref} | {len(gap)} | {gap.mean():+.3f}{error} | "
-                             f"{numpy.median(gap):+.3f} | {int((gap > 0).sum())} of {len(gap)} |")
+        for run, ref in PAIRS:
+            seeds = sorted(s for (o, v, name, s) in loss if (o, v, name) == (objective, view, run)
+                           and (objective, view, ref, s) in loss)
+            if not seeds:
+                continue
+            gap = numpy.array([loss[objective, view, run, s] - loss[objective, view, ref, s] for s in seeds])
+            error = f" ± {numpy.std(gap, ddof=1) / math.sqrt(len(gap)):.3f}" if len(gap) > 1 else ""
+            lines.append(f"| {objective} | {view} | {run} | {ref} | {len(gap)} | {gap.mean():+.3f}{error} | "
+                         f"{numpy.median(gap):+.3f} | {int((gap > 0).sum())} of {len(gap)} |")
     return "\n".join(lines)
 
 

@@ -116,7 +116,11 @@ class DataArgs:
 
 @dataclass
 class OptimArgs:
-    """AdamW (decoupled weight decay, none on norms and biases) and the LR schedule."""
+    """The optimizer (AdamW or StableAdamW, no weight decay on norms and biases) and the LR schedule."""
+
+    optimizer: str = arg("adam", "adam (AdamW: Megatron-Core's) | stableadamw (Ettin's: AdamW whose step "
+                         "size each tensor's update RMS clips, in place of gradient clipping).",
+                         choices=("adam", "stableadamw"))
 
     lr: float = arg(3e-3, "Peak learning rate.")
     min_lr: float = arg(0.0, "LR at the end of the decay.")
@@ -142,12 +146,16 @@ class OptimArgs:
     lr_wsd_decay_samples: int | None = arg(None, "WSD: the final annealing samples (instead of "
                                            "--lr-wsd-decay-iters).")
     lr_wsd_decay_tokens: int | None = arg(None, "WSD: the final annealing input tokens (--train-tokens runs).")
-    weight_decay: float = arg(3e-4, "Decoupled weight decay (not on norms and biases).")
+    weight_decay: float = arg(3e-4, "Decoupled weight decay (not on norms and biases): each step "
+                              "p <- p (1 - lr x wd), AdamW's rule.")
+    fully_decoupled_weight_decay: bool = arg(False, "Weight decay independent of the LR's size (optimi's "
+                                             "decouple_lr, Ettin's): p <- p (1 - wd x lr / --lr), so wd is "
+                                             "the share removed per step at peak LR.")
     adam_beta1: float = arg(0.9, "Adam beta1.")
     adam_beta2: float = arg(0.98, "Adam beta2.")
     adam_eps: float = arg(1e-6, "Adam epsilon.")
-    clip_grad: float = arg(1.0, "Global gradient-norm clip (0 = none). Ettin's StableAdamW needs none; "
-                           "AdamW keeps the clip.")
+    clip_grad: float | None = arg(None, "Global gradient-norm clip, 0 for none (default: 1.0 with adam, 0 with "
+                                  "stableadamw, whose per-tensor update clip replaces it).")
 
 
 @dataclass

@@ -4,8 +4,9 @@ A training checkpoint is the model checkpoint plus these entries of ``extra``:
 
     optimizer            megatron's optimizer.sharded_state_dict (reshardable: any TP / PP / DP)
     opt_param_scheduler  the LR scheduler's state (a plain object)
-    training_state       {"iteration", "consumed_samples", "consumed_tokens", "layout": [TP, PP, DP]}
-                         (plain object; the data position and the input tokens read up to it)
+    training_state       {"iteration", "consumed_samples", "consumed_tokens", "layout": [TP, PP, DP],
+                         "optimizer": optimizer.optimizer_record} (plain object; the data position, the
+                         input tokens read up to it, and the update rule the moments belong to)
     rng_state            per-rank RNG states (python, numpy, torch, the TP tracker), one ShardedObject
                          per (PP, TP, DP) rank; restored only at the same layout, where it makes a
                          resumed run bit-exact. At another layout the run resumes without it.
@@ -39,13 +40,26 @@ from ..checkpoint import (
 )
 from ..config import ConfigError, SizePreset, one_line
 from .arguments import UNITS, Arguments, reached_end
-from .optimizer import load_schedule, planned_schedule, schedule_state
+from .optimizer import (
+    create_state,
+    fused_adam_available,
+    load_schedule,
+    optimizer_record,
+    planned_schedule,
+    schedule_state,
+)
 from .setup import unwrap
 
 SHAPE_FIELDS = (*(f.name for f in fields(SizePreset)), "vocab_size")
 """The model fields that shape the weights, which a loaded checkpoint must share with the run. The
 others may change on purpose: a new phase raises the RoPE bases and the position limit, and
 cross-objective training loads the other objective's weights."""
+
+
+OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}
+"""How the distributed optimizer lays out its state in a checkpoint: per parameter, in the shapes of the
+model (Megatron-LM's --dist-ckpt-optim-fully-reshardable), so that it loads at any TP, PP and DP and
+without the distributed optimizer. Megatron-core 0.16's default layout no longer saves at all."""
 
 
 def _layout() -> list[int]:
@@ -79,14 +93,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(root, iteration: int, consumed_samples: int, consumed_tokens: int, model_chunks, optimizer, scheduler,
-         config, tokenizer: str | None = None, training_objective: str | None = None):
-    """Save model + optimizer + scheduler + RNG + data position as iteration ``iteration`` (collective)."""
+         config, optimizer_settings: dict, tokenizer: str | None = None, training_objective: str | None = None):
+    """Save model + optimizer + scheduler + RNG + data position as iteration ``iteration`` (collective);
+    ``optimizer_settings`` is the run's optimizer_record."""
     chunks = unwrap(model_chunks)
     extra = {
-        "optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks)),
+        "optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks), metadata=OPTIMIZER_FORMAT),
         "opt_param_scheduler": schedule_state(scheduler),
         "training_state": {"iteration": iteration, "consumed_samples": consumed_samples,
-                           "consumed_tokens": consumed_tokens, "layout": _layout()},
+                           "consumed_tokens": consumed_tokens, "layout": _layout(),
+                           "optimizer": optimizer_settings},
         "rng_state": _rng_sharded_object(rng_state()),
     }
     return save_checkpoint(root, iteration, chunks, config, extra=extra, tokenizer=tokenizer,
@@ -154,6 +170,7 @@ def check_load(args: Arguments, model: dict) -> Path | None:
         length = next(f"--train-{unit}" for unit in UNITS if getattr(args.run, f"train_{unit}") is not None)
         raise ConfigError(f"checkpoint {directory} is at {where}, already at or past this run's end; to start "
                           f"the next phase from it pass --finetune (weights only) or raise {length}.")
+    _check_optimizer(args, directory, state.get("optimizer", LEGACY_OPTIMIZER))
     _check_schedule(args, directory, common["opt_param_scheduler"])
     return directory
 
@@ -169,6 +186,26 @@ def _check_save(args: Arguments) -> None:
         held = resolve_checkpoint_dir(args.run.save).name
         raise ConfigError(f"--save {args.run.save} already holds a run ({held}); pass --load {args.run.save} to "
                           "resume it, or choose another --save.")
+
+
+LEGACY_OPTIMIZER = {"optimizer": "adam", "fully_decoupled_weight_decay": False}
+"""The optimizer of a checkpoint that predates the record: the only one there was."""
+
+
+def _check_optimizer(args: Arguments, directory: Path, saved: dict) -> None:
+    """Refuse to resume moments under another update rule, or the state of the distributed optimizer
+    without it (or the reverse): megatron lays the two out differently."""
+    planned = optimizer_record(args)
+    differing = [f"--{name.replace('_', '-')} {saved[name]} vs {planned[name]}" for name in planned
+                 if name in saved and saved[name] != planned[name]]
+    if differing:
+        raise ConfigError(f"checkpoint {directory} was trained with other optimizer settings ({', '.join(differing)}: "
+                          "checkpoint vs this run); resume with the checkpoint's, or start from its weights with "
+                          "--finetune.")
+    if planned["use_distributed_optimizer"] and planned["optimizer"] == "adam" and not fused_adam_available():
+        raise ConfigError("megatron-core cannot load torch AdamW's state into the distributed optimizer (it "
+                          "loads that of Transformer Engine's or apex's FusedAdam); install one, or resume "
+                          "without --use-distributed-optimizer.")
 
 
 def _check_schedule(args: Arguments, directory: Path, saved: dict) -> None:
@@ -195,7 +232,9 @@ def load(directory, model_chunks, optimizer, scheduler, finetune: bool = False) 
         return 0, 0, 0
     common = dist_checkpointing.load_common_state_dict(str(directory))
     same_layout = common["training_state"]["layout"] == _layout()
-    extra = {"optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True)}
+    create_state(optimizer)
+    extra = {"optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks), is_loading=True,
+                                                       metadata=OPTIMIZER_FORMAT)}
     if same_layout:
         extra["rng_state"] = _rng_sharded_object(rng_state())
     loaded = load_checkpoint(directory, chunks, extra=extra)

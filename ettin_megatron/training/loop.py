@@ -38,7 +38,8 @@ from .arguments import Arguments, model_shape, reached_end, validate, virtual_pi
 from .data_loader import MicroBatchSampler, micro_batch_loader, step_iterators
 from .forward_step import make_forward_step
 from .metrics import Metrics, is_logging_rank, scalar_writers
-from .optimizer import build_optimizer, build_scheduler, current_lr
+from .optimizer import build_optimizer, build_scheduler, current_lr, optimizer_record, optimizer_step
+from .stable_adamw import clipped_fraction
 from .setup import build_model, build_model_config, wire_schedule_hooks
 from .stopping import ExitConditions, check_finite, nonfinite_flags
 
@@ -114,7 +115,9 @@ def _train(run: Run, iteration: int, consumed: int, tokens: int, exit_conditions
         row = {"step": iteration, "loss": loss, "lr": current_lr(run.optimizer), "grad_norm": grad_norm,
                "batch_size": batch_size, "tokens": tokens}
         if iteration == 1 or iteration % args.run.log_interval == 0 or reached_end(args, iteration, consumed, tokens):
-            row = run.metrics.log_step(iteration, consumed, tokens, loss, row["lr"], grad_norm, batch_size)
+            clipped = clipped_fraction(run.optimizer)  # StableAdamW's; read on logged steps only
+            row = run.metrics.log_step(iteration, consumed, tokens, loss, row["lr"], grad_norm, batch_size,
+                                       None if clipped is None else clipped.item())
         history.append(row)
         if args.run.eval_interval and iteration % args.run.eval_interval == 0 and run.eval_batches:
             history.append(evaluate(run, iteration))
@@ -222,7 +225,7 @@ def train_step(run: Run, step: int, consumed: int, tokens: int) -> tuple[int, in
     if guard:
         check_finite(run, step, consumed, loss, *flags)
     input_tokens = round(input_tokens)
-    updated, grad_norm, _ = run.optimizer.step()
+    updated, grad_norm = optimizer_step(run.optimizer)
     if updated:
         run.scheduler.step(increment=input_tokens if run.args.run.train_tokens is not None else batch_size)
     run.metrics.add_tokens(input_tokens, pairs)
@@ -252,7 +255,8 @@ def evaluate(run: Run, step: int) -> dict:
 
 def _save(run: Run, iteration: int, consumed: int, tokens: int) -> None:
     path = checkpointing.save(run.args.run.save, iteration, consumed, tokens, run.model, run.optimizer,
-                              run.scheduler, run.config, tokenizer=run.args.data.tokenizer_model,
+                              run.scheduler, run.config, optimizer_record(run.args),
+                              tokenizer=run.args.data.tokenizer_model,
                               training_objective=run.args.model.objective)
     _print(f"saved checkpoint {path}")
 

@@ -158,17 +158,21 @@ class Metrics:
         self.window_flops += training_flops(self.config, self.num_params, tokens, pairs)
 
     def log_step(self, step: int, consumed_samples: int, consumed_tokens: int, loss: float, lr: float,
-                 grad_norm: float | None, batch_size: int) -> dict:
-        """Print (on the logging rank) and return the step's metrics; resets the tokens/s window."""
+                 grad_norm: float | None, batch_size: int, clipped: float | None = None) -> dict:
+        """Print (on the logging rank) and return the step's metrics; resets the tokens/s window.
+        ``clipped``: StableAdamW's share of tensors whose update was clipped (what its users watch in place
+        of a clipped gradient norm)."""
         now = time.time()
         elapsed = max(now - self.window_start, 1e-9)
         tokens_per_s = self.window_tokens / elapsed
         row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-               "batch_size": batch_size, "tokens": consumed_tokens}
+               "batch_size": batch_size, "tokens": consumed_tokens, "clipped": clipped}
         parts = [f"step {step:>7}" + (f"/{self.total_steps}" if self.total_steps else ""),
                  f"loss {loss:.4f}", f"lr {lr:.3e}"]
         if grad_norm is not None:
             parts.append(f"grad norm {grad_norm:.3f}")
+        if clipped is not None:
+            parts.append(f"clipped {100 * clipped:.1f}%")
         parts.append(f"tokens {consumed_tokens:,}" + (f"/{self.total_tokens:,}" if self.total_tokens else ""))
         parts.append(f"tokens/s {tokens_per_s:,.0f}")
         if self.peak:
@@ -187,6 +191,7 @@ class Metrics:
         if is_logging_rank():
             print(" | ".join(parts), flush=True)
             self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                                 "train/clipped_updates": clipped,
                                  "train/tokens_per_s": tokens_per_s, "train/batch_size": batch_size,
                                  "train/peak_memory_gb": row["peak_memory_gb"]})
         self.window_start, self.window_tokens, self.window_flops = now, 0, 0.0

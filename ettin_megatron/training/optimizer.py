@@ -1,14 +1,17 @@
 """The optimizer and the learning-rate schedule, both Megatron-Core's.
 
-Optimizer: ``get_megatron_optimizer`` with Adam in decoupled (AdamW) mode; megatron's standard
-parameter groups already exempt norms (1-D) and biases from weight decay, as Ettin does. With
-``--bf16`` it keeps fp32 main weights; with ``--use-distributed-optimizer`` it shards them over DP.
+Optimizer: ``get_megatron_optimizer``, with its fp32 main weights under ``--bf16`` and its sharding over
+DP under ``--use-distributed-optimizer``; megatron's standard parameter groups exempt norms (1-D) and
+biases from weight decay, as Ettin does. Its update rule is AdamW (``--optimizer adam``) or Ettin's
+StableAdamW (``--optimizer stableadamw``, stable_adamw.py), which megatron cannot build itself:
+it replaces the inner AdamW that megatron wraps.
 
-Ettin trained with StableAdamW (AdamW with a per-tensor update clip that replaces gradient clipping).
-Megatron-Core 0.16 builds its inner optimizer itself from ``config.optimizer`` in {adam, sgd} (and,
-for the distributed optimizer, from the shards of its own contiguous buffers), so a different update
-rule cannot be plugged in without patching megatron. We keep megatron's AdamW and keep gradient
-clipping on (``--clip-grad 1.0``) in its place.
+Weight decay: AdamW applies p <- p (1 - lr x wd). Ettin's ``weight_decay`` is fully decoupled
+(``--fully-decoupled-weight-decay``): p <- p (1 - wd x lr / max_lr), max_lr = ``--lr``. StableAdamW
+applies either rule itself; AdamW gets the second as its own rule with wd / max_lr.
+
+Gradient clipping (``--clip-grad``, 1.0 with adam, none with stableadamw) is megatron's. The gradient
+norm is measured and logged in either case.
 
 Schedule: ``OptimizerParamScheduler`` stepped in *samples*, as Megatron-LM does (so a batch-size
 ramp-up does not distort it), or, in a ``--train-tokens`` run, in *input tokens*: each step advances it
@@ -28,23 +31,82 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from megatron.core import optimizer as megatron_optimizers
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from .arguments import Arguments
+from .stable_adamw import use_stable_adamw
+
+
+def clip_grad(args: Arguments) -> float:
+    """The global gradient-norm clip: --clip-grad, by default 1.0 with adam and none with stableadamw."""
+    if args.optim.clip_grad is not None:
+        return args.optim.clip_grad
+    return 0.0 if args.optim.optimizer == "stableadamw" else 1.0
+
+
+def weight_decay(args: Arguments) -> float:
+    """The weight decay the optimizer is given: AdamW's coefficient of lr, which for fully decoupled decay
+    under adam is wd / max_lr (StableAdamW applies the rule itself)."""
+    o = args.optim
+    if o.fully_decoupled_weight_decay and o.optimizer == "adam":
+        return o.weight_decay / o.lr
+    return o.weight_decay
 
 
 def build_optimizer(args: Arguments, model_chunks):
-    """Megatron's (mixed-precision / distributed) AdamW over the model chunks."""
-    o = args.optim
+    """Megatron's (mixed-precision / distributed) optimizer over the model chunks, stepping with AdamW or
+    StableAdamW."""
+    o, distributed = args.optim, args.parallel.use_distributed_optimizer
     config = OptimizerConfig(
-        optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
-        adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
+        optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=weight_decay(args),
+        adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=clip_grad(args),
         decoupled_weight_decay=True, bf16=args.run.bf16,
         params_dtype=torch.bfloat16 if args.run.bf16 else torch.float32,
-        use_distributed_optimizer=args.parallel.use_distributed_optimizer,
+        use_distributed_optimizer=distributed,
     )
-    return get_megatron_optimizer(config, model_chunks)
+    optimizer = get_megatron_optimizer(config, model_chunks)
+    if o.optimizer == "stableadamw":
+        use_stable_adamw(optimizer, model_chunks, max_lr=o.lr, decouple_lr=o.fully_decoupled_weight_decay,
+                         distributed=distributed)
+    return optimizer
+
+
+def optimizer_record(args: Arguments) -> dict:
+    """What a checkpoint records of its optimizer, which a resume must keep: the moments mean other things
+    under another rule, and the distributed optimizer lays its state out its own way."""
+    return {"optimizer": args.optim.optimizer, "fully_decoupled_weight_decay": args.optim.fully_decoupled_weight_decay,
+            "use_distributed_optimizer": args.parallel.use_distributed_optimizer}
+
+
+def fused_adam_available() -> bool:
+    """Whether megatron's AdamW is Transformer Engine's or apex's FusedAdam rather than torch's."""
+    return not megatron_optimizers.USING_PYTORCH_OPTIMIZER
+
+
+def create_state(optimizer) -> None:
+    """Give every parameter the moments a checkpoint is loaded into, where it has none yet (zeros): the
+    distributed optimizer reads that state before it loads, and a fresh one has none."""
+    for wrapper in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = wrapper.optimizer
+        for param in (p for group in getattr(inner, "param_groups", []) for p in group["params"]):
+            state = inner.state[param]
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment not in state:
+                    state[moment] = torch.zeros_like(param)
+
+
+def optimizer_step(optimizer) -> tuple[bool, float | None]:
+    """Megatron's optimizer step: (whether the parameters were updated, the gradient norm). Megatron
+    measures the norm only to clip with it; without a clip it is measured here, the same way."""
+    if optimizer.config.clip_grad > 0:
+        updated, grad_norm, _ = optimizer.step()
+        return updated, grad_norm
+    if optimizer.prepare_grads():  # non-finite gradients: a loss scaler skips the step
+        return False, None
+    grad_norm = optimizer.get_grad_norm()
+    return optimizer.step_with_ready_grads(), grad_norm
 
 
 @dataclass(frozen=True)
@@ -85,7 +147,7 @@ def build_scheduler(args: Arguments, optimizer) -> OptimizerParamScheduler:
     return OptimizerParamScheduler(
         optimizer, init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr,
         lr_warmup_steps=steps.warmup, lr_decay_steps=steps.decay, lr_decay_style=o.lr_decay_style,
-        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=steps.decay, wd_incr_style="constant",
+        start_wd=weight_decay(args), end_wd=weight_decay(args), wd_incr_steps=steps.decay, wd_incr_style="constant",
         use_checkpoint_opt_param_scheduler=args.run.use_checkpoint_opt_param_scheduler,
         override_opt_param_scheduler=args.run.override_opt_param_scheduler,
         wsd_decay_steps=steps.wsd_decay, lr_wsd_decay_style=o.lr_wsd_decay_style,

@@ -4,6 +4,10 @@ The numbers live here once (from shared/ettin-recipe.md: the Ettin paper and its
 every YAML file is generated, so phases, sizes and objectives cannot drift apart. Run
 ``python examples/recipes/generate.py`` after editing; tests check the files match.
 
+Optimizer: Ettin's StableAdamW with fully decoupled weight decay (p <- p (1 - wd x lr / max_lr), max_lr
+the recipe's lr) and no gradient clipping, so weight_decay is Ettin's number as it is: 1e-5 removes 1e-5
+of each weight per step at peak LR (under AdamW's rule, lr x wd, it would remove 8e-9 at 150m's 8e-4).
+
 Units: Ettin's budgets are token counts, and so are the recipes': train_tokens, lr_*_tokens and the
 length of rampup_batch_size_tokens are input tokens, which the run counts step by step (samples are
 often shorter than seq_length, so no fixed number of samples holds a token budget). Batch sizes stay
@@ -42,7 +46,9 @@ global_batch_size: {GLOBAL_BATCH}
 adam_beta1: 0.9
 adam_beta2: 0.98
 adam_eps: 1.0e-6
-clip_grad: 1.0            # Ettin's StableAdamW clips per tensor instead; megatron's AdamW keeps this
+optimizer: stableadamw    # Ettin's: AdamW whose per-tensor update clip replaces gradient clipping
+fully_decoupled_weight_decay: true   # weight_decay = share of a weight removed per step at peak LR
+clip_grad: 0.0
 attention_output_dropout: 0.1
 seed: 21
 bf16: true

@@ -183,3 +183,41 @@ def test_recipes_carry_ettins_token_budgets(prefix, size):
         args, steps = run(f"cross/{direction}/{size}.yaml", "--load", "decay-phase-checkpoint")
         assert args.run.train_tokens == 50_000_000_000
         assert steps == ScheduleSteps(warmup=3_000_000_000, decay=50_000_000_000, wsd_decay=10_000_000_000)
+
+
+# Ettin's optimizer numbers, written here from shared/ettin-recipe.md (its released configs): peak LR and
+# weight decay per size, and the cross-objective pairs.
+PEAK_LR_WD = {"17m": (3e-3, 3e-4), "32m": (3e-3, 3e-4), "68m": (3e-3, 3e-4), "150m": (8e-4, 1e-5),
+              "400m": (5e-4, 1e-5), "1b": (5e-4, 5e-5)}
+CROSS_LR_WD = {"17m": (1.5e-3, 3e-4), "32m": (1.5e-3, 3e-4), "68m": (1.5e-3, 3e-4), "150m": (4e-4, 1e-5),
+               "400m": (2.5e-4, 1e-5), "1b": (2.5e-4, 5e-5)}
+
+
+@pytest.mark.parametrize("size", list(PEAK_LR_WD))
+def test_recipes_train_with_ettins_optimizer(size):
+    """StableAdamW, Ettin's weight decay fully decoupled (max_lr: the phase's --lr, as optimi's default
+    takes the optimizer's lr in each of Ettin's phase configs), no gradient clipping, betas 0.9 / 0.98,
+    eps 1e-6; the weight decay the optimizer gets is Ettin's number as it is."""
+    from ettin_megatron.training.optimizer import clip_grad, weight_decay
+
+    peak, wd = PEAK_LR_WD[size]
+    names = {f"{kind}/{size}/phase{phase}.yaml": (peak * start, wd)
+             for kind in ("encoder", "decoder") for phase, start in ((1, 1.0), (2, 1.0), (3, 0.5))}
+    names.update({f"cross/{direction}/{size}.yaml": CROSS_LR_WD[size]
+                  for direction in ("decoder-to-encoder", "encoder-to-decoder")})
+    for name, (lr, decay) in names.items():
+        args = parse_args(["--recipe", str(RECIPES / name)])
+        o = args.optim
+        assert (o.optimizer, o.fully_decoupled_weight_decay, clip_grad(args)) == ("stableadamw", True, 0.0), name
+        assert (o.lr, o.weight_decay, weight_decay(args)) == (pytest.approx(lr), decay, decay), name
+        assert (o.adam_beta1, o.adam_beta2, o.adam_eps) == (0.9, 0.98, 1e-6), name
+
+
+def test_adams_fully_decoupled_decay_is_scaled_to_adamws_rule():
+    """AdamW decays by lr x wd: Ettin's rule, wd x lr / max_lr, is AdamW's with wd / max_lr."""
+    from ettin_megatron.training.optimizer import clip_grad, weight_decay
+
+    args = parse_args(["--lr", "8e-4", "--weight-decay", "1e-5", "--fully-decoupled-weight-decay"])
+    assert weight_decay(args) == pytest.approx(1e-5 / 8e-4) and clip_grad(args) == 1.0
+    args = parse_args(["--lr", "8e-4", "--weight-decay", "1e-5", "--optimizer", "stableadamw"])
+    assert weight_decay(args) == 1e-5 and clip_grad(args) == 0.0

@@ -222,3 +222,21 @@ def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, ch
         assert (scheduler.lr_decay_steps, scheduler.num_steps) == (decay, 16), flag
     both = ["--use-checkpoint-opt_param-scheduler", "--override-opt_param-scheduler"]
     assert "not both" in pretrain_error(capsys, argv + both)
+
+
+@pytest.mark.parametrize("change, differs", [
+    (["--optimizer", "stableadamw"], "--optimizer adam vs stableadamw"),
+    (["--fully-decoupled-weight-decay"], "--fully-decoupled-weight-decay False vs True"),
+    (["--use-distributed-optimizer"], "--use-distributed-optimizer False vs True"),
+])
+def test_resuming_under_other_optimizer_settings_is_refused(capsys, checkpoints, tokenizer_dir, change, differs):
+    """The moments mean other things under another update rule or weight decay rule, and the distributed
+    optimizer lays its state out its own way: a resume keeps the checkpoint's settings (--finetune
+    starts afresh from its weights)."""
+    prefix, root, _ = checkpoints
+    run = str(root / "run")
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", run, "--save", run, "--train-iters", "4",
+                                        *change))
+    assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} was trained with other optimizer settings "
+                    f"({differs}: checkpoint vs this run); resume with the checkpoint's, or start from its weights "
+                    "with --finetune.")

@@ -1,4 +1,6 @@
 """--tensorboard-dir and --wandb-project: the scalars each writer stored are the values the run logged.
+The run trains with StableAdamW: no gradient clipping, yet its gradient norm is logged, and beside it the
+share of tensors whose update StableAdamW clipped.
 
 TensorBoard's event files are read with its own EventAccumulator; the offline W&B run (WANDB_MODE=offline)
 with wandb's protobuf records (tests/training/wandb_records.py): both independently of our writers.
@@ -21,7 +23,7 @@ def _train(rank, prefix, logdir, wandb_dir):
                       WANDB_CACHE_DIR=wandb_dir, WANDB_DATA_DIR=wandb_dir)
     args = make_arguments(**base_args(prefix, train_iters=4, eval_iters=1, eval_interval=2,
                                       tensorboard_dir=logdir, wandb_project="ettin-test", wandb_exp_name="tiny",
-                                      wandb_save_dir=wandb_dir))
+                                      wandb_save_dir=wandb_dir, optimizer="stableadamw"))
     return pretrain(args, special_tokens=SPECIAL)
 
 
@@ -41,8 +43,12 @@ def test_tensorboard_and_wandb_scalars_match_the_logged_history(tmp_path):
         assert abs(got - want) <= 1e-6 * abs(want)  # stored as float32
     validation = [(row["step"], row["val_loss"]) for row in history if "val_loss" in row]
     assert [step for step, _ in scalars["valid/loss"]] == [step for step, _ in validation] == [2, 4]
-    tags = {"train/lr", "train/grad_norm", "train/tokens_per_s", "train/peak_memory_gb", "valid/accuracy"}
+    tags = {"train/lr", "train/grad_norm", "train/clipped_updates", "train/tokens_per_s", "train/peak_memory_gb",
+            "valid/accuracy"}
     assert tags <= set(scalars)
+    clipped = [row["clipped"] for row in history if "loss" in row]
+    assert [value for _, value in scalars["train/clipped_updates"]] == pytest.approx(clipped, rel=1e-6)
+    assert 0 < max(clipped) <= 1 and all(row["grad_norm"] > 0 for row in history if "loss" in row)
 
     # W&B: one row per logged step (train/* and, at 2 and 4, valid/* merged into it), float64 exact.
     rows = {row["_step"]: row for row in wandb_history(wandb_dir)}
@@ -51,6 +57,7 @@ def test_tensorboard_and_wandb_scalars_match_the_logged_history(tmp_path):
     assert [rows[r["step"]]["train/loss"] for r in train] == [r["loss"] for r in train]
     assert [rows[r["step"]]["train/lr"] for r in train] == [r["lr"] for r in train]
     assert [rows[r["step"]]["train/grad_norm"] for r in train] == [r["grad_norm"] for r in train]
+    assert [rows[r["step"]]["train/clipped_updates"] for r in train] == [r["clipped"] for r in train]
     assert [rows[r["step"]]["train/tokens_per_s"] for r in train] == [r["tokens_per_s"] for r in train]
     assert [rows[step]["valid/loss"] for step in (2, 4)] == [loss for _, loss in validation]
     assert all(f"{tag}" in rows[4] for tag in tags)
