@@ -3,8 +3,8 @@ valid split, 0 and 2 workers, two DP ranks, a resumed start and sequence-paralle
 and after a change to the data pipeline and diff the outputs, which must be identical (what the model sees
 must not change with a speed-up). Seq 128 reads a weighted blend of the prefix with itself for `packed`.
 
-    python benchmarks/batch_digests.py --data-path <prefix> > before.txt   # on main
-    python benchmarks/batch_digests.py --data-path <prefix> > after.txt    # on the change; diff them
+    python -m benchmarks.batch_digests --data-path <prefix> > before.txt   # on main
+    python -m benchmarks.batch_digests --data-path <prefix> > after.txt    # on the change; diff them
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ The corpus is the offline sample corpus (CPython's docs) tokenized with the Mode
 micro-batch of 144 x 1024 tokens (18 samples at 7999). Delivered tokens/s counts input tokens of the
 micro-batches the loop receives, from the first request (worker start-up included) to the last.
 
-    python benchmarks/data_pipeline.py --tokenizer ../shared/tokenizers/modernbert   # writes a table
-    python benchmarks/data_pipeline.py --data-path data/sample_text_document --seconds 5
+    python -m benchmarks.data_pipeline --tokenizer MODERNBERT_DIR   # writes a table
+    python -m benchmarks.data_pipeline --data-path data/sample_text_document --seconds 5
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ TOKENS_PER_MICRO_BATCH = 144 * 1024
 
 def sample_prefix(tokenizer: str, workdir: str) -> str:
     """The sample corpus preprocessed with ``tokenizer`` (tools/preprocess_data.py, as users run it)."""
-    from ettin_megatron.data.sample_corpus import build_sample_corpus
+    from ettin_megatron.prep.sample_corpus import build_sample_corpus
 
     corpus, prefix = os.path.join(workdir, "corpus.jsonl"), os.path.join(workdir, "sample")
     build_sample_corpus(corpus)
@@ -69,13 +69,15 @@ def step_seconds(prefix: str, workers: int, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default=os.path.join("..", "shared", "tokenizers", "modernbert"))
+    parser.add_argument("--tokenizer", help="the ModernBERT tokenizer's directory (with the sample corpus)")
     parser.add_argument("--data-path", help="an existing prefix (default: the sample corpus)")
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--steps", type=int, default=8, help="training steps per step-time measurement")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as workdir:
+        if not (args.data_path or args.tokenizer):
+            parser.error("pass --tokenizer (to preprocess the sample corpus with it) or --data-path")
         prefix = args.data_path or sample_prefix(args.tokenizer, workdir)
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
               f"torch {torch.__version__}, Python {platform.python_version()}")

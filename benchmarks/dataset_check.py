@@ -7,7 +7,7 @@ scan of the .bin in 16M-token slices (what the sample avoids), each the best of 
 cache is warm after writing, so the times are CPU-bound lower bounds; the sample reads at most 32 MB
 from disk whatever the corpus size, a full scan reads all of it.
 
-    python benchmarks/dataset_check.py --tokens 1000000000 --dir /tmp/check
+    python -m benchmarks.dataset_check --tokens 1000000000 --dir /tmp/check
 """
 
 import argparse
@@ -17,8 +17,7 @@ import time
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from ettin_megatron.data.dataset_info import (DatasetInfo, TokenizerStamp, check_dataset, info_path,
-                                              write_info)
+from ettin_megatron.data.dataset_info import DatasetInfo, TokenizerStamp, check_dataset, info_path, write_info
 
 DOCUMENT = 4096
 

@@ -10,8 +10,8 @@ differ, and from which module on.
 Run it twice on the GPU machine, the first time with the GPU hidden (the CPU path, CPU emulation and
 all), with the model-quality benchmark's data (benchmarks/gpu_model_quality.sh prepares it):
 
-    CUDA_VISIBLE_DEVICES= python benchmarks/device_parity.py --out cpu.json
-    python benchmarks/device_parity.py --out gpu.json --compare cpu.json
+    CUDA_VISIBLE_DEVICES= python -m benchmarks.device_parity --out cpu.json
+    python -m benchmarks.device_parity --out gpu.json --compare cpu.json
 
 Each run records, for pretrain's own setup (the demo's tiny model, seq 128, --data-layout document,
 --objective mlm and clm): a sum of every initial weight, hashes of the first micro-batch's arrays, and
@@ -26,29 +26,25 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from functools import partial
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import model_quality  # noqa: E402  (the benchmark's flags and data)
+from benchmarks import model_quality  # the benchmark's flags and data
 
 TOLERANCE = 1e-4
 
 
 def record(objective: str, prefix: str, tokenizer: str) -> dict:
     """Initial weights, first micro-batch and first forward of pretrain's setup for ``objective``."""
-    from ettin_megatron.training import batching
-    from ettin_megatron.training.arguments import parse_args, validate
+    from ettin_megatron.training.arguments import parse_args
     from ettin_megatron.training.loop import setup
+    from ettin_megatron.training.plan import plan_run
     from ettin_megatron.training.setup import unwrap
 
     args = parse_args(model_quality.pretrain_flags(objective, "document", 1, prefix, tokenizer, attention="sdpa"))
-    dp_size = validate(args, 1)
-    special, vocab = batching.token_ids(args)
-    run, *_ = setup(args, vocab, special, dp_size, None)
+    run, *_ = setup(plan_run(args, 1), None)
     model = unwrap(run.model)[0]
     weights = {name: p.detach().double().sum().item() for name, p in model.named_parameters()}
     batch = next(run.train_batches)

@@ -7,7 +7,7 @@
 3. The Ettin encoder against transformers' ModernBertForMaskedLM on the GPU, same weights, bf16 and
    fp32 logits.
 
-    python benchmarks/gpu_check.py          # prints a table; exits 1 if a check fails
+    python -m benchmarks.gpu_check          # prints a table; exits 1 if a check fails
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ step() {  # step NAME TIMEOUT COMMAND...: run, log to $OUT/NAME.log, print its t
   grep -v -i "warn" "$OUT/$name.log" | tail -n 12
 }
 
-step correctness 240 python benchmarks/gpu_check.py
+step correctness 240 python -m benchmarks.gpu_check
 step tests 240 python -m pytest -q -x -p no:cacheprovider tests/model/test_attention_backends.py tests/model/test_rope.py
 for size in 150m 400m; do
-  step "throughput-$size" 150 python benchmarks/model_throughput.py --size $size --seq-length 1024 --batch 16 --dtype bf16
+  step "throughput-$size" 150 python -m benchmarks.model_throughput --size $size --seq-length 1024 --batch 16 --dtype bf16
 done
 step train-150m 240 env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29511 \
   python -m ettin_megatron.pretrain --model-size 150m --data-path .gpu/sample_text_document --seq-length 1024 \
   --micro-batch-size 32 --global-batch-size 64 --train-iters 30 --log-interval 5 --eval-iters 0 --bf16 \
   --data-layout packed --lr 8e-4 --lr-warmup-iters 5 --num-workers 2
-step data-pipeline 300 python benchmarks/data_pipeline.py --data-path .gpu/sample_text_document --seconds 3 --steps 8
+step data-pipeline 300 python -m benchmarks.data_pipeline --data-path .gpu/sample_text_document --seconds 3 --steps 8

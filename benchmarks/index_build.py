@@ -1,6 +1,6 @@
 """Sample-index build time and peak memory: EttinDataset (each layout) vs megatron-core's GPTDataset.
 
-    python benchmarks/index_build.py --documents 5000000 --workdir /tmp/index_build
+    python -m benchmarks.index_build --documents 5000000 --workdir /tmp/index_build
 
 Writes a synthetic prefix once (document lengths drawn like web text: log-normal, median ~450
 tokens, mean ~840; the .idx with megatron's _IndexWriter, which IndexedDatasetBuilder uses, and the

@@ -1,6 +1,6 @@
 """Token ids copied per second from zstd MDS shards into an indexed dataset, and peak memory.
 
-The corpus is written by tests/data/mds_writer.py (which rewrites the reference MDSWriter's shards
+The corpus is written by tests/prep/mds_writer.py (which rewrites the reference MDSWriter's shards
 byte for byte): `input_ids` as ndarray:uint32 plus an `id` str column, as in Ettin's release, zstd,
 64 MiB shards (MDSWriter's default size limit; --shard-mb), sha1 hashes (so their verification is in the cost),
 samples of 64-2047 tokens with Zipf-distributed ids (compressible like text, not like noise). The
@@ -9,8 +9,8 @@ the tokenizer). Each run is a fresh `tools/preprocess_data.py`-equivalent proces
 fastest of --repeats runs, tokens per CPU-second of the whole process tree (the per-core figure, which
 stays meaningful on a shared machine) and the peak proportional set size of the tree.
 
-    python benchmarks/mds_copy.py                      # 20M and 80M tokens, 1 and 2 workers
-    python benchmarks/mds_copy.py --tokens 50000000 --scales 1 --workers 4
+    python -m benchmarks.mds_copy                      # 20M and 80M tokens, 1 and 2 workers
+    python -m benchmarks.mds_copy --tokens 50000000 --scales 1 --workers 4
 """
 
 import argparse
@@ -22,13 +22,11 @@ import time
 
 import numpy as np
 
-from preprocess import cpu_seconds, run_measured  # benchmarks/preprocess.py
+from benchmarks.preprocess import cpu_seconds, run_measured
+from ettin_megatron.vocab import MODERNBERT_IDS as IDS
+from tests.prep.mds_writer import id_tokenizer, write_mds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from ettin_megatron.data.tokenizer import MODERNBERT_IDS as IDS  # noqa: E402
-from tests.data.mds_writer import id_tokenizer, write_mds  # noqa: E402
 
 
 def make_corpus(out: str, tokens: int, shard_bytes: int, seed: int = 0) -> None:
@@ -46,7 +44,7 @@ def make_corpus(out: str, tokens: int, shard_bytes: int, seed: int = 0) -> None:
 
 
 def child(args) -> None:
-    from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
+    from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
 
     start, cpu = time.perf_counter(), cpu_seconds()
     summary = preprocess(PreprocessConfig(input=args.input, output_prefix=args.output, json_keys=["input_ids"],

@@ -1,13 +1,13 @@
 """Model quality per data layout: held-out loss of the tiny encoder (MLM) and decoder (CLM) trained with
 each ``--data-layout`` and with a plain transformers training loop, all on the same tokens.
 
-What is compared (issue 9's acceptance: the default layout within 0.05 nats of the transformers
-reference or better, and within 0.05 nats of ``packed``):
+What is compared (the acceptance of the default layout: within 0.05 nats of the transformers reference
+or better, and within 0.05 nats of ``packed``):
 
 - Corpus: the offline sample corpus (``build_sample_corpus``). Every 50th document (index % 50 == 0,
   2%) is held out: no tokenizer, training run or reference ever sees it. The other 98% are the
   training documents. Tokenizer: a 4096-token BPE trained on the training documents by the project's
-  helper (as the demo), or ``--tokenizer DIR`` (e.g. ../shared/tokenizers/modernbert). Both files go
+  helper (as the demo), or ``--tokenizer DIR`` (e.g. the ModernBERT tokenizer's directory). Both files go
   through tools/preprocess_data.py, so every run and the evaluator read the same framed
   ([CLS] ... [SEP]) token ids.
 - Hyper-parameters: the demo's (examples/pretrain_ettin_common.sh): tiny model, seq 128, micro batch
@@ -60,12 +60,12 @@ reference or better, and within 0.05 nats of ``packed``):
   training runs side by side in child processes (a GPU machine's many cores:
   benchmarks/gpu_model_quality.sh).
 
-    python benchmarks/model_quality.py                # one seed, every run (~8 runs)
-    python benchmarks/model_quality.py --seeds 21 22 23 --json rows.json   # rows.json keeps finished runs
-    python benchmarks/model_quality.py --quick        # smoke test: 4 steps' worth of tokens
-    python benchmarks/model_quality.py --table a.json b.json   # the table of rows files together
-    python benchmarks/model_quality.py --streams --objectives mlm   # what each layout's runs read
-    python benchmarks/model_quality.py --curves --seeds 21 22 23   # training loss per stretch, plateau exits
+    python -m benchmarks.model_quality                # one seed, every run (~8 runs)
+    python -m benchmarks.model_quality --seeds 21 22 23 --json rows.json   # rows.json keeps finished runs
+    python -m benchmarks.model_quality --quick        # smoke test: 4 steps' worth of tokens
+    python -m benchmarks.model_quality --table a.json b.json   # the table of rows files together
+    python -m benchmarks.model_quality --streams --objectives mlm   # what each layout's runs read
+    python -m benchmarks.model_quality --curves --seeds 21 22 23   # training loss per stretch, plateau exits
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def sh(*cmd: str, log: Path | None = None) -> None:
 
 def prepare(work: Path, tokenizer: str | None) -> tuple[str, str, str]:
     """Corpus split into training / held-out documents, tokenizer, and both preprocessed."""
-    from ettin_megatron.data.sample_corpus import build_sample_corpus
-    from ettin_megatron.data.train_tokenizer import train_tokenizer
+    from ettin_megatron.prep.sample_corpus import build_sample_corpus
+    from ettin_megatron.prep.train_tokenizer import train_tokenizer
 
     data = work / "data"
     if not (data / "heldout_text_document.idx").exists():
@@ -154,10 +154,10 @@ def training_dataset(objective: str, layout: str, budget: int, prefix: str, toke
     (budget / 16: a sample holds more than 16 tokens on this corpus; steps_for_budget says if not)."""
     from ettin_megatron.training import batching
     from ettin_megatron.training.arguments import parse_args
+    from ettin_megatron.training.plan import plan_run
 
-    args = parse_args(pretrain_flags(objective, layout, 1, prefix, tokenizer, seed))
-    special, _ = batching.token_ids(args)
-    train, _ = batching.run_datasets(args, budget // 16, 0, special)
+    plan = plan_run(parse_args(pretrain_flags(objective, layout, 1, prefix, tokenizer, seed)), 1)
+    train, _ = batching.run_datasets(plan, budget // 16, 0)
     return train
 
 
@@ -223,22 +223,22 @@ def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, wor
     """The plain transformers loop (see the module docstring); the saved HF directory."""
     from ettin_megatron.convert.hf_mapping import hf_config
     from ettin_megatron.convert.verify import hf_model_class
-    from ettin_megatron.training import batching
     from ettin_megatron.training.arguments import parse_args
     from ettin_megatron.training.optimizer import build_scheduler
+    from ettin_megatron.training.plan import plan_run
     from ettin_megatron.training.setup import build_model_config
 
-    args = parse_args(pretrain_flags(objective, "concat", iters, prefix, tokenizer, seed, warmup=warmup))
-    special, vocab = batching.token_ids(args)
+    plan = plan_run(parse_args(pretrain_flags(objective, "concat", iters, prefix, tokenizer, seed, warmup=warmup)), 1)
+    args = plan.args
     torch.manual_seed(seed)
-    config = hf_config(build_model_config(args, vocab_size=vocab), special)
+    config = hf_config(build_model_config(plan.model), plan.token_ids)
     model = hf_model_class(objective)(config).to(device).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "wd_mult": 0.0}],
                                   lr=LR, betas=(args.optim.adam_beta1, args.optim.adam_beta2),
                                   eps=args.optim.adam_eps, weight_decay=WD)
-    scheduler = build_scheduler(args, optimizer)
+    scheduler = build_scheduler(args, plan.schedule, optimizer)
     stream = numpy.concatenate(documents(prefix))
     blocks = stream[: len(stream) // SEQ * SEQ].reshape(-1, SEQ)
     mask = masking(tokenizer, args.data.mask_rate)
@@ -410,13 +410,13 @@ def run_jobs(opts: argparse.Namespace, work: Path, rows: list[dict]) -> list[dic
         while pending and len(running) < opts.jobs:
             seed, objective, name = pending.pop(0)
             part = work / f"rows_{objective}_{name}_s{seed}.json"
-            command = [sys.executable, __file__, "--work-dir", str(work), "--train-tokens", str(opts.train_tokens),
+            command = [sys.executable, "-m", "benchmarks.model_quality", "--work-dir", str(work), "--train-tokens", str(opts.train_tokens),
                        "--warmup-steps", str(opts.warmup_steps),
                        "--objectives", objective, "--seeds", str(seed), "--runs", name,
                        "--attention-backend", opts.attention_backend, "--json", str(part)]
             with open(work / f"job_{part.stem[5:]}.log", "w") as log:
                 running.append((subprocess.Popen(command + (["--tokenizer", opts.tokenizer] if opts.tokenizer else []),
-                                                 stdout=log, stderr=subprocess.STDOUT,
+                                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                                  env={**os.environ, "OMP_NUM_THREADS": threads}), part))
         time.sleep(1)
         for job in [job for job in running if job[0].poll() is not None]:

@@ -4,8 +4,8 @@ Both models get the same weights (ours is loaded from the HF model through the m
 batch of full-length sequences; the number reported is training tokens per second of one
 forward + backward (no optimizer), median over the timed steps after warm-up.
 
-    python benchmarks/model_throughput.py --size 150m --seq-length 1024 --batch 8 --dtype bf16   # GPU
-    python benchmarks/model_throughput.py --size tiny --seq-length 512 --batch 2                # CPU check
+    python -m benchmarks.model_throughput --size 150m --seq-length 1024 --batch 8 --dtype bf16   # GPU
+    python -m benchmarks.model_throughput --size tiny --seq-length 512 --batch 2                # CPU check
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ step with its gradient norm, as train_step calls it) is timed: median over the t
 warm-up. State memory is what the inner optimizer keeps per parameter (its tensors' bytes), against the
 parameters' own bytes.
 
-    python benchmarks/optimizer_step.py --size 150m            # CPU (the issue's cost check)
-    python benchmarks/optimizer_step.py --size 150m --bf16 --distributed-optimizer   # GPU
+    python -m benchmarks.optimizer_step --size 150m            # CPU (the issue's cost check)
+    python -m benchmarks.optimizer_step --size 150m --bf16 --distributed-optimizer   # GPU
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from ettin_megatron.runtime import initialize
 from ettin_megatron.training.arguments import make_arguments
 from ettin_megatron.training.optimizer import build_optimizer, optimizer_step
+from ettin_megatron.training.plan import plan_model
 from ettin_megatron.training.setup import build_model, build_model_config
 
 SETTINGS = {
@@ -41,7 +42,7 @@ def measure(name: str, opts: argparse.Namespace) -> tuple[float, int, int]:
     """(median step seconds, optimizer state bytes, parameter bytes) of one optimizer."""
     args = make_arguments(model_size=opts.size, spec="local", attention_backend="sdpa", bf16=opts.bf16,
                           use_distributed_optimizer=opts.distributed_optimizer, **SETTINGS[name])
-    model = build_model(args, build_model_config(args))
+    model = build_model(args, build_model_config(plan_model(args)))
     optimizer = build_optimizer(args, model)
     generator = torch.Generator(device="cpu").manual_seed(0)
     for chunk in model:

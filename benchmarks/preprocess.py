@@ -8,7 +8,7 @@ main process):
 - `one-doc`: the same loop calling the Rust tokenizer directly (a stronger baseline).
 Baselines build their tokenizer before the clock starts and the workers inherit it by fork (Megatron-LM
 builds it in each worker), which only flatters them.
-`ettin` is ettin_megatron.data.preprocess (batched, chunked, ordered). Each configuration runs in a
+`ettin` is ettin_megatron.prep.preprocess (batched, chunked, ordered). Each configuration runs in a
 fresh process; we sample the proportional set size (PSS) of its whole process tree for peak memory
 (PSS splits pages shared by forked workers, so the sum is not inflated). Throughput is the best of
 --repeats interleaved runs, timed inside the process (interpreter start-up excluded, pool start-up
@@ -19,8 +19,8 @@ The "ceiling" line measures the Rust tokenizer alone (encode_batch_fast over the
 memory, one thread, in this process): no pipeline built on this tokenizer can exceed that many tokens
 per CPU-second, so it tells how much any further pipeline work could still gain.
 
-    python benchmarks/preprocess.py                       # ../shared/tokenizers/modernbert, 2 workers
-    python benchmarks/preprocess.py --tokenizer-model DIR --workers 1 2 --scales 1 4
+    python -m benchmarks.preprocess --tokenizer-model MODERNBERT_DIR                 # 2 workers
+    python -m benchmarks.preprocess --tokenizer-model DIR --workers 1 2 --scales 1 4
 """
 
 import argparse
@@ -35,7 +35,6 @@ import time
 import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_TOKENIZER = os.path.join(ROOT, os.pardir, "shared", "tokenizers", "modernbert")
 METHODS = ("megatron-lm", "one-doc", "ettin")
 
 
@@ -69,7 +68,7 @@ def run_baseline(method: str, args) -> dict:
     import numpy as np
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-    from ettin_megatron.data.tokenizer import MODERNBERT_IDS
+    from ettin_megatron.vocab import MODERNBERT_IDS
 
     builder = IndexedDatasetBuilder(args.output + ".bin", dtype=DType.optimal_dtype(MODERNBERT_IDS.vocab_size))
     documents = tokens = nbytes = 0
@@ -83,7 +82,7 @@ def run_baseline(method: str, args) -> dict:
 
 
 def run_ettin(args) -> dict:
-    from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
+    from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
 
     summary = preprocess(PreprocessConfig(input=args.input, output_prefix=args.output,
                                           tokenizer_model=args.tokenizer_model,
@@ -159,7 +158,7 @@ def run_measured(cmd: list) -> dict:
 
 
 def make_corpora(work: str, scales) -> dict:
-    from ettin_megatron.data.sample_corpus import build_sample_corpus
+    from ettin_megatron.prep.sample_corpus import build_sample_corpus
 
     base = os.path.join(work, "sample.jsonl")
     build_sample_corpus(base)
@@ -174,7 +173,7 @@ def make_corpora(work: str, scales) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokenizer-model", default=DEFAULT_TOKENIZER)
+    p.add_argument("--tokenizer-model", required=True, help="the ModernBERT tokenizer's directory (tokenizer.json)")
     p.add_argument("--workers", type=int, nargs="+", default=[2])
     p.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=3)

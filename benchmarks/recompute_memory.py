@@ -5,8 +5,8 @@ gradient buffers on the CPU; bf16 on a GPU), then one packed micro-batch of --do
 --seq-length tokens goes forward and backward. Reported: the peak of the whole process (CPU: max
 RSS from getrusage; GPU: torch.cuda.max_memory_allocated) and the part the step adds above the model.
 
-    python benchmarks/recompute_memory.py --size 150m --seq-length 1024 --documents 2    # CPU (minutes)
-    python benchmarks/recompute_memory.py --size 150m --seq-length 1024 --documents 16 --attention-backend sdpa  # GPU
+    python -m benchmarks.recompute_memory --size 150m --seq-length 1024 --documents 2    # CPU (minutes)
+    python -m benchmarks.recompute_memory --size 150m --seq-length 1024 --documents 16 --attention-backend sdpa  # GPU
 """
 
 from __future__ import annotations

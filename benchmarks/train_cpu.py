@@ -7,8 +7,8 @@ A step is forward + backward + optimizer step over one batch of ``--batch`` full
 implementation runs in its own process (our CPU emulation of CUDA is not loaded into the transformers
 run). Reported: training tokens/s, median step time over the timed steps after warm-up.
 
-    python benchmarks/train_cpu.py                      # tiny and 17m, 2 threads, writes RESULTS.md
-    python benchmarks/train_cpu.py --impl ours --size tiny   # one measurement, JSON on stdout
+    python -m benchmarks.train_cpu                      # tiny and 17m, 2 threads, writes RESULTS.md
+    python -m benchmarks.train_cpu --impl ours --size tiny   # one measurement, JSON on stdout
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ettin_megatron.data.tokenizer import MODERNBERT_IDS
+from ettin_megatron.vocab import MODERNBERT_IDS
 
 #: ModernBERT's padded vocabulary; its ordinary (text) tokens are the ids below [UNK].
 VOCAB, ORDINARY = MODERNBERT_IDS.padded_vocab_size, MODERNBERT_IDS.unk
@@ -50,13 +50,14 @@ def run_ours(size: str, batch: int, seq: int, steps: int, warmup: int) -> list[f
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.forward_step import make_forward_step
     from ettin_megatron.training.optimizer import build_optimizer
+    from ettin_megatron.training.plan import plan_model
     from ettin_megatron.training.setup import build_model, build_model_config, wire_schedule_hooks
 
     args = make_arguments(model_size=size, vocab_size=VOCAB, seq_length=seq, micro_batch_size=batch,
                           global_batch_size=batch, attention_output_dropout=0.0, spec="local",
                           attention_backend="sdpa", weight_decay=0.01, clip_grad=0.0)
     initialize(ParallelLayout(), seed=0)
-    config = build_model_config(args)
+    config = build_model_config(plan_model(args))
     model = build_model(args, config)
     optimizer = build_optimizer(args, model)
     wire_schedule_hooks(config, model, optimizer, args)
@@ -141,7 +142,7 @@ def write_results(a, rows: list[dict]) -> None:
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"{a.threads} threads, torch {torch.__version__}, Python {platform.python_version()}; "
              f"load average {os.getloadavg()[0]:.1f} at the end (a shared machine: expect +-20%).",
-             f"Command: `python benchmarks/train_cpu.py --batch {a.batch} --seq-length {a.seq_length} "
+             f"Command: `python -m benchmarks.train_cpu --batch {a.batch} --seq-length {a.seq_length} "
              f"--steps {a.steps} --threads {a.threads}`.",
              f"One step = forward + backward + AdamW step on {a.batch} x {a.seq_length} tokens (fp32, no padding, "
              "30% labelled, vocabulary 50368); median of the timed steps after warm-up.", "",

@@ -29,7 +29,9 @@ from pathlib import Path
 
 from megatron.core import dist_checkpointing
 
-from .config import ConfigError, EttinConfig, model_fields
+from .config import EttinConfig, model_fields
+from .errors import ConfigError
+from .files import atomic_write
 from .runtime import barrier, is_writer
 
 LATEST = "latest_checkpointed_iteration.txt"
@@ -103,7 +105,6 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
     final = iteration_dir(root, iteration)
     staging, aside = final.with_name(final.name + ".tmp"), _aside(final)
     marker = Path(root) / LATEST
-    marker_tmp = marker.with_name(marker.name + ".tmp")
     if is_writer():
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -119,14 +120,13 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
                 shutil.rmtree(aside, ignore_errors=True)
                 os.replace(final, aside)
             os.replace(staging, final)
-            marker_tmp.write_text(f"{iteration}\n")
-            os.replace(marker_tmp, marker)
+            with atomic_write(marker) as file:
+                file.write(f"{iteration}\n")
             shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         if is_writer():
             new_in_place = final.exists() and not staging.exists()
             shutil.rmtree(staging, ignore_errors=True)
-            marker_tmp.unlink(missing_ok=True)
             if aside.is_dir() and new_in_place:
                 shutil.rmtree(aside)
             elif aside.is_dir() and not final.exists():

@@ -20,22 +20,11 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
-from .data.tokenizer import MODERNBERT_IDS
-from .errors import EttinError
+from .errors import ConfigError
+from .vocab import MODERNBERT_IDS
 
 OBJECTIVES = ("mlm", "clm")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "te", "flash")
-
-
-class ConfigError(EttinError):
-    """A configuration a user asked for that cannot work; the message says what to change."""
-
-
-def one_line(exc: BaseException) -> str:
-    """A caught exception as a ConfigError quotes it: its type and the first line of its message
-    (torch and megatron raise messages of many lines)."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 @dataclass(frozen=True)

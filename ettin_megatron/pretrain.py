@@ -11,25 +11,23 @@ import os
 import re
 import sys
 
-from .errors import EttinError
+from .cli import run_command
 
 
-def main(argv: list[str] | None = None, special_tokens: dict | None = None) -> int:
-    """The command line; ``special_tokens`` as ``pretrain``'s (tests on small synthetic vocabularies)."""
+def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 when the run ends (or has nothing to do), 2 with one line for a user error."""
     from .training.arguments import parse_args
     from .training.loop import pretrain
 
+    def train() -> None:
+        pretrain(parse_args(argv))
+
     try:
-        args = parse_args(argv)
-        pretrain(args, special_tokens)
-    except EttinError as error:
-        print(f"error: {in_launcher_terms(str(error))}", file=sys.stderr, flush=True)
-        return 2
+        return run_command(train, in_launcher_terms)
     finally:
         from .runtime import destroy
 
         destroy()
-    return 0
 
 
 def in_launcher_terms(message: str) -> str:

@@ -57,9 +57,20 @@ KIND=$([ "$OBJECTIVE" = clm ] && echo decoder || echo encoder)
 HAS_GPU=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
 PRECISION="${PRECISION:-$([ "$HAS_GPU" = 1 ] && echo bf16 || echo fp32)}"
 
-ARGS=(--objective "$OBJECTIVE" --model-size "$MODEL_SIZE"
-      --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP")
-[ -n "$VPP" ] && ARGS+=(--virtual-pipeline-model-parallel-size "$VPP")
+ARGS=(--objective "$OBJECTIVE")
+# pass VARIABLE --flag [list]: the variable's value (when set) as --flag, split on spaces for a flag that
+# takes a list, and the pair recorded in LAUNCHER_FLAGS, so that a refusal names the variable to change.
+LAUNCHER_FLAGS="--nproc-per-node=NPROC_PER_NODE --nnodes=NNODES --finetune=FINETUNE=1"
+pass() {
+  LAUNCHER_FLAGS+=" $2=$1"
+  [ -n "${!1:-}" ] || return 0
+  # shellcheck disable=SC2206  # a list flag (DATA_PATH, RAMPUP_BATCH_SIZE...): Megatron-style, split on spaces
+  if [ "${3:-}" = list ]; then ARGS+=("$2" ${!1}); else ARGS+=("$2" "${!1}"); fi
+}
+pass MODEL_SIZE --model-size
+pass TP --tensor-model-parallel-size
+pass PP --pipeline-model-parallel-size
+pass VPP --virtual-pipeline-model-parallel-size
 case "$PRECISION" in
   bf16) ARGS+=(--bf16) ;;
   fp8) "$PYTHON" -c "import importlib.util, sys; sys.exit(not importlib.util.find_spec('transformer_engine'))" || {
@@ -92,39 +103,30 @@ else
   DEMO=0
 fi
 RECIPE="${RECIPE:-$REPO/examples/recipes/$KIND/$MODEL_SIZE/phase${PHASE:-1}.yaml}"
-GLOBAL_BATCH_SIZE="${GLOBAL_BATCH_SIZE:-${GLOBAL_BATCH:-}}"  # GLOBAL_BATCH: the former name
+GLOBAL_BATCH_SIZE="${GLOBAL_BATCH_SIZE:-${GLOBAL_BATCH:-}}"  # GLOBAL_BATCH is read too, as a synonym
 if [ "${FINETUNE:-0}" != 1 ]; then
   LOAD="${LOAD:-${SAVE:-}}"  # Megatron-LM's convention: a relaunch continues its own checkpoints
 fi
-ARGS+=(--recipe "$RECIPE")
-[ -n "${DATA_MIX:-}" ] && ARGS+=(--data-mix "$DATA_MIX")
-# shellcheck disable=SC2206  # DATA_PATH and RAMPUP_BATCH_SIZE are Megatron-style lists: split on spaces
-[ -n "${DATA_PATH:-}" ] && ARGS+=(--data-path $DATA_PATH)
-[ -n "${TRAIN_ITERS:-}" ] && ARGS+=(--train-iters "$TRAIN_ITERS")
-[ -n "${TRAIN_TOKENS:-}" ] && ARGS+=(--train-tokens "$TRAIN_TOKENS")
-[ -n "${MICRO_BATCH:-}" ] && ARGS+=(--micro-batch-size "$MICRO_BATCH")
-[ -n "${GLOBAL_BATCH_SIZE:-}" ] && ARGS+=(--global-batch-size "$GLOBAL_BATCH_SIZE")
-# shellcheck disable=SC2206
-[ -n "${RAMPUP_BATCH_SIZE:-}" ] && ARGS+=(--rampup-batch-size $RAMPUP_BATCH_SIZE)
-# shellcheck disable=SC2206
-[ -n "${RAMPUP_BATCH_SIZE_TOKENS:-}" ] && ARGS+=(--rampup-batch-size-tokens $RAMPUP_BATCH_SIZE_TOKENS)
-[ -n "${SEQ_LENGTH:-}" ] && ARGS+=(--seq-length "$SEQ_LENGTH")
-[ -n "${LR:-}" ] && ARGS+=(--lr "$LR")
-[ -n "${TOKENIZER:-}" ] && ARGS+=(--tokenizer-model "$TOKENIZER")
-[ -n "${SAVE:-}" ] && ARGS+=(--save "$SAVE")
-[ -n "${LOAD:-}" ] && ARGS+=(--load "$LOAD")
+pass RECIPE --recipe
+pass DATA_MIX --data-mix
+pass DATA_PATH --data-path list
+pass TRAIN_ITERS --train-iters
+pass TRAIN_TOKENS --train-tokens
+pass MICRO_BATCH --micro-batch-size
+pass GLOBAL_BATCH_SIZE --global-batch-size
+pass RAMPUP_BATCH_SIZE --rampup-batch-size list
+pass RAMPUP_BATCH_SIZE_TOKENS --rampup-batch-size-tokens list
+pass SEQ_LENGTH --seq-length
+pass LR --lr
+pass TOKENIZER --tokenizer-model
+pass SAVE --save
+pass LOAD --load
+pass TENSORBOARD_DIR --tensorboard-dir
 [ "${FINETUNE:-0}" = 1 ] && ARGS+=(--finetune)
-[ -n "${TENSORBOARD_DIR:-}" ] && ARGS+=(--tensorboard-dir "$TENSORBOARD_DIR")
 
 # Check everything once, here, before torchrun starts one process per GPU; a refusal names this
 # launcher's variables instead of pretrain's flags.
-export ETTIN_LAUNCHER_FLAGS="--nproc-per-node=NPROC_PER_NODE --nnodes=NNODES --model-size=MODEL_SIZE
-  --recipe=RECIPE --tensor-model-parallel-size=TP --pipeline-model-parallel-size=PP
-  --virtual-pipeline-model-parallel-size=VPP --data-mix=DATA_MIX --data-path=DATA_PATH --tokenizer-model=TOKENIZER
-  --save=SAVE --load=LOAD --finetune=FINETUNE=1 --train-iters=TRAIN_ITERS --train-tokens=TRAIN_TOKENS --micro-batch-size=MICRO_BATCH
-  --global-batch-size=GLOBAL_BATCH_SIZE --rampup-batch-size=RAMPUP_BATCH_SIZE --rampup-batch-size-tokens=RAMPUP_BATCH_SIZE_TOKENS
-  --seq-length=SEQ_LENGTH --lr=LR
-  --tensorboard-dir=TENSORBOARD_DIR"
+export ETTIN_LAUNCHER_FLAGS="$LAUNCHER_FLAGS"
 # shellcheck disable=SC2086  # EXTRA_ARGS: free-form extra flags
 WORLD_SIZE=$(( NPROC_PER_NODE * NNODES )) "$PYTHON" -m ettin_megatron.pretrain --validate-only "${ARGS[@]}" ${EXTRA_ARGS:-}
 unset ETTIN_LAUNCHER_FLAGS

@@ -1,28 +1,11 @@
 """Write the offline sample corpus: English text that ships with CPython, as JSONL.
 
-pydoc_data topics + standard-library docstrings (~1.8 MB, same bytes on every run of the same Python).
-The work is done by ettin_megatron.data.sample_corpus.
+``python tools/build_sample_corpus.py ...`` is the ``ettin-sample-corpus`` command: ettin_megatron/commands/build_sample_corpus.py.
 """
 
-import argparse
 import sys
 
-from ettin_megatron.data.sample_corpus import build_sample_corpus
+from ettin_megatron.commands.build_sample_corpus import main  # noqa: F401 (importable from here too)
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--output", required=True, help="JSONL file to write (e.g. data/sample.jsonl)")
-    return p
-
-
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    counts = build_sample_corpus(args.output)
-    print(f"wrote {args.output}: {counts['documents']} documents, {counts['bytes']} bytes",
-          file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # spawned helpers (dist_checkpointing's writer) re-import __main__
     sys.exit(main())

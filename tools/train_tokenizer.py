@@ -1,38 +1,11 @@
 """Train a small byte-level BPE tokenizer with ModernBERT's special tokens and [CLS] $A [SEP] template.
 
-For the offline CPU demo: no network needed. The work is done by ettin_megatron.data.train_tokenizer.
+``python tools/train_tokenizer.py ...`` is the ``ettin-train-tokenizer`` command: ettin_megatron/commands/train_tokenizer.py.
 """
 
-import argparse
 import sys
 
-from ettin_megatron.data.readers import InputError, expand_inputs
-from ettin_megatron.data.train_tokenizer import train_tokenizer
+from ettin_megatron.commands.train_tokenizer import main  # noqa: F401 (importable from here too)
 
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--input", nargs="+", required=True, help="JSONL files, globs or directories")
-    p.add_argument("--json-key", default="text", help="key holding the text")
-    p.add_argument("--output-dir", required=True, help="directory to write tokenizer.json etc. into")
-    p.add_argument("--vocab-size", type=int, default=4096,
-                   help="tokens including the 5 specials; a multiple of 64")
-    p.add_argument("--min-frequency", type=int, default=2, help="least count of a merged pair")
-    return p
-
-
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        paths = [path for spec in args.input for path in expand_inputs(spec)]
-        tokenizer = train_tokenizer(paths, args.output_dir, args.vocab_size, args.json_key,
-                                    args.min_frequency)
-    except (InputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.output_dir}: vocabulary {tokenizer.get_vocab_size()}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # spawned helpers (dist_checkpointing's writer) re-import __main__
     sys.exit(main())

@@ -10,5 +10,5 @@
 * ``safetensors_io``  streaming safetensors writer, lazy pickle-free reader
 * ``pickle_guard``    refuses a dist checkpoint whose pickled index references anything but metadata
 
-The command line is ``tools/convert_checkpoint.py``; user errors raise ``config.ConfigError`` (one line).
+The command line is ``tools/convert_checkpoint.py``; user errors raise ``errors.ConfigError`` (one line).
 """

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, EttinConfig
+from ..config import EttinConfig
+from ..errors import ConfigError
 from .hf_files import (
     copy_tokenizer,
     frame_prompts_for_generation,

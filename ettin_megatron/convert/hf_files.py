@@ -11,10 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
-from ..config import ConfigError
-from ..data.tokenizer import TokenizerNotFound, load_tokenizer, special_ids
-from ..data.train_tokenizer import transformers_tokenizer_files
+from ..data.tokenizer import load_tokenizer, special_ids
+from ..errors import ConfigError, TokenizerNotFound
 from ..files import write_json
+from ..vocab import transformers_tokenizer_files
 from .hf_mapping import MODEL_TYPES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

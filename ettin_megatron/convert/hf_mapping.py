@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError, EttinConfig
-from ..data.tokenizer import MODERNBERT_IDS
+from ..config import EttinConfig
+from ..errors import ConfigError
+from ..vocab import MODERNBERT_IDS
 
 MODEL_TYPES = {"mlm": "modernbert", "clm": "modernbert-decoder"}
 ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "clm": "ModernBertDecoderForCausalLM"}
@@ -50,6 +51,13 @@ def _layer_types(config: EttinConfig) -> list[str]:
     ]
 
 
+SAME_FIELDS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "intermediate_size": "ffn_hidden_size",
+               "num_hidden_layers": "num_layers", "num_attention_heads": "num_attention_heads",
+               "max_position_embeddings": "max_position_embeddings", "initializer_range": "init_method_std",
+               "norm_eps": "layernorm_epsilon"}
+"""HF config field -> EttinConfig field, for the fields that carry the same value under both names."""
+
+
 def hf_config_dict(config: EttinConfig, special_ids: dict | None = None) -> dict:
     """The Hugging Face config (as keyword arguments) of an Ettin model.
 
@@ -71,15 +79,8 @@ def hf_config_dict(config: EttinConfig, special_ids: dict | None = None) -> dict
     return dict(
         model_type=MODEL_TYPES[config.objective],
         architectures=[ARCHITECTURES[config.objective]],
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.ffn_hidden_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_attention_heads,
-        max_position_embeddings=config.max_position_embeddings,
-        initializer_range=config.init_method_std,
+        **{hf_name: getattr(config, name) for hf_name, name in SAME_FIELDS.items()},
         initializer_cutoff_factor=config.init_cutoff_factor,
-        norm_eps=config.layernorm_epsilon,
         attention_dropout=0.0,
         embedding_dropout=0.0,
         mlp_dropout=0.0,
@@ -134,14 +135,7 @@ def ettin_overrides_from_hf(hf) -> dict:
         window = hf.local_attention
     return dict(
         objective=objective,
-        vocab_size=hf.vocab_size,
-        hidden_size=hf.hidden_size,
-        ffn_hidden_size=hf.intermediate_size,
-        num_layers=hf.num_hidden_layers,
-        num_attention_heads=hf.num_attention_heads,
-        max_position_embeddings=hf.max_position_embeddings,
-        layernorm_epsilon=hf.norm_eps,
-        init_method_std=hf.initializer_range,
+        **{name: getattr(hf, hf_name) for hf_name, name in SAME_FIELDS.items()},
         global_attn_every_n_layers=_global_every(list(hf.layer_types)),
         local_attention_window=window,
         global_rope_theta=hf.rope_parameters["full_attention"]["rope_theta"],

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_checkpoint
-from ..config import ConfigError, ettin_config
+from ..config import ettin_config
+from ..errors import ConfigError
 from .hf_files import copy_tokenizer, read_hf_config_json, resolve_tokenizer, tokenizer_ids
 from .hf_mapping import TRAINING_OBJECTIVE_KEY, check_hf_tensor, ettin_overrides_from_hf, from_hf_state_dict, hf_shapes
 from .megatron_side import build_model, conversion_config

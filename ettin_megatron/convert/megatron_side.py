@@ -16,7 +16,8 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
 from ..checkpoint import CONFIG_FILE, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
-from ..config import OBJECTIVES, ConfigError, EttinConfig, ettin_config, one_line
+from ..config import OBJECTIVES, EttinConfig, ettin_config
+from ..errors import ConfigError, one_line
 from ..model import EttinModel
 from .pickle_guard import check_checkpoint_pickles
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 _DCP_MODULES = (
     "torch.distributed.checkpoint.metadata",

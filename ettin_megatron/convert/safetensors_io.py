@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from ..config import ConfigError
+
+from ..errors import ConfigError
 
 DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
           torch.int64: "I64", torch.int32: "I32"}

@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Sequence, Union
 import numpy
 import torch
 
-from ettin_megatron.data.tokenizer import MODERNBERT_IDS
+from ettin_megatron.vocab import MODERNBERT_IDS
 
 Batch = Dict[str, Union[torch.Tensor, int, list]]
 

@@ -23,8 +23,8 @@ from typing import Optional, Tuple
 import numpy
 from megatron.core.datasets.indexed_dataset import get_bin_path
 
-from ettin_megatron.config import ConfigError
 from ettin_megatron.data.index_file import IndexFile
+from ettin_megatron.errors import ConfigError
 
 _GOLDEN, _MIX1, _MIX2 = (numpy.uint64(v) for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 

@@ -33,8 +33,7 @@ import numpy
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from ettin_megatron import __version__
-from ettin_megatron.config import ConfigError
-from ettin_megatron.data.readers import InputError
+from ettin_megatron.errors import ConfigError, InputError
 from ettin_megatron.files import RECORD_SUFFIX, write_json
 
 FORMAT = "ettin-megatron dataset"
@@ -154,8 +153,9 @@ def sampled_max_token_id(prefix: str, dataset: IndexedDataset) -> int:
 
 
 def check_dataset(prefix: str, dataset: IndexedDataset, vocab_size: int,
-                  tokenizer: Optional[TokenizerStamp], tokenizer_flag: str) -> None:
-    """Refuse, with one ConfigError line, a prefix the model cannot train on (see module doc).
+                  tokenizer: Optional[TokenizerStamp], tokenizer_flag: str) -> Optional[DatasetInfo]:
+    """Refuse, with one ConfigError line, a prefix the model cannot train on (see module doc); return its
+    record (None for a prefix without one).
 
     ``tokenizer`` is what the run's data must have been made with (None: not known, nothing to
     compare); ``tokenizer_flag`` names it in messages (``--tokenizer-model PATH``)."""
@@ -176,3 +176,4 @@ def check_dataset(prefix: str, dataset: IndexedDataset, vocab_size: int,
             f"{prefix} holds token id {top} but the model's vocabulary has {vocab_size} ids: the data "
             f"was made with another tokenizer than {tokenizer_flag}; re-run tools/preprocess_data.py "
             "with the run's tokenizer, or train with the data's (--tokenizer-model / --vocab-size).")
+    return info

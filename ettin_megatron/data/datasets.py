@@ -26,7 +26,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
-
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.blended_megatron_dataset_config import BlendedMegatronDatasetConfig
@@ -34,15 +33,21 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.megatron_dataset import MegatronDataset
 from megatron.core.datasets.utils import Split
 
-from ettin_megatron.config import ConfigError
 from ettin_megatron.data import index_cache
 from ettin_megatron.data.chunking import ChunkRules, stored_framing
 from ettin_megatron.data.index_file import IndexFile
 from ettin_megatron.data.objectives import OBJECTIVES, Masking, apply_objective, ordinary_token_ids
-from ettin_megatron.data.sample_index import (Census, chunk_bounds, concat_bounds, epoch_documents, index_dtype,
-                                              shuffle_dtype)
-from ettin_megatron.data.tokenizer import MODERNBERT_IDS
-from ettin_megatron.runtime import is_writer
+from ettin_megatron.data.sample_index import (
+    Census,
+    chunk_bounds,
+    concat_bounds,
+    epoch_documents,
+    index_dtype,
+    shuffle_dtype,
+)
+from ettin_megatron.errors import ConfigError
+from ettin_megatron.runtime import is_writer, report
+from ettin_megatron.vocab import MODERNBERT_IDS
 
 LAYOUTS = ("document", "packed", "concat")
 
@@ -326,14 +331,12 @@ class EttinDataset(MegatronDataset):
             return index.read(lengths, 0, len(lengths))
 
     def _report(self, census: Census, samples: int) -> None:
-        """One line (writer rank): documents, tokens, samples and the share of tokens used, per epoch."""
-        if not is_writer():
-            return
+        """One line: documents, tokens, samples and the share of tokens used, per epoch."""
         tokens = census.tokens
         used = samples * self.config.sequence_length if self.chunks is None else tokens - census.dropped
-        print(f"{self.dataset_path} {self.index_split.name}: {census.documents:,} documents, {tokens:,} tokens, "
-              f"{samples:,} {self.config.layout} samples of <= {self.config.sequence_length} tokens per "
-              f"epoch, {used / max(tokens, 1):.1%} of the tokens used", flush=True)
+        report(f"{self.dataset_path} {self.index_split.name}: {census.documents:,} documents, {tokens:,} tokens, "
+               f"{samples:,} {self.config.layout} samples of <= {self.config.sequence_length} tokens per "
+               f"epoch, {used / max(tokens, 1):.1%} of the tokens used")
 
     def _build_or_load_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
         """Load the indices from the cache (index_cache.py) when there, else build them and, on the
@@ -353,8 +356,8 @@ class EttinDataset(MegatronDataset):
             return self._build_indices()
         reason = index_cache.require_writable(cache) if explicit else index_cache.writable(cache)
         if reason:
-            print(f"warning: cannot cache the sample indices in {cache} ({reason}): every rank builds "
-                  "its own; pass --data-cache-path.", flush=True)
+            report(f"warning: cannot cache the sample indices in {cache} ({reason}): every rank builds "
+                   "its own; pass --data-cache-path.")
             return self._build_indices()
         index_cache.save(cache, base, names, self._build_indices(), self.unique_description)
         return index_cache.load(cache, base, names)

@@ -3,7 +3,7 @@ is never taken for a complete cache.
 
 Files carry megatron's names, ``<description hash>-<class>-<split>-<name>`` with a
 ``description.txt`` beside the arrays, and a cache is complete when all of them exist. Each file is
-written under a temporary name (this process's) and renamed into place; the description is renamed
+written under a temporary name and renamed into place (files.atomic_write); the description is renamed
 last, so a build killed at any point leaves no description, and the next build starts over.
 """
 
@@ -12,7 +12,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy
 
-from ettin_megatron.config import ConfigError
+from ettin_megatron.errors import ConfigError
+from ettin_megatron.files import atomic_write
 
 
 def default_cache_dir(prefix: str) -> str:
@@ -56,25 +57,7 @@ def save(directory: str, base: str, names: Sequence[str], arrays: Sequence[numpy
     array_paths, description_path = paths(directory, base, names)
     os.makedirs(directory, exist_ok=True)
     for path, array in zip(array_paths, arrays):
-        with _replacing(path) as writer:
+        with atomic_write(path, "wb") as writer:
             numpy.save(writer, array, allow_pickle=False)
-    with _replacing(description_path) as writer:
-        writer.write(description.encode("utf-8"))
-
-
-class _replacing:
-    """A binary file written at ``path.tmp-<pid>`` and renamed to ``path`` once closed without error."""
-
-    def __init__(self, path: str) -> None:
-        self.path, self.temporary = path, f"{path}.tmp-{os.getpid()}"
-
-    def __enter__(self):
-        self.file = open(self.temporary, "wb")
-        return self.file
-
-    def __exit__(self, kind, value, traceback) -> None:
-        self.file.close()
-        if kind is None:
-            os.replace(self.temporary, self.path)
-        else:
-            os.remove(self.temporary)
+    with atomic_write(description_path) as writer:
+        writer.write(description)

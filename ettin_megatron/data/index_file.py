@@ -13,6 +13,8 @@ import os
 import numpy
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+from ettin_megatron.errors import InputError
+
 
 class IndexFile:
     """The .idx file of `dataset`, open (as a context manager) to read slices of its arrays."""
@@ -40,3 +42,12 @@ class IndexFile:
                 raise EOFError(f"{self.mapped.filename} is shorter than its header says")
             unread, offset = unread[done:], offset + done
         return part
+
+
+def open_dataset(prefix: str):
+    """megatron's IndexedDataset at ``prefix``, with a one-line InputError for an empty .bin (a dataset
+    without documents), which megatron would fail to mmap with a traceback."""
+    if os.path.getsize(prefix + ".bin") == 0:
+        raise InputError(f"{prefix}.bin is empty (a dataset without documents); preprocess an input that has "
+                         "documents, or leave it out")
+    return IndexedDataset(prefix)

@@ -20,7 +20,7 @@ from typing import List, Tuple
 
 import yaml
 
-from ettin_megatron.data.readers import InputError
+from ettin_megatron.errors import InputError
 
 _UNSET_VAR = re.compile(r"\$\{?(\w+)")
 

@@ -1,4 +1,4 @@
-"""Loading the tokenizer and splitting text into sentences.
+"""Loading the tokenizer, its special ids and its fingerprint.
 
 Everything downstream (preprocessing, datasets, objectives, HF export) asks this module for the
 tokenizer and its special ids, so that there is exactly one place that decides how a path or hub name
@@ -9,25 +9,13 @@ batches and identical on every rank.
 
 import hashlib
 import json
-import logging
 import os
-from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Optional
 
 from tokenizers import Tokenizer
 
-from ettin_megatron.errors import EttinError
-
-log = logging.getLogger(__name__)
-
-#: Special token names shared by the ModernBERT tokenizer and the small tokenizers we train.
-SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
-#: The same tokens under the names transformers' tokenizer_config.json / special_tokens_map.json use.
-TOKEN_NAMES = dict(zip(("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"), SPECIAL_TOKENS))
-
-
-class TokenizerNotFound(EttinError):
-    """The tokenizer path or name does not resolve to a tokenizer (raised before any work starts)."""
+from ettin_megatron.errors import TokenizerNotFound
+from ettin_megatron.vocab import SPECIAL_TOKENS, SpecialIds
 
 
 def load_tokenizer(path_or_name: str) -> Tokenizer:
@@ -97,32 +85,6 @@ def tokenizer_fingerprint(path_or_name: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
-class SpecialIds:
-    """Ids the model and objectives need. `vocab_size` counts added tokens; `padded_vocab_size`
-    rounds it up to a multiple (64 by default, which keeps ModernBERT's 50368 unchanged) so the
-    embedding splits evenly under tensor parallelism."""
-
-    unk: int
-    cls: int
-    sep: int
-    pad: int
-    mask: int
-    vocab_size: int
-    padded_vocab_size: int
-
-    def token_id_fields(self) -> dict:
-        """The ids under the names configs use (EttinDatasetConfig, Hugging Face configs)."""
-        return {"cls_token_id": self.cls, "sep_token_id": self.sep, "pad_token_id": self.pad,
-                "mask_token_id": self.mask}
-
-
-#: The ids of the ModernBERT tokenizer Ettin was trained with: the defaults wherever no tokenizer is
-#: given (tests check them against the real tokenizer when it is available).
-MODERNBERT_IDS = SpecialIds(unk=50280, cls=50281, sep=50282, pad=50283, mask=50284,
-                            vocab_size=50368, padded_vocab_size=50368)
-
-
 def special_ids(tokenizer: Tokenizer, multiple: int = 64) -> SpecialIds:
     """Return the ids of [UNK]/[CLS]/[SEP]/[PAD]/[MASK]; raise if the tokenizer lacks one."""
     ids = {}
@@ -156,59 +118,9 @@ def ordinary_ids(tokenizer: Tokenizer) -> tuple:
     return num_ordinary, tuple(sorted(set(range(num_ordinary)) - ordinary))
 
 
-def eod_id(tokenizer: Tokenizer) -> int:
-    """The end-of-document id --append-eod adds: [SEP] (Ettin's EOS, and what Megatron-LM appends with
-    the ModernBERT tokenizer), else a GPT-style end-of-text token."""
-    for token in ("[SEP]", "<|endoftext|>", "</s>"):
-        token_id = tokenizer.token_to_id(token)
-        if token_id is not None:
-            return token_id
-    raise TokenizerNotFound("tokenizer has no end-of-document token ([SEP], <|endoftext|> or </s>)")
-
-
-def wrap_ids(tokenizer: Tokenizer) -> tuple:
-    """The ids the tokenizer's own post-processor puts before and after a single sequence.
-
-    Found by encoding a probe with and without special tokens, so it follows whatever template the
-    tokenizer carries (`[CLS] $A [SEP]` for ModernBERT, nothing for GPT-2 style tokenizers). Sentence
-    mode needs it to wrap a document whose sentences are tokenized separately.
-    """
-    bare = tokenizer.encode("a", add_special_tokens=False).ids
-    full = tokenizer.encode("a", add_special_tokens=True).ids
-    for start in range(len(full) - len(bare) + 1):
-        if full[start : start + len(bare)] == bare:
-            return tuple(full[:start]), tuple(full[start + len(bare) :])
-    raise ValueError("the tokenizer's post-processor rewrites the sequence; use --no-wrap")
-
-
-def sentence_splitter(keep_newlines: bool, quiet: bool = False) -> Callable[[str], List[str]]:
-    """An nltk Punkt sentence splitter, as Megatron-LM's --split-sentences uses.
-
-    The trained English model (nltk's punkt_tab data) is used when nltk finds it locally; we never
-    download, so without it we fall back to an untrained Punkt (splits after ., ? and ! before a
-    capital) and warn unless `quiet` (workers pass it: the main process has already warned once).
-    With `keep_newlines` the whitespace after a sentence stays attached to it (Megatron-LM's
-    CustomLanguageVars), so newlines survive detokenization.
-    """
-    from nltk.tokenize import punkt
-
-    class KeepNewlines(punkt.PunktLanguageVars):
-        _period_context_fmt = r"""
-            \S*                          # some word material
-            %(SentEndChars)s             # a potential sentence ending
-            \s*                          # keep the following whitespace (newlines)
-            (?=(?P<after_tok>
-                %(NonWord)s              # either other punctuation
-                |
-                (?P<next_tok>\S+)        # or the next word
-            ))"""
-
-    splitter = punkt.PunktSentenceTokenizer(
-        lang_vars=KeepNewlines() if keep_newlines else punkt.PunktLanguageVars()
-    )
-    try:
-        splitter._params = punkt.PunktTokenizer("english")._params
-    except LookupError:
-        if not quiet:
-            log.warning("nltk punkt_tab data not found; splitting sentences with an untrained Punkt")
-    return splitter.tokenize
+def dataset_token_ids(tokenizer: Tokenizer) -> dict:
+    """EttinDatasetConfig's token-id fields for ``tokenizer``: its special ids, and which ids are
+    ordinary (``ordinary_ids``' rule)."""
+    num_ordinary, extra_specials = ordinary_ids(tokenizer)
+    return dict(**special_ids(tokenizer).token_id_fields(), num_ordinary_tokens=num_ordinary,
+                extra_special_token_ids=extra_specials)

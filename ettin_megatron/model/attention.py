@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass

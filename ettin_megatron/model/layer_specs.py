@@ -27,7 +27,8 @@ from megatron.core.transformer.transformer_layer import (
     get_transformer_layer_offset,
 )
 
-from ..config import ConfigError, EttinConfig
+from ..config import EttinConfig
+from ..errors import ConfigError
 from .attention import EttinCoreAttention
 from .layers import AttentionOutputDropoutAdd, EttinLayerNorm, EttinSelfAttention
 

@@ -1,7 +1,16 @@
 """Where the model runs: process groups, devices, seeding, and the CPU emulation of CUDA."""
 
 from .cpu import cpu_emulation_enabled, enable_cpu_emulation
-from .distributed import ParallelLayout, barrier, destroy, device, initialize, is_writer, seed_everything
+from .distributed import (
+    ParallelLayout,
+    barrier,
+    destroy,
+    device,
+    initialize,
+    is_writer,
+    report,
+    seed_everything,
+)
 
 __all__ = [
     "ParallelLayout",
@@ -12,5 +21,6 @@ __all__ = [
     "enable_cpu_emulation",
     "initialize",
     "is_writer",
+    "report",
     "seed_everything",
 ]

@@ -110,8 +110,18 @@ def initialize(layout: ParallelLayout = ParallelLayout(), seed: int = 21, timeou
 
 
 def is_writer() -> bool:
-    """Whether this process writes the files all ranks share: global rank 0, or a lone process."""
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    """Whether this process writes the files all ranks share and prints what the job reports: global
+    rank 0, or a lone process; before the process group exists, the process torchrun calls RANK 0. (The
+    loop shares each step's loss and metrics with every rank, so rank 0 knows all it reports.)"""
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def report(message: str) -> None:
+    """Print ``message`` once for the whole job (on the writer), at once."""
+    if is_writer():
+        print(message, flush=True)
 
 
 def barrier() -> None:

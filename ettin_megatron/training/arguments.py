@@ -6,30 +6,24 @@ A recipe (``--recipe file.yaml``) is a flat YAML mapping of the same names (dash
 it may say ``inherit: base.yaml`` (relative to itself) to start from another recipe. Precedence:
 field default < recipe (base first) < command line.
 
-``parse_args(argv)`` returns an :class:`Arguments`; ``validate(args, world_size)`` checks everything
-a user can get wrong before any compute starts and raises :class:`ConfigError` with one line.
+``parse_args(argv)`` returns an :class:`Arguments`: what the user said, checked only for its types.
+What a run makes of it, checked against the data, the tokenizer and the world, is training/plan.py's.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
-from megatron.core.datasets.utils import get_blend_from_list
 
-from ..config import PRESETS, ConfigError, SizePreset
-from ..data.chunking import ChunkRules
-from ..data.dataset_info import TokenizerStamp, check_dataset
-from ..data.datasets import require_documents
-from ..data.readers import open_dataset
-from ..data.tokenizer import MODERNBERT_IDS, load_tokenizer, special_ids, tokenizer_fingerprint
-from ..model.layer_specs import resolve_spec
+from ..config import PRESETS
+from ..errors import ConfigError
+from ..vocab import MODERNBERT_IDS
 
 
 def arg(default, help: str, **kwargs):
@@ -351,229 +345,3 @@ def make_arguments(**values) -> Arguments:
         group, f = index[name]
         grouped[group][name] = _convert(name, value, f.type)
     return Arguments(**{group: cls(**grouped[group]) for group, cls in GROUPS.items()})
-
-
-def validate(args: Arguments, world_size: int, special_tokens: dict | None = None) -> int:
-    """Check the run before any compute; returns the data-parallel size. Raises a one-line ConfigError.
-
-    ``special_tokens`` is pretrain's override of the tokenizer's special ids (tests' small vocabularies).
-    """
-    p, d, r, o = args.parallel, args.data, args.run, args.optim
-    model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
-    if world_size % model_parallel:
-        raise ConfigError(f"{world_size} processes (--nproc-per-node x --nnodes) are not divisible by "
-                          f"--tensor-model-parallel-size x --pipeline-model-parallel-size = {model_parallel}; "
-                          "change the process count or the parallel sizes.")
-    dp = world_size // model_parallel
-    if d.global_batch_size % (d.micro_batch_size * dp):
-        raise ConfigError(f"global batch size {d.global_batch_size} is not divisible by micro batch size "
-                          f"{d.micro_batch_size} x data parallel size {dp}; change one of them.")
-    _check_units(args)
-    for name in ("rampup_batch_size", "rampup_batch_size_tokens"):
-        if getattr(d, name) is not None:
-            _fit_rampup(d, dp, name)
-    if o.lr_warmup_fraction is not None:
-        if o.lr_warmup_iters or o.lr_warmup_samples or o.lr_warmup_tokens:
-            raise ConfigError("pass --lr-warmup-fraction or --lr-warmup-iters / -samples / -tokens, not both.")
-        if not 0 <= o.lr_warmup_fraction < 1:
-            raise ConfigError(f"--lr-warmup-fraction {o.lr_warmup_fraction} must be in [0, 1).")
-    if not d.data_path and not d.data_mix:
-        raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
-                          "or --data-mix MIXTURE.yaml.")
-    if d.data_path and d.data_mix:
-        raise ConfigError("pass either --data-path or --data-mix, not both.")
-    if d.data_mix and not Path(d.data_mix).is_file():
-        raise ConfigError(f"--data-mix {d.data_mix} does not exist.")
-    if d.tokenizer_model and not Path(d.tokenizer_model).exists():
-        raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist.")
-    vocab_size, tokenizer, tokenizer_flag = _vocabulary(args, special_tokens)
-    for prefix in data_prefixes(args):
-        if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
-            raise ConfigError(f"no dataset at {prefix} (.bin/.idx); run tools/preprocess_data.py or fix "
-                              "--data-path.")
-        dataset = open_dataset(prefix)
-        require_documents(dataset, prefix)
-        check_dataset(prefix, dataset, vocab_size, tokenizer, tokenizer_flag)
-    if d.seq_length > args.model.max_position_embeddings:
-        raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
-                          f"{args.model.max_position_embeddings}; shorten it or raise "
-                          "--max-position-embeddings.")
-    if d.data_layout != "concat":
-        ChunkRules.for_sequence(d.seq_length, d.min_chunk_size, d.always_skip_size)
-    if p.virtual_pipeline_model_parallel_size and p.num_layers_per_virtual_pipeline_stage:
-        raise ConfigError("pass either --virtual-pipeline-model-parallel-size or "
-                          "--num-layers-per-virtual-pipeline-stage, not both.")
-    if p.virtual_pipeline_model_parallel_size and p.pipeline_model_parallel_size < 2:
-        raise ConfigError("virtual pipeline stages need --pipeline-model-parallel-size >= 2.")
-    if r.finetune and not r.load:
-        raise ConfigError("--finetune needs --load (the checkpoint whose weights to start from).")
-    if o.lr_decay_style == "WSD" and o.min_lr > o.lr:
-        raise ConfigError(f"--min-lr {o.min_lr} is above --lr {o.lr}.")
-    if r.fp16:
-        raise ConfigError("--fp16 is not supported: Ettin trains in BF16 mixed precision; pass --bf16 "
-                          "(or nothing, for FP32).")
-    if r.override_opt_param_scheduler and r.use_checkpoint_opt_param_scheduler:
-        raise ConfigError("pass --override-opt_param-scheduler or --use-checkpoint-opt_param-scheduler, "
-                          "not both.")
-    if r.fp8_format and not r.bf16:
-        raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs run inside BF16 mixed precision).")
-    if resolve_spec(args.model.spec) != "te" and r.fp8_format:  # the local linears would ignore FP8
-        raise ConfigError(f"--fp8-format {r.fp8_format} needs Transformer Engine's layers: "
-                          + ("drop --spec local or --fp8-format." if args.model.spec == "local" else
-                             "install ettin-megatron[gpu] (transformer-engine) or drop --fp8-format "
-                             "(PRECISION=bf16)."))
-    _check_recompute(args)
-    if d.num_workers < 0:
-        raise ConfigError(f"--num-workers {d.num_workers} is negative; pass 0 to read in the training process.")
-    if r.wandb_project and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("--wandb-project needs the wandb package: pip install 'ettin-megatron[wandb]'.")
-    return dp
-
-
-SPECIAL_TOKEN_FIELDS = {"cls_token_id": "[CLS]", "sep_token_id": "[SEP]", "pad_token_id": "[PAD]",
-                        "mask_token_id": "[MASK]"}
-
-
-def _vocabulary(args: Arguments, special_tokens: dict | None) -> tuple[int, TokenizerStamp | None, str]:
-    """The model's vocabulary size, checked to hold every id the run feeds the embedding (the
-    tokenizer's, or without one ModernBERT's special ids); with the tokenizer the data must have been
-    made with (None when tests override the ids) and how messages name it."""
-    d, m = args.data, args.model
-    if d.tokenizer_model:
-        ids = special_ids(load_tokenizer(d.tokenizer_model))
-        tokenizer = TokenizerStamp(tokenizer_fingerprint(d.tokenizer_model), ids.vocab_size)
-        flag = f"--tokenizer-model {d.tokenizer_model}"
-    else:
-        ids, flag = MODERNBERT_IDS, "ModernBERT's tokenizer (used without --tokenizer-model)"
-        tokenizer = None if special_tokens else TokenizerStamp(None, ids.vocab_size)
-    vocab_size = m.vocab_size or ids.padded_vocab_size
-    if d.tokenizer_model and ids.vocab_size > vocab_size:
-        raise ConfigError(f"--vocab-size {vocab_size} is smaller than {flag}'s {ids.vocab_size} tokens; raise "
-                          "it or leave it out (the default is the tokenizer's, padded to a multiple of 64).")
-    fields = {**ids.token_id_fields(), **(special_tokens or {})}
-    top = max(SPECIAL_TOKEN_FIELDS, key=fields.get)
-    if fields[top] >= vocab_size:
-        raise ConfigError(f"--vocab-size {vocab_size} does not hold the special token ids: "
-                          f"{SPECIAL_TOKEN_FIELDS[top]} is {fields[top]} in {flag}; pass --tokenizer-model "
-                          f"(the tokenizer the data was made with) or a --vocab-size above {fields[top]}.")
-    return vocab_size, tokenizer, flag
-
-
-def _check_recompute(args: Arguments) -> None:
-    """Megatron's recompute rules, in one line each: full recompute needs a method and a layer count
-    that fits the layers of a pipeline chunk; selective recompute takes neither."""
-    r = args.run
-    if r.recompute_granularity != "full":
-        if r.recompute_method or r.recompute_num_layers:
-            raise ConfigError("--recompute-method and --recompute-num-layers need --recompute-granularity full.")
-        return
-    layers = PRESETS[args.model.model_size].num_layers
-    per_chunk = layers // (args.parallel.pipeline_model_parallel_size * (virtual_pipeline_size(args, layers) or 1))
-    if not r.recompute_method or not r.recompute_num_layers:
-        raise ConfigError("--recompute-granularity full needs --recompute-method (uniform | block) and "
-                          "--recompute-num-layers.")
-    n = r.recompute_num_layers
-    if not 1 <= n <= per_chunk or (r.recompute_method == "uniform" and per_chunk % n):
-        need = "a divisor of" if r.recompute_method == "uniform" else "between 1 and"
-        raise ConfigError(f"--recompute-num-layers {n} must be {need} the {per_chunk} layers of a pipeline chunk.")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_units(args: Arguments) -> None:
-    """One length of each kind, and one unit per run: a --train-tokens run measures its schedule and
-    batch warm-up in tokens (the scheduler then counts tokens), any other run in iterations / samples
-    (Megatron-LM's units, which mix freely: an iteration is a global batch of samples)."""
-    r, o, d = args.run, args.optim, args.data
-    if sum(getattr(r, f"train_{unit}") is not None for unit in UNITS) != 1:
-        raise ConfigError("set exactly one of --train-iters, --train-samples and --train-tokens.")
-    for length in SCHEDULE_LENGTHS:
-        given = [_flag(f"{length}_{unit}") for unit in UNITS if getattr(o, f"{length}_{unit}")]
-        if len(given) > 1:
-            raise ConfigError(f"pass {' or '.join(given)}, not both.")
-    if d.rampup_batch_size is not None and d.rampup_batch_size_tokens is not None:
-        raise ConfigError("pass --rampup-batch-size or --rampup-batch-size-tokens, not both.")
-    token_run = r.train_tokens is not None
-    wrong = ([f"{length}_{unit}" for length in SCHEDULE_LENGTHS
-              for unit in (("iters", "samples") if token_run else ("tokens",)) if getattr(o, f"{length}_{unit}")]
-             + [name for name in ("rampup_batch_size" if token_run else "rampup_batch_size_tokens",)
-                if getattr(d, name) is not None])
-    if wrong and token_run:
-        raise ConfigError(f"a --train-tokens run counts its schedule in tokens: replace {_flag(wrong[0])} "
-                          f"by its tokens form.")
-    if wrong:
-        raise ConfigError(f"{_flag(wrong[0])} counts tokens, which only a --train-tokens run does: give the "
-                          "run length as --train-tokens, or this length in iterations or samples.")
-
-
-def _fit_rampup(d: DataArgs, dp: int, name: str) -> None:
-    """Fit --rampup-batch-size (or its tokens form, ``name``) to this run's data parallelism, in place.
-
-    Megatron's calculator needs START and INCREMENT to be multiples of micro batch x DP whose steps
-    land exactly on the global batch. Recipes give them for Ettin's 4 GPUs, so rather than refuse
-    another GPU count, round START up to such a multiple (at most the global batch) and INCREMENT up
-    to the next such multiple that divides what remains; a START that reaches the global batch leaves
-    nothing to ramp, so the warm-up is dropped. One line says what changed.
-    """
-    flag, rampup = _flag(name), getattr(d, name)
-    if len(rampup) != 3:
-        length = "TOKENS" if name.endswith("tokens") else "SAMPLES"
-        raise ConfigError(f"{flag} takes three numbers: START INCREMENT {length}.")
-    start, increment, length = rampup
-    if min(start, increment, length) < 1:
-        raise ConfigError(f"{flag} {start} {increment} {length}: all three must be positive.")
-    if start > d.global_batch_size:
-        raise ConfigError(f"{flag} start {start} exceeds --global-batch-size {d.global_batch_size}; lower it.")
-    step = d.micro_batch_size * dp
-    fitted_start = min(-(-start // step) * step, d.global_batch_size)
-    rest = (d.global_batch_size - fitted_start) // step  # in units of step
-    units = next((k for k in range(-(-increment // step), rest + 1) if rest % k == 0), rest)
-    fitted = [fitted_start, units * step, length] if rest else None
-    if fitted != rampup:
-        now = " ".join(map(str, fitted)) if fitted else "none (START reaches the global batch)"
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{flag} {start} {increment} {length} adjusted to {now}: START and INCREMENT "
-                  f"must be multiples of micro batch x DP = {step} that reach {d.global_batch_size}.", flush=True)
-        setattr(d, name, fitted)
-
-
-def data_prefixes(args: Arguments) -> list[str]:
-    """The dataset prefixes of --data-path / --data-mix (weights dropped)."""
-    if args.data.data_mix:
-        from ..data.mixtures import mixture_blend
-
-        return mixture_blend(args.data.data_mix)[1]
-    return list(get_blend_from_list(args.data.data_path)[0])
-
-
-def reached_end(args: Arguments, iteration: int, consumed_samples: int, consumed_tokens: int) -> bool:
-    """Whether a run that has trained ``iteration`` steps on ``consumed_samples`` samples of
-    ``consumed_tokens`` input tokens is done (a budget ends at the first step that reaches it)."""
-    r = args.run
-    if r.train_iters is not None:
-        return iteration >= r.train_iters
-    if r.train_tokens is not None:
-        return consumed_tokens >= r.train_tokens
-    return consumed_samples >= r.train_samples
-
-
-def model_shape(args: Arguments) -> SizePreset:
-    """The --model-size preset with the shape flags (--num-layers, --hidden-size, ...) given applied."""
-    preset = PRESETS[args.model.model_size]
-    return replace(preset, **{name: getattr(args.model, name) for name in vars(preset)
-                              if getattr(args.model, name) is not None})
-
-
-def virtual_pipeline_size(args: Arguments, num_layers: int) -> int | None:
-    """VPP from either flag (Megatron-LM accepts both)."""
-    p = args.parallel
-    if p.num_layers_per_virtual_pipeline_stage:
-        per_rank = num_layers // p.pipeline_model_parallel_size
-        if per_rank % p.num_layers_per_virtual_pipeline_stage:
-            raise ConfigError(f"{per_rank} layers per pipeline rank are not divisible by "
-                              f"--num-layers-per-virtual-pipeline-stage {p.num_layers_per_virtual_pipeline_stage}.")
-        vpp = per_rank // p.num_layers_per_virtual_pipeline_stage
-        return vpp if vpp > 1 else None
-    return p.virtual_pipeline_model_parallel_size

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 
 from megatron.core import num_microbatches_calculator as nmc
-from megatron.core.datasets.utils import get_blend_from_list
 
+from ..data.datasets import EttinDatasetConfig, build_datasets
 from .arguments import Arguments
+from .plan import RunPlan
 
 
 def init_microbatches(args: Arguments, rank: int, data_parallel_size: int) -> None:
@@ -72,40 +73,14 @@ def token_budget_samples(args: Arguments, dataset, consumed_samples: int, consum
     return consumed_samples + math.ceil(left / mean * 1.05) + args.data.global_batch_size
 
 
-def token_ids(args: Arguments) -> tuple[dict, int | None]:
-    """(the special-token fields of EttinDatasetConfig, the padded vocabulary size) of
-    --tokenizer-model; ({}, None) without one: ModernBERT's ids and vocabulary. Which ids are
-    ordinary is tokenizer.ordinary_ids' rule (not the added tokens: neither specials nor [unusedN]).
-    """
-    if not args.data.tokenizer_model:
-        return {}, None
-    from ..data.tokenizer import load_tokenizer, ordinary_ids, special_ids
-
-    tokenizer = load_tokenizer(args.data.tokenizer_model)
-    ids = special_ids(tokenizer)
-    num_ordinary, extra_specials = ordinary_ids(tokenizer)
-    fields = dict(**ids.token_id_fields(), num_ordinary_tokens=num_ordinary,
-                  extra_special_token_ids=extra_specials)
-    return fields, ids.padded_vocab_size
-
-
-def run_datasets(args: Arguments, train_samples: int, valid_samples: int, special: dict):
-    """(train, valid) EttinDatasets of the run's blend, split, layout and objective; ``special`` holds
-    the token-id fields of EttinDatasetConfig (token_ids' first value)."""
-    from ..data.datasets import EttinDatasetConfig, build_datasets
-
-    d = args.data
-    blend = get_blend_from_list(d.data_path) if d.data_path else None
-    if d.data_mix:
-        from ..data.mixtures import mixture_blend
-
-        weights, prefixes = mixture_blend(d.data_mix, check_exists=True)
-        blend = (prefixes, weights)
+def run_datasets(plan: RunPlan, train_samples: int, valid_samples: int):
+    """(train, valid) EttinDatasets of the run's blend, split, layout, objective and token ids."""
+    args, d = plan.args, plan.args.data
     config = EttinDatasetConfig(
-        random_seed=args.run.seed, sequence_length=d.seq_length, blend=blend, split=d.split,
+        random_seed=args.run.seed, sequence_length=d.seq_length, blend=plan.blend, split=d.split,
         path_to_cache=d.data_cache_path, layout=d.data_layout, min_chunk_size=d.min_chunk_size,
         always_skip_size=d.always_skip_size, objective=args.model.objective,
-        mask_rate=d.mask_rate, **special,
+        mask_rate=d.mask_rate, **plan.token_ids,
     )
     # 0, not None, for splits the run does not read: megatron's builder refuses a None size with a
     # weighted blend (any --data-mix or "--data-path W1 P1 W2 P2"), and 0 builds nothing to read.

@@ -38,8 +38,9 @@ from ..checkpoint import (
     resolve_checkpoint_dir,
     save_checkpoint,
 )
-from ..config import ConfigError, SizePreset, one_line
-from .arguments import UNITS, Arguments, reached_end
+from ..config import SizePreset
+from ..errors import ConfigError, one_line
+from .arguments import UNITS, Arguments
 from .optimizer import (
     create_state,
     fused_adam_available,
@@ -48,6 +49,7 @@ from .optimizer import (
     planned_schedule,
     schedule_state,
 )
+from .plan import RunPlan
 from .setup import unwrap
 
 SHAPE_FIELDS = (*(f.name for f in fields(SizePreset)), "vocab_size")
@@ -128,7 +130,7 @@ class RunFinished(Exception):
     that requeues itself until done stops here with success, as Megatron-LM's loop does."""
 
 
-def check_load(args: Arguments, model: dict) -> Path | None:
+def check_load(plan: RunPlan, model: dict) -> Path | None:
     """The checkpoint directory --load continues from, or None for a fresh start; ``model`` is the run's
     config.model_fields. Reads only small files, so it runs before any process group or model exists.
 
@@ -137,6 +139,7 @@ def check_load(args: Arguments, model: dict) -> Path | None:
     already at or past this run's end (resuming it would train no step): RunFinished instead when
     --save is --load, the relaunch of a finished run.
     """
+    args = plan.args
     _check_save(args)
     if not args.run.load or not has_checkpoint(args.run.load):
         if args.run.load and args.run.finetune:
@@ -163,7 +166,7 @@ def check_load(args: Arguments, model: dict) -> Path | None:
     if tokens is None and args.run.train_tokens is not None:
         raise ConfigError(f"{directory} predates token counting (no consumed tokens): resume it with "
                           "--train-samples or --train-iters, or load it with --finetune.")
-    if reached_end(args, iteration, consumed, tokens or 0):
+    if plan.reached_end(iteration, consumed, tokens or 0):
         where = f"iteration {iteration} / {consumed} samples / {tokens or 0} tokens"
         if _same_root(args.run.save, args.run.load):
             raise RunFinished(f"{directory} is at {where}: this run is already complete, nothing to do.")
@@ -171,7 +174,7 @@ def check_load(args: Arguments, model: dict) -> Path | None:
         raise ConfigError(f"checkpoint {directory} is at {where}, already at or past this run's end; to start "
                           f"the next phase from it pass --finetune (weights only) or raise {length}.")
     _check_optimizer(args, directory, state.get("optimizer", LEGACY_OPTIMIZER))
-    _check_schedule(args, directory, common["opt_param_scheduler"])
+    _check_schedule(plan, directory, common["opt_param_scheduler"])
     return directory
 
 
@@ -208,12 +211,13 @@ def _check_optimizer(args: Arguments, directory: Path, saved: dict) -> None:
                           "without --use-distributed-optimizer.")
 
 
-def _check_schedule(args: Arguments, directory: Path, saved: dict) -> None:
+def _check_schedule(plan: RunPlan, directory: Path, saved: dict) -> None:
     """Refuse to resume under an LR schedule other than the checkpoint's (a longer --train-iters moves
     the decay) unless a flag says which one wins, as Megatron-LM's scheduler does."""
-    if args.run.override_opt_param_scheduler or args.run.use_checkpoint_opt_param_scheduler:
+    run = plan.args.run
+    if run.override_opt_param_scheduler or run.use_checkpoint_opt_param_scheduler:
         return
-    planned = planned_schedule(args)
+    planned = planned_schedule(plan.args, plan.schedule)
     differing = [f"{name} {saved[name]} vs {planned[name]}" for name in planned
                  if name != "num_steps" and name in saved and saved[name] != planned[name]]
     if differing:

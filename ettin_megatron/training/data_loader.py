@@ -12,7 +12,7 @@ TP / PP, reads the same samples in the same steps.
 That stream is a ``batch_sampler``, so torch's DataLoader can read and collate it in worker processes
 (``--num-workers``), with pinned memory on a GPU machine and a bounded read-ahead of
 ``prefetch_factor`` micro-batches per worker, in order. Workers start once per run; ``--num-workers 0``
-reads in the training process, as before.
+reads in the training process.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.batches import collate
-from ..data.readers import InputError
-from ..data.tokenizer import MODERNBERT_IDS
+from ..errors import SampleError
+from ..vocab import MODERNBERT_IDS
 
 PREFETCH_FACTOR = 4
 """Micro-batches each worker may hold ready: enough to cover a step's tail while the next begins."""
@@ -80,18 +80,6 @@ class MicroBatchSampler(Sampler):
             yield [(first + j) % self.num_samples for j in range(self.micro_batch_size)]
 
 
-class SampleError(InputError):
-    """A sample that could not be read, in one line.
-
-    Raised in a worker, torch rebuilds it in the training process from its text, which by then holds
-    the worker's whole traceback: the last line of that text is the message, so that is what is kept."""
-
-    def __init__(self, message: str):
-        if "Original Traceback" in message:
-            message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(message)
-
-
 class _Samples(Dataset):
     """The dataset as the loader reads it: a sample that fails becomes a SampleError naming it."""
 
@@ -116,8 +104,8 @@ class _OneStorage:
 
     torch sends each tensor from a worker in a shared-memory file of its own, whose descriptor the
     training process fetches over a socket from a thread of the worker, which first has to win the
-    busy worker's GIL: one round trip per tensor. On the 2-core VM the five of a micro-batch took
-    longer than reading its samples; one storage makes it one round trip (and one copy) per micro-batch.
+    busy worker's GIL: one round trip per tensor. On a 2-core machine the five of a micro-batch
+    took longer than reading its samples; one storage makes it one round trip (and one copy) per micro-batch.
     """
 
     def __init__(self, batch: dict):

@@ -7,24 +7,62 @@ tokens; ``finalize_model_grads`` divides the gradients by the global token count
 all DP ranks), as Megatron-LM does. The step's loss is therefore the mean over every labelled token of
 the global batch, whatever the micro-batch size, DP size or packing.
 
-The report ``{"lm loss": [loss_sum, num_tokens, ...]}`` holds, in training, the micro-batch's input tokens
-(its samples' tokens, padding excluded: tokens/s and token budgets) and the (query, key) pairs its
-attention scored (for MFU, counted on the device from its documents), and in evaluation the number of
-correct argmax predictions; the loop sums reports over micro-batches and DP ranks. The token counts of
-one micro-batch are exact in float32 (below 2**24); the loop sums them in float64 so that a step's
-counts stay exact.
+The report (``{"lm loss": tensor}``, Megatron's key) is a ``TrainReport`` in training: besides the loss
+sum and the labelled tokens, the micro-batch's input tokens (its samples' tokens, padding excluded:
+tokens/s and token budgets) and the (query, key) pairs its attention scored (for MFU, counted on the
+device from its documents); an ``EvalReport`` in evaluation, with the number of correct argmax
+predictions. Each is stacked into one tensor here and read back only through ``sum_reports`` and the
+report's fields, so no other module knows their order. The token counts of one micro-batch are exact in
+float32 (below 2**24); ``sum_reports`` sums them in float64 so that a step's counts stay exact.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.tensor_parallel.utils import VocabUtility
 
+from .. import runtime
 from ..model import packed_seq_params
-from .metrics import attended_pairs
+from ..model.counts import attended_pairs
+
+
+class TrainReport(NamedTuple):
+    """What a training micro-batch reports (and, summed, a training step)."""
+
+    loss_sum: float
+    labelled: float
+    input_tokens: float
+    pairs: float
+
+
+class EvalReport(NamedTuple):
+    """What an evaluation micro-batch reports (and, summed, a validation pass)."""
+
+    loss_sum: float
+    labelled: float
+    correct: float
+
+
+def sum_reports(reports: list[dict], kind: type) -> torch.Tensor:
+    """This rank's micro-batch reports of ``kind`` (TrainReport or EvalReport) summed field by field, on
+    the device, in float64 (zeros where there are none: only the last pipeline stage has reports);
+    ``kind(*values.tolist())`` reads the sum."""
+    if not reports:
+        return torch.zeros(len(kind._fields), dtype=torch.float64, device=runtime.device())
+    return torch.stack([report["lm loss"].detach() for report in reports]).double().sum(0)
+
+
+def micro_batch_losses(reports: list[dict]) -> torch.Tensor:
+    """Each training micro-batch's loss sum, on the device."""
+    return torch.stack([report["lm loss"][TrainReport._fields.index("loss_sum")] for report in reports])
+
+
+def _report(kind: type, *values: torch.Tensor) -> dict:
+    return {"lm loss": torch.stack(kind(*values))}
 
 
 def _next_batch(data_iterator, device) -> tuple[dict, object]:
@@ -36,13 +74,12 @@ def _next_batch(data_iterator, device) -> tuple[dict, object]:
 
 
 def loss_func(loss_mask: torch.Tensor, input_tokens: int, pairs: torch.Tensor, output_tensor: torch.Tensor):
-    """Per-token losses [1, T] -> (sum over loss_mask, labelled tokens,
-    {"lm loss": [sum, labelled tokens, input tokens, attention pairs]})."""
+    """Per-token losses [1, T] -> (sum over loss_mask, labelled tokens, the TrainReport)."""
     mask = loss_mask.reshape(-1).float()
     loss = torch.sum(output_tensor.float().reshape(-1) * mask)
     num_tokens = mask.sum().detach().to(torch.int)
-    report = torch.stack([loss.detach(), mask.sum().detach(), mask.new_full((), float(input_tokens)), pairs.float()])
-    return loss, num_tokens, {"lm loss": report}
+    return loss, num_tokens, _report(TrainReport, loss.detach(), mask.sum().detach(),
+                                     mask.new_full((), float(input_tokens)), pairs.float())
 
 
 def vocab_parallel_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -72,7 +109,7 @@ def eval_loss_func(labels: torch.Tensor, loss_mask: torch.Tensor, logits: torch.
     loss = torch.sum(losses.t().reshape(-1) * mask)
     correct = ((vocab_parallel_argmax(logits).reshape(-1) == labels.reshape(-1)).float() * mask).sum()
     num_tokens = mask.sum().to(torch.int)
-    return loss, num_tokens, {"lm loss": torch.stack([loss, mask.sum(), correct])}
+    return loss, num_tokens, _report(EvalReport, loss, mask.sum(), correct)
 
 
 def make_forward_step(device: torch.device, config, evaluation: bool = False):

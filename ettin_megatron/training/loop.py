@@ -1,17 +1,19 @@
 """The training loop: read it top to bottom.
 
     pretrain(args)
-      check the arguments and the --load checkpoint  (before any process group or compute)
+      plan the run                                plan.py: everything checked and resolved once (before
+                                                  any process group or compute), then the --load
+                                                  checkpoint checked (checkpointing.py)
       setup                                       process groups and seeds (runtime.initialize), model
                                                   chunks in DDP, optimizer, schedule (setup.py,
-                                                  optimizer.py), --load (checkpointing.py), datasets
-                                                  (batching.py: EttinDataset on megatron's builder)
+                                                  optimizer.py), --load, datasets (batching.py:
+                                                  EttinDataset on megatron's builder)
       for each step, until the iteration, sample or token budget is reached:
-          train_step                              this step's micro-batches (batching.step_micro_batches),
-                                                  forward + backward (megatron's 1F1B / interleaved
-                                                  schedule), non-finite guard (stopping.py), optimizer
-                                                  and LR step (by samples, or by the step's input tokens
-                                                  in a --train-tokens run)
+          train_step                              this step's micro-batches (data_loader.py), forward +
+                                                  backward (megatron's 1F1B / interleaved schedule),
+                                                  non-finite guard (stopping.py), optimizer and LR step
+                                                  (by samples, or by the step's input tokens in a
+                                                  --train-tokens run)
           log / evaluate / save                   metrics.py, evaluate, checkpointing.py
           a signal or the time limit?             stopping.py: save and stop, the same step on every rank
 
@@ -24,70 +26,78 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.optimizer import MegatronOptimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from ..config import model_fields
-from ..data.tokenizer import MODERNBERT_IDS
-from ..runtime import ParallelLayout, device, initialize
+from ..config import EttinConfig, model_fields
+from ..model.counts import count_parameters
+from ..runtime import ParallelLayout, device, initialize, report
 from . import batching, checkpointing
-from .arguments import Arguments, model_shape, reached_end, validate, virtual_pipeline_size
+from .arguments import Arguments
 from .data_loader import MicroBatchSampler, micro_batch_loader, step_iterators
-from .forward_step import make_forward_step
-from .metrics import Metrics, is_logging_rank, scalar_writers
+from .forward_step import EvalReport, TrainReport, make_forward_step, sum_reports
+from .metrics import Metrics, scalar_writers
 from .optimizer import build_optimizer, build_scheduler, current_lr, optimizer_record, optimizer_step
-from .stable_adamw import clipped_fraction
+from .plan import RunPlan, plan_run
 from .setup import build_model, build_model_config, wire_schedule_hooks
+from .stable_adamw import clipped_fraction
 from .stopping import ExitConditions, check_finite, nonfinite_flags
 
 
 @dataclass
 class Run:
-    """What a training run holds once it is set up: the parallel model, its optimizer and schedule,
-    the data, and where this rank sits in the data-parallel group."""
+    """What a training run holds once it is set up: its plan, the parallel model, its optimizer and
+    schedule, the data, and where this rank sits in the data-parallel group."""
 
-    args: Arguments
-    config: object
-    model: list
-    optimizer: object
-    scheduler: object
-    train_ds: object
-    valid_ds: object
+    plan: RunPlan
+    config: EttinConfig
+    model: list[torch.nn.Module]
+    """This rank's model chunks (one per virtual pipeline stage), each in Megatron's DDP."""
+    optimizer: MegatronOptimizer
+    scheduler: OptimizerParamScheduler
+    train_ds: torch.utils.data.Dataset
+    valid_ds: torch.utils.data.Dataset | None
     eval_batches: int
     dp_rank: int
-    dp_size: int
-    special: dict  # EttinDatasetConfig's token-id fields, to rebuild the data (grow_train_data)
-    metrics: Metrics | None = None
+    metrics: Metrics
     train_batches: Iterator[dict] | None = None
     """This rank's training micro-batches from the data position on (data_loader.py)."""
-    forward_backward: object = field(default_factory=get_forward_backward_func)
+    forward_backward: Callable = field(default_factory=get_forward_backward_func)
 
     def __post_init__(self):
         self.train_forward = make_forward_step(device(), self.config)
         self.eval_forward = make_forward_step(device(), self.config, evaluation=True)
 
+    @property
+    def args(self) -> Arguments:
+        return self.plan.args
 
-def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
-    """Train as ``args`` say; returns one row per step (loss, lr, grad norm, ...) and validation rows.
+    @property
+    def dp_size(self) -> int:
+        return self.plan.data_parallel_size
 
-    ``special_tokens`` (EttinDatasetConfig's token-id fields) overrides the ids --tokenizer-model gives;
-    tests use it for small synthetic vocabularies, whose size they pass as --vocab-size.
-    """
+
+def every(interval: int | None, step: int) -> bool:
+    """Whether ``step`` falls on ``interval`` (never when it is 0 or None): the cadence of logging,
+    validation, saving and --exit-interval, as in Megatron-LM."""
+    return bool(interval) and step % interval == 0
+
+
+def pretrain(args: Arguments) -> list[dict]:
+    """Train as ``args`` say; returns one row per step (loss, lr, grad norm, ...) and validation rows."""
     start_time = time.time()  # --exit-duration-in-mins counts from here
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the process group comes later
-    dp_size = validate(args, world_size, special_tokens)
-    special, vocab = batching.token_ids(args)
-    if special_tokens is not None:
-        special = special_tokens
+    plan = plan_run(args, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's; the process group comes later
     # The shapes only: the model's own config is built after initialize, whose CPU emulation it reads.
     try:
-        resume = checkpointing.check_load(args, model_fields(build_model_config(args, vocab_size=vocab)))
+        resume = checkpointing.check_load(plan, model_fields(build_model_config(plan.model)))
     except checkpointing.RunFinished as finished:
         if not args.run.validate_only:  # the run itself says so
-            _print(str(finished))
+            report(str(finished))
         return []
     if args.run.validate_only:
         return []
@@ -95,7 +105,7 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
     # Before setup: its loader workers, forked, inherit the handler, which ignores signals there.
     exit_conditions = ExitConditions(args.run, start_time)
     try:
-        run, iteration, consumed, tokens = setup(args, vocab, special, dp_size, resume)
+        run, iteration, consumed, tokens = setup(plan, resume)
         return _train(run, iteration, consumed, tokens, exit_conditions)
     finally:
         exit_conditions.close()
@@ -103,83 +113,82 @@ def pretrain(args: Arguments, special_tokens: dict | None = None) -> list[dict]:
 
 def _train(run: Run, iteration: int, consumed: int, tokens: int, exit_conditions: ExitConditions) -> list[dict]:
     """Steps until the end, --exit-interval, a signal or the time limit; the history of logged rows."""
-    args = run.args
+    plan, r = run.plan, run.args.run
     history, stop = [], None
-    while not reached_end(args, iteration, consumed, tokens):
+    while not plan.reached_end(iteration, consumed, tokens):
         batch_size, step_tokens, loss, grad_norm = train_step(run, iteration + 1, consumed, tokens)
         iteration += 1
         consumed += batch_size
         tokens += step_tokens
+        done = plan.reached_end(iteration, consumed, tokens)
 
         # Report, validate, save.
         row = {"step": iteration, "loss": loss, "lr": current_lr(run.optimizer), "grad_norm": grad_norm,
                "batch_size": batch_size, "tokens": tokens}
-        if iteration == 1 or iteration % args.run.log_interval == 0 or reached_end(args, iteration, consumed, tokens):
+        if iteration == 1 or every(r.log_interval, iteration) or done:
             clipped = clipped_fraction(run.optimizer)  # StableAdamW's; read on logged steps only
             row = run.metrics.log_step(iteration, consumed, tokens, loss, row["lr"], grad_norm, batch_size,
                                        None if clipped is None else clipped.item())
         history.append(row)
-        if args.run.eval_interval and iteration % args.run.eval_interval == 0 and run.eval_batches:
+        if every(r.eval_interval, iteration) and run.eval_batches:
             history.append(evaluate(run, iteration))
-        exiting = bool(args.run.exit_interval and iteration % args.run.exit_interval == 0)
-        stop = None if reached_end(args, iteration, consumed, tokens) else exit_conditions.reason()
-        interval = bool(args.run.save_interval and iteration % args.run.save_interval == 0)
-        if args.run.save and (exiting or stop or interval):
+        exiting = every(r.exit_interval, iteration)
+        stop = None if done else exit_conditions.reason()
+        if r.save and (exiting or stop or every(r.save_interval, iteration)):
             _save(run, iteration, consumed, tokens)
         if stop:
-            saved = ", saved; relaunch the same command to resume." if args.run.save else " (no --save: nothing saved)."
-            _print(f"{stop}: stopped after step {iteration}{saved}")
+            saved = ", saved; relaunch the same command to resume." if r.save else " (no --save: nothing saved)."
+            report(f"{stop}: stopped after step {iteration}{saved}")
         if exiting or stop:
             break
 
-    if not stop and (not args.run.exit_interval or iteration % args.run.exit_interval):
-        if run.eval_batches and (not args.run.eval_interval or iteration % args.run.eval_interval):
+    if not stop and not every(r.exit_interval, iteration):  # the run's end: validate and save it once
+        if run.eval_batches and not every(r.eval_interval, iteration):
             history.append(evaluate(run, iteration))
-        if args.run.save and not (args.run.save_interval and iteration % args.run.save_interval == 0):
+        if r.save and not every(r.save_interval, iteration):
             _save(run, iteration, consumed, tokens)
     run.metrics.close()
     return history
 
 
-def setup(args: Arguments, vocab: int | None, special: dict, dp_size: int, resume) -> tuple[Run, int, int, int]:
+def setup(plan: RunPlan, resume) -> tuple[Run, int, int, int]:
     """Process groups, model chunks in DDP, optimizer, schedule, the --load checkpoint and the datasets;
     returns the run and where it starts (step, consumed samples, consumed tokens)."""
+    args = plan.args
     layout = ParallelLayout(args.parallel.tensor_model_parallel_size, args.parallel.pipeline_model_parallel_size,
-                            virtual_pipeline_size(args, model_shape(args).num_layers))
+                            plan.model.virtual_pipeline_size)
     initialize(layout, seed=args.run.seed)
-    config = build_model_config(args, vocab_size=vocab)
+    config = build_model_config(plan.model)
     model = build_model(args, config)
     optimizer = build_optimizer(args, model)
-    scheduler = build_scheduler(args, optimizer)
+    scheduler = build_scheduler(args, plan.schedule, optimizer)
     wire_schedule_hooks(config, model, optimizer, args)
-    batching.init_microbatches(args, torch.distributed.get_rank(), dp_size)
+    batching.init_microbatches(args, torch.distributed.get_rank(), plan.data_parallel_size)
 
     iteration, consumed, tokens = 0, 0, 0
     if resume:
         iteration, consumed, tokens = checkpointing.load(resume, model, optimizer, scheduler, args.run.finetune)
-        _print(f"loaded {args.run.load}: continuing at step {iteration}, {consumed:,} samples / {tokens:,} tokens "
+        report(f"loaded {args.run.load}: continuing at step {iteration}, {consumed:,} samples / {tokens:,} tokens "
                "consumed")
     elif args.run.load:
-        _print(f"no checkpoint in {args.run.load} yet: starting from scratch")
+        report(f"no checkpoint in {args.run.load} yet: starting from scratch")
 
     # Every rank reads data (pipeline stages all need the packing boundaries).
     gbs, eval_batches = args.data.global_batch_size, args.run.eval_iters
-    train_ds, valid_ds = batching.run_datasets(args, batching.planned_samples(args), eval_batches * gbs, special)
+    train_ds, valid_ds = batching.run_datasets(plan, batching.planned_samples(args), eval_batches * gbs)
     if valid_ds is None:
         eval_batches = 0  # the split leaves no validation documents
-    run = Run(args, config, model, optimizer, scheduler, train_ds, valid_ds, eval_batches,
-              parallel_state.get_data_parallel_rank(), dp_size, special)
+    params = count_parameters(config)
+    metrics = Metrics(scalar_writers(args), args.run.train_iters, args.run.train_samples, args.run.train_tokens,
+                      config, params, torch.distributed.get_world_size(), args.model.objective)
+    run = Run(plan, config, model, optimizer, scheduler, train_ds, valid_ds, eval_batches,
+              parallel_state.get_data_parallel_rank(), metrics)
     if args.run.train_tokens is not None:
         grow_train_data(run, consumed, tokens, 0)
     run.train_batches = iter(_loader(run, run.train_ds, consumed))
-
-    params = count_parameters(config)
-    world_size = torch.distributed.get_world_size()
-    run.metrics = Metrics(scalar_writers(args), args.run.train_iters, args.run.train_samples, args.run.train_tokens,
-                          config, params, world_size, args.model.objective)
-    _print(f"model {args.model.model_size} ({args.model.objective}): {params / 1e6:.1f}M parameters, "
+    report(f"model {args.model.model_size} ({args.model.objective}): {params / 1e6:.1f}M parameters, "
            f"TP={layout.tensor_parallel} PP={layout.pipeline_parallel} VPP={layout.virtual_pipeline_parallel} "
-           f"DP={dp_size}")
+           f"DP={plan.data_parallel_size}")
     return run, iteration, consumed, tokens
 
 
@@ -191,9 +200,8 @@ def grow_train_data(run: Run, consumed: int, tokens: int, batch_size: int) -> No
     args, have = run.args, len(run.train_ds)
     need = max(consumed + batch_size, batching.token_budget_samples(args, run.train_ds, consumed, tokens))
     if need > have:
-        _print(f"the token budget needs about {need:,} train samples, {have:,} built: building them")
-        run.train_ds, run.valid_ds = batching.run_datasets(
-            args, need, run.eval_batches * args.data.global_batch_size, run.special)
+        report(f"the token budget needs about {need:,} train samples, {have:,} built: building them")
+        run.train_ds, run.valid_ds = batching.run_datasets(run.plan, need, run.eval_batches * args.data.global_batch_size)
         if run.train_batches is not None:  # read on from here in the grown split (same samples, more of them)
             run.train_batches = iter(_loader(run, run.train_ds, consumed))
 
@@ -216,19 +224,20 @@ def train_step(run: Run, step: int, consumed: int, tokens: int) -> tuple[int, in
         forward_step_func=run.train_forward, data_iterator=step_iterators(run.train_batches, num_micro, len(run.model)),
         model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length, micro_batch_size=1,
         forward_only=False)
-    values = _share(_sum_reports(reports, 4))
+    values = _share(sum_reports(reports, TrainReport))
     guard = run.args.run.check_for_nan_in_loss_and_grad
     if guard:  # its flags ride along in the step's one host read
         values = torch.cat([values, nonfinite_flags(run, consumed, reports)])
-    loss_sum, labelled, input_tokens, pairs, *flags = values.tolist()
-    loss = loss_sum / max(labelled, 1)
+    values = values.tolist()
+    report, flags = TrainReport(*values[:len(TrainReport._fields)]), values[len(TrainReport._fields):]
+    loss = report.loss_sum / max(report.labelled, 1)
     if guard:
         check_finite(run, step, consumed, loss, *flags)
-    input_tokens = round(input_tokens)
+    input_tokens = round(report.input_tokens)
     updated, grad_norm = optimizer_step(run.optimizer)
     if updated:
         run.scheduler.step(increment=input_tokens if run.args.run.train_tokens is not None else batch_size)
-    run.metrics.add_tokens(input_tokens, pairs)
+    run.metrics.add_tokens(input_tokens, report.pairs)
     return batch_size, input_tokens, loss, None if grad_norm is None else float(grad_norm)
 
 
@@ -238,7 +247,7 @@ def evaluate(run: Run, step: int) -> dict:
         chunk.eval()
     gbs = run.args.data.global_batch_size
     num_micro = gbs // (run.args.data.micro_batch_size * run.dp_size)
-    totals = torch.zeros(3, dtype=torch.float64, device=device())
+    totals = torch.zeros(len(EvalReport._fields), dtype=torch.float64, device=device())
     batches = iter(_loader(run, run.valid_ds, 0, run.eval_batches * num_micro))
     with torch.no_grad():
         for _ in range(run.eval_batches):
@@ -246,11 +255,13 @@ def evaluate(run: Run, step: int) -> dict:
                 forward_step_func=run.eval_forward, data_iterator=step_iterators(batches, num_micro, len(run.model)),
                 model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length,
                 micro_batch_size=1, forward_only=True)
-            totals += _sum_reports(reports, 3)
+            totals += sum_reports(reports, EvalReport)
     for chunk in run.model:
         chunk.train()
-    loss_sum, tokens, correct = _reduce(totals)
-    return run.metrics.log_validation(step, loss_sum / max(tokens, 1), correct / max(tokens, 1), int(tokens))
+    report = EvalReport(*_share(totals).tolist())
+    labelled = max(report.labelled, 1)
+    return run.metrics.log_validation(step, report.loss_sum / labelled, report.correct / labelled,
+                                      int(report.labelled))
 
 
 def _save(run: Run, iteration: int, consumed: int, tokens: int) -> None:
@@ -258,22 +269,7 @@ def _save(run: Run, iteration: int, consumed: int, tokens: int) -> None:
                               run.scheduler, run.config, optimizer_record(run.args),
                               tokenizer=run.args.data.tokenizer_model,
                               training_objective=run.args.model.objective)
-    _print(f"saved checkpoint {path}")
-
-
-def _sum_reports(reports: list, size: int) -> torch.Tensor:
-    """Sum this rank's micro-batch reports of ``size`` values, [loss sum, labelled tokens, input tokens
-    and attention pairs, or correct], on the device (the reports exist only on the last pipeline stage;
-    zeros elsewhere), in float64: a step's token counts (36M at 4608 x 7999) are beyond float32's exact
-    integers."""
-    if not reports:
-        return torch.zeros(size, dtype=torch.float64, device=device())
-    return torch.stack([report["lm loss"].detach() for report in reports]).double().sum(0)
-
-
-def _reduce(values: torch.Tensor) -> list[float]:
-    """_share, brought to the host: the step's one wait for the device outside the optimizer."""
-    return _share(values).tolist()
+    report(f"saved checkpoint {path}")
 
 
 def _share(values: torch.Tensor) -> torch.Tensor:
@@ -291,19 +287,4 @@ def _loader(run: Run, dataset, start: int, count: int | None = None):
     pad = run.args.parallel.tensor_model_parallel_size if run.config.sequence_parallel else 1
     sampler = MicroBatchSampler(len(dataset), start, run.args.data.micro_batch_size, run.dp_rank, run.dp_size,
                                 count)
-    return micro_batch_loader(dataset, sampler, run.args.data.num_workers, pad,
-                              run.special.get("pad_token_id", MODERNBERT_IDS.pad))
-
-
-def count_parameters(config) -> int:
-    """Parameters of the whole model (tied embedding once), whatever the parallel layout."""
-    h, f, v, n = config.hidden_size, config.ffn_hidden_size, config.vocab_size, config.num_layers
-    embedding = v * h + h                          # token embedding + its norm
-    layers = n * (4 * h * h + 3 * h * f + 2 * h) - h   # QKV + out, GeGLU fc1 (2f) + fc2, 2 norms (layer 0: 1)
-    head = h + h * h + h + v                        # final norm, dense + norm, vocab bias (weight tied)
-    return embedding + layers + head
-
-
-def _print(message: str) -> None:
-    if is_logging_rank():
-        print(message, flush=True)
+    return micro_batch_loader(dataset, sampler, run.args.data.num_workers, pad, run.plan.pad_token_id)

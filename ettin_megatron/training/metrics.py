@@ -4,15 +4,11 @@
         | peak mem 41.20 GB | ETA 0:03:10         (one line)
     validation step 200 | mlm loss 5.9012 | accuracy 0.1875 | tokens 12,345
 
-MFU is shown on GPUs whose peak BF16 dense throughput is known. Training FLOPs follow the usual
-estimate: 6 x parameters (the tied vocabulary projection included) per input token, plus 12 x hidden
-per (query, key) pair that attention scores, summed over the layers. The pairs are counted from each
-micro-batch's packed documents (``cu_seqlens``): attention never crosses a document, so a global layer
-scores L x L pairs per document of length L (about half when causal), not seq_length x seq_length,
-and a local layer only the pairs within its window.
+MFU is shown on GPUs whose peak BF16 dense throughput is known; the training FLOPs are the model's
+(model/counts.py).
 ``tokens`` is the input tokens consumed so far (out of --train-tokens in a token-budget run).
 Peak memory is the job's highest, over ranks: CUDA's max allocated on GPUs, max RSS on the CPU.
-Lines are printed and scalars written by the last rank (it holds the loss), as in Megatron-LM; the
+Lines are printed and scalars written by rank 0 (runtime.is_writer, the one rule of who prints); the
 same scalars go to every writer (``--tensorboard-dir``, ``--wandb-project``).
 """
 
@@ -27,6 +23,9 @@ import time
 
 import torch
 
+from ..model.counts import training_flops
+from ..runtime import is_writer
+
 # Peak dense BF16 tensor-core FLOP/s per device name fragment.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
@@ -36,36 +35,6 @@ def peak_flops() -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def attention_pairs(cu_seqlens: torch.Tensor, window: int | None, causal: bool) -> torch.Tensor:
-    """The (query, key) pairs one attention layer scores over the packed documents ``cu_seqlens``
-    bounds: per document of length L, the pairs at distance d <= m = min(L - 1, window) on one side
-    (keys before the query, the query itself included) and, unless ``causal``, as many on the other.
-    A device tensor computed on the device: no host sync."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
-    reach = lengths - 1 if window is None else (lengths - 1).clamp(max=window)
-    one_side = reach * lengths - reach * (reach + 1) // 2  # sum over d = 1..m of (L - d)
-    return (lengths + (1 if causal else 2) * one_side).sum()
-
-
-def attended_pairs(cu_seqlens: torch.Tensor, config) -> torch.Tensor:
-    """The (query, key) pairs the whole model scores on one micro-batch: its global and local layers'."""
-    global_layers = sum(config.is_global_layer(i) for i in range(config.num_layers))
-    local_layers = config.num_layers - global_layers
-    return (global_layers * attention_pairs(cu_seqlens, None, config.causal)
-            + local_layers * attention_pairs(cu_seqlens, config.local_attention_window // 2, config.causal))
-
-
-def training_flops(config, num_params: int, tokens: float, pairs: float) -> float:
-    """Training FLOPs (forward + backward) of ``tokens`` input tokens whose attention scored ``pairs``
-    (query, key) pairs over all layers: 2 matmuls (q k^T, p v) of 2 x hidden FLOPs per pair, x 3."""
-    return 6.0 * num_params * tokens + 12.0 * config.hidden_size * pairs
-
-
-def is_logging_rank() -> bool:
-    return (not torch.distributed.is_initialized()
-            or torch.distributed.get_rank() == torch.distributed.get_world_size() - 1)
 
 
 def peak_memory_gb() -> float:
@@ -117,7 +86,7 @@ class WandbWriter:
 def scalar_writers(args) -> list:
     """The writers ``args`` ask for, on the logging rank (none elsewhere)."""
     r = args.run
-    if not is_logging_rank():
+    if not is_writer():
         return []
     writers = []
     if r.tensorboard_dir:
@@ -188,7 +157,7 @@ class Metrics:
             done, left = position[unit] - first[unit], total - position[unit]
             eta = datetime.timedelta(seconds=round((now - first_time) / done * max(left, 0)))
             parts.append(f"ETA {eta}")
-        if is_logging_rank():
+        if is_writer():
             print(" | ".join(parts), flush=True)
             self._scalars(step, {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
                                  "train/clipped_updates": clipped,
@@ -208,7 +177,7 @@ class Metrics:
         else:
             parts.append(f"accuracy {accuracy:.4f}")
         parts.append(f"tokens {tokens:,}")
-        if is_logging_rank():
+        if is_writer():
             print(" | ".join(parts), flush=True)
             self._scalars(step, {f"valid/{k[4:]}": v for k, v in row.items() if k.startswith("val_")})
         return row

@@ -28,14 +28,13 @@ the recipe's peak * (a + (1 - a)(1 - sqrt(...))) with a = min / peak.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from megatron.core import optimizer as megatron_optimizers
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from .arguments import Arguments
+from .plan import ScheduleSteps
 from .stable_adamw import use_stable_adamw
 
 
@@ -109,41 +108,10 @@ def optimizer_step(optimizer) -> tuple[bool, float | None]:
     return optimizer.step_with_ready_grads(), grad_norm
 
 
-@dataclass(frozen=True)
-class ScheduleSteps:
-    """The schedule's lengths in the run's unit: samples (Megatron-LM's), or input tokens in a
-    --train-tokens run."""
-
-    warmup: int
-    decay: int
-    wsd_decay: int
-
-
-def schedule_steps(args: Arguments) -> ScheduleSteps:
-    """Warmup / decay / WSD-anneal lengths in the run's unit. In a --train-tokens run each is its
-    *-tokens flag; otherwise its *-samples flag or its *-iters flag (steps x the global batch;
-    validate refuses both), whichever way the run's own length is given; the warmup also as
-    --lr-warmup-fraction of the decay (Megatron-LM's). Decay defaults to the whole
-    run and the WSD anneal to the whole decay."""
-    o, r, gbs = args.optim, args.run, args.data.global_batch_size
-    if r.train_tokens is not None:
-        run, warmup, decay, wsd = r.train_tokens, o.lr_warmup_tokens, o.lr_decay_tokens, o.lr_wsd_decay_tokens
-    else:
-        run = r.train_samples if r.train_samples is not None else r.train_iters * gbs
-        warmup = o.lr_warmup_samples or o.lr_warmup_iters * gbs
-        decay = o.lr_decay_samples or (o.lr_decay_iters or 0) * gbs
-        wsd = o.lr_wsd_decay_samples or (o.lr_wsd_decay_iters or 0) * gbs
-    decay = decay or run
-    if o.lr_warmup_fraction is not None:
-        warmup = int(o.lr_warmup_fraction * decay)
-    wsd = wsd or decay
-    decay = max(decay, warmup + 1)  # megatron asserts warmup < decay (irrelevant for constant)
-    return ScheduleSteps(warmup=warmup, decay=decay, wsd_decay=min(wsd, decay))
-
-
-def build_scheduler(args: Arguments, optimizer) -> OptimizerParamScheduler:
-    """Megatron's scheduler for this run; weight decay is constant."""
-    o, steps = args.optim, schedule_steps(args)
+def build_scheduler(args: Arguments, steps: ScheduleSteps, optimizer) -> OptimizerParamScheduler:
+    """Megatron's scheduler for a run of ``args`` whose lengths are ``steps`` (the plan's); weight decay is
+    constant."""
+    o = args.optim
     return OptimizerParamScheduler(
         optimizer, init_lr=o.lr_warmup_init, max_lr=o.lr, min_lr=o.min_lr,
         lr_warmup_steps=steps.warmup, lr_decay_steps=steps.decay, lr_decay_style=o.lr_decay_style,
@@ -163,13 +131,13 @@ def schedule_state(scheduler: OptimizerParamScheduler) -> dict:
     return {**scheduler.state_dict(), **{name: getattr(scheduler, name) for name in WSD_FIELDS}}
 
 
-def planned_schedule(args: Arguments) -> dict:
-    """schedule_state of the scheduler this run builds, without an optimizer (none exists yet when
+def planned_schedule(args: Arguments, steps: ScheduleSteps) -> dict:
+    """schedule_state of the scheduler a run builds, without an optimizer (none exists yet when
     check_load compares it with a checkpoint's)."""
     class _NoParams:
         param_groups: list = []
 
-    return schedule_state(build_scheduler(args, _NoParams()))
+    return schedule_state(build_scheduler(args, steps, _NoParams()))
 
 
 def load_schedule(scheduler: OptimizerParamScheduler, state: dict) -> None:

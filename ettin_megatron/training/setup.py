@@ -10,26 +10,25 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.transformer.module import Float16Module
 
 from ..config import EttinConfig, ettin_config
-from ..data.tokenizer import MODERNBERT_IDS
 from ..model import EttinModel
 from ..model.init import initialize_weights
-from .arguments import Arguments, model_shape, virtual_pipeline_size
+from .arguments import Arguments
+from .plan import ModelPlan
 
 
-def build_model_config(args: Arguments, vocab_size: int | None = None) -> EttinConfig:
-    """The EttinConfig of ``args`` (MNTP trains a bidirectional model, as MLM does)."""
+def build_model_config(plan: ModelPlan) -> EttinConfig:
+    """The EttinConfig of the planned model (MNTP trains a bidirectional model, as MLM does)."""
+    args, vpp = plan.args, plan.virtual_pipeline_size
     m, p, r = args.model, args.parallel, args.run
     dtype = torch.bfloat16 if r.bf16 else torch.float32
-    shape = model_shape(args)
-    vpp = virtual_pipeline_size(args, shape.num_layers)
     overrides = dict(
-        **vars(shape),
+        **vars(plan.shape),
         objective="clm" if m.objective == "clm" else "mlm",
         attention_backend_name=m.attention_backend,
         global_rope_theta=m.global_rope_theta, local_rope_theta=m.local_rope_theta,
         attention_output_dropout=m.attention_output_dropout,
         max_position_embeddings=m.max_position_embeddings,
-        vocab_size=m.vocab_size or vocab_size or MODERNBERT_IDS.padded_vocab_size,
+        vocab_size=plan.vocab_size,
         tensor_model_parallel_size=p.tensor_model_parallel_size,
         pipeline_model_parallel_size=p.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=vpp,
@@ -48,8 +47,9 @@ def build_model_config(args: Arguments, vocab_size: int | None = None) -> EttinC
 
 
 def build_model(args: Arguments, config: EttinConfig) -> list:
-    """One EttinModel per virtual pipeline chunk of this rank, each wrapped in Megatron's DDP, with the
-    initial weights of --seed that every parallel layout shares (model/init.py)."""
+    """One EttinModel per virtual pipeline chunk of this rank (``config`` is build_model_config's), each
+    wrapped in Megatron's DDP, with the initial weights of --seed that every parallel layout shares
+    (model/init.py)."""
     vpp = config.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vpp) if vpp else [None]:

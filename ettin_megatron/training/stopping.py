@@ -22,12 +22,9 @@ import time
 import torch
 from megatron.core.datasets.blended_dataset import BlendedDataset
 
-from ..errors import EttinError
+from ..errors import NonFiniteError
 from ..runtime import device
-
-
-class NonFiniteError(EttinError):
-    """The loss or the gradients of a step are NaN or Inf; the message says where in the data."""
+from .forward_step import micro_batch_losses
 
 
 def _all_reduce(values: list[float], op) -> list[float]:
@@ -58,7 +55,7 @@ def nonfinite_flags(run, consumed: int, reports: list) -> torch.Tensor:
         micro, dp = run.args.data.micro_batch_size, run.dp_size
         starts = torch.tensor([consumed + (k * dp + run.dp_rank) * micro for k in range(len(reports))],
                               dtype=torch.float64, device=device())
-        bad = ~torch.isfinite(torch.stack([report["lm loss"][0] for report in reports]))
+        bad = ~torch.isfinite(micro_batch_losses(reports))
         first_bad = torch.where(bad, starts, first_bad).min()
     flags = torch.stack([bad_grads, -first_bad])
     if torch.distributed.is_initialized():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ettin_megatron.data.train_tokenizer import train_tokenizer
+from ettin_megatron.prep.train_tokenizer import train_tokenizer
 from tests.hf_models import VOCAB, random_hf_model, tiny_config
 
 WORDS = ("the quick brown fox jumps over lazy dog python library provides functions for working with "

@@ -55,14 +55,12 @@ def _run_schedule(ddp, batch, with_labels: bool, captured: dict) -> None:
 
 def worker(rank, root, imported, tokenizer_dir, ids, mask):
     from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
     from ettin_megatron.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
     from ettin_megatron.data.batches import repad, unpad
     from ettin_megatron.model import EttinModel
     from ettin_megatron.runtime import ParallelLayout, initialize
-
     from tests.hf_models import VOCAB, tiny_config
 
     root = Path(root)

@@ -5,10 +5,9 @@ import re
 
 import pytest
 
-from ettin_megatron.config import ConfigError
 from ettin_megatron.convert.hf_mapping import from_hf_state_dict, hf_shapes, to_hf_state_dict
+from ettin_megatron.errors import ConfigError
 from ettin_megatron.model import EttinModel
-
 from tests.hf_models import random_hf_model, tiny_config
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from ettin_megatron.config import ConfigError
 from ettin_megatron.convert.safetensors_io import HFWeights, write_safetensors
+from ettin_megatron.errors import ConfigError
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])

@@ -13,13 +13,12 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatase
 
 from ettin_megatron.data import dataset_info
 from ettin_megatron.data.dataset_info import read_info, sampled_max_token_id
-from ettin_megatron.data.inspect import inspect_dataset
-from ettin_megatron.data.merge import merge_datasets
-from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
-from ettin_megatron.data.readers import InputError
 from ettin_megatron.data.tokenizer import tokenizer_fingerprint
-
-from .conftest import other_tokenizer, training_texts, write_jsonl
+from ettin_megatron.errors import InputError
+from ettin_megatron.prep.inspect import inspect_dataset
+from ettin_megatron.prep.merge import merge_datasets
+from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
+from tests.texts import other_tokenizer, training_texts, write_jsonl
 
 
 def make(tmp_path, tokenizer_dir, name, count=30, **options):

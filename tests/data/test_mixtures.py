@@ -6,7 +6,7 @@ import re
 import pytest
 
 from ettin_megatron.data.mixtures import mixture_blend
-from ettin_megatron.data.readers import InputError
+from ettin_megatron.errors import InputError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples", "mixtures")
 

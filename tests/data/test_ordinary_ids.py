@@ -11,9 +11,7 @@ import numpy
 from tokenizers import AddedToken
 
 from ettin_megatron.data.objectives import ordinary_token_ids
-from ettin_megatron.data.tokenizer import load_tokenizer
-from ettin_megatron.training.arguments import make_arguments
-from ettin_megatron.training.batching import token_ids
+from ettin_megatron.data.tokenizer import dataset_token_ids, load_tokenizer, special_ids
 
 UNUSED = [f"[unused{i}]" for i in range(7)]
 
@@ -28,7 +26,8 @@ def test_added_placeholders_are_not_ordinary(tmp_path, tokenizer_dir):
     unused_ids = [tokenizer.token_to_id(t) for t in UNUSED]
     assert min(unused_ids) >= len(bpe) and tokenizer.token_to_id(text_token) == bpe[text_token]
 
-    fields, padded = token_ids(make_arguments(tokenizer_model=str(tmp_path)))
+    reloaded = load_tokenizer(str(tmp_path))
+    fields, padded = dataset_token_ids(reloaded), special_ids(reloaded).padded_vocab_size
     ordinary = ordinary_token_ids(fields["num_ordinary_tokens"], fields["extra_special_token_ids"])
     assert numpy.array_equal(ordinary, numpy.arange(len(bpe)))  # the BPE ids, nothing else
     assert padded >= tokenizer.get_vocab_size(with_added_tokens=True)

@@ -8,15 +8,14 @@ import types
 import pytest
 import torch
 
+from ettin_megatron.model import EttinModel
 from ettin_megatron.model.attention import (
     AttentionMask,
     EttinCoreAttention,
     available_backends,
     sdpa_attention,
 )
-from ettin_megatron.model import EttinModel
 from ettin_megatron.model.ettin_model import packed_seq_params
-
 from tests.hf_models import tiny_config
 
 LENGTHS = [40, 7, 25, 1]
@@ -118,7 +117,7 @@ def test_backend_backward_matches_sdpa(backend, objective, layer_number):
 
 
 def test_unknown_or_unavailable_backend_is_refused_with_one_line():
-    from ettin_megatron.config import ConfigError
+    from ettin_megatron.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown attention backend 'xformers'"):
         tiny_config("mlm", attention_backend_name="xformers")

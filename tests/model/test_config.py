@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ettin_megatron.config import PRESETS, ConfigError, ettin_config
+from ettin_megatron.config import PRESETS, ettin_config
+from ettin_megatron.errors import ConfigError
 from ettin_megatron.model import EttinModel
 from ettin_megatron.model.init import initialize_weights
 

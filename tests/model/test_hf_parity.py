@@ -13,7 +13,6 @@ import torch
 from ettin_megatron.convert.hf_mapping import from_hf_state_dict, to_hf_state_dict
 from ettin_megatron.data.batches import repad, unpad
 from ettin_megatron.model import packed_seq_params
-
 from tests.hf_models import VOCAB, ettin_from_hf, random_hf_model, tiny_config
 
 # Each case exercises something the default shape would not: long sequences against a small window,

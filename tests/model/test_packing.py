@@ -5,7 +5,6 @@ import torch
 
 from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
-
 from tests.hf_models import VOCAB, tiny_config
 
 

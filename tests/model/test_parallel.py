@@ -13,9 +13,8 @@ import torch
 from ettin_megatron.checkpoint import load_checkpoint, save_checkpoint
 from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
-from tests.ranks import run_ranks
-
 from tests.hf_models import VOCAB, tiny_config
+from tests.ranks import run_ranks
 
 OBJECTIVES = ("mlm", "clm")
 LENGTHS = [37, 18, 64, 11]  # several documents, some longer than the 16-token window
@@ -50,8 +49,7 @@ def config_for(objective, **parallel):
 def parallel_run(rank, layout_kwargs, sequence_parallel, checkpoints, grads_out):
     """On each rank: load, forward (logits), forward + backward through Megatron's schedule."""
     from megatron.core import parallel_state, tensor_parallel
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from ettin_megatron.runtime import ParallelLayout, initialize

@@ -9,7 +9,6 @@ from torch.overrides import TorchFunctionMode
 from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
 from ettin_megatron.model.rope import GLOBAL, LOCAL, rotary_angles_by_kind
-
 from tests.hf_models import VOCAB, tiny_config
 
 # What makes the host wait for the device when the tensor lives on a GPU: reading a value back.

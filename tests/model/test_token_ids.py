@@ -12,9 +12,8 @@ import torch
 
 from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
-from tests.ranks import run_ranks
-
 from tests.hf_models import VOCAB, tiny_config
+from tests.ranks import run_ranks
 
 MESSAGE = f"token ids must lie in [0, {VOCAB}), the model's vocabulary"
 

@@ -11,7 +11,8 @@ import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from ettin_megatron.training.arguments import make_arguments, parse_args, read_recipe, validate
+from ettin_megatron.training.arguments import make_arguments, parse_args, read_recipe
+from ettin_megatron.training.plan import plan_run
 from tests.training.training_data import pretrain_error, write_corpus
 
 RECIPES = Path("examples/recipes")
@@ -80,7 +81,7 @@ def test_rampup_is_fitted_to_data_parallelism(capsys, prefix):
     args = parse_args(["--recipe", str(RECIPES / "encoder/150m/phase1.yaml"), "--data-path", prefix])
     start, increment, tokens = args.data.rampup_batch_size_tokens
     assert (start, increment) == (288, 288)  # micro batch 72 x 4
-    assert validate(args, world_size=8) == 8
+    assert plan_run(args, world_size=8).data_parallel_size == 8
     assert args.data.rampup_batch_size_tokens == [576, 576, tokens]  # 72 x 8, and 576 divides 4608 - 576
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [f"--rampup-batch-size-tokens 288 288 {tokens} adjusted to 576 576 {tokens}: START and "
@@ -89,7 +90,7 @@ def test_rampup_is_fitted_to_data_parallelism(capsys, prefix):
     def fitted(rampup, world_size=1):
         args = make_arguments(data_path=[prefix], train_iters=5, micro_batch_size=4, global_batch_size=32,
                               rampup_batch_size=rampup)
-        validate(args, world_size)
+        plan_run(args, world_size)
         return args.data.rampup_batch_size
 
     assert fitted([6, 10, 100]) == [8, 12, 100]  # 12: the first multiple of 4 >= 10 that divides 32 - 8
@@ -103,7 +104,7 @@ def test_schedule_length_flag_replaces_the_recipes_other_form(tmp_path, prefix):
     args = parse_args(["--recipe", str(tmp_path / "r.yaml"), "--lr-warmup-iters", "3", "--data-path", prefix,
                        "--train-iters", "5"])
     assert (args.optim.lr_warmup_iters, args.optim.lr_warmup_samples) == (3, 0)
-    validate(args, world_size=1)
+    plan_run(args, world_size=1)
     # A token recipe's lengths, replaced on the command line by another unit (a short smoke run).
     args = parse_args(["--recipe", str(RECIPES / "cross/encoder-to-decoder/17m.yaml"), "--data-path", prefix,
                        "--train-iters", "5", "--lr-warmup-iters", "1", "--lr-wsd-decay-iters", "2"])
@@ -161,11 +162,11 @@ MICRO_BATCH = {"17m": 144, "32m": 128, "68m": 96, "150m": 72, "400m": 48, "1b": 
 def test_recipes_carry_ettins_token_budgets(prefix, size):
     """Phase lengths, LR and batch-size warm-ups and the cross-objective lengths are the paper's token
     counts, and the schedule the run builds from them counts tokens (4 GPUs, as Ettin: no adjustment)."""
-    from ettin_megatron.training.optimizer import ScheduleSteps, schedule_steps
+    from ettin_megatron.training.plan import ScheduleSteps, schedule_steps
 
     def run(name, *flags):
         args = parse_args(["--recipe", str(RECIPES / name), "--data-path", prefix, *flags])
-        validate(args, world_size=4)
+        plan_run(args, world_size=4)
         return args, schedule_steps(args)
 
     for kind in ("encoder", "decoder"):

@@ -9,14 +9,14 @@ import math
 import pytest
 
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, base_args, write_corpus
+from tests.training.training_data import base_args, write_corpus
 
 
 def _train(rank, overrides):
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
 
-    history = pretrain(make_arguments(**base_args(**overrides)), special_tokens=SPECIAL)
+    history = pretrain(make_arguments(**base_args(**overrides)))
     return [row for row in history if "loss" in row], [row for row in history if "val_loss" in row]
 
 

@@ -15,9 +15,8 @@ from unittest import mock
 import pytest
 
 from ettin_megatron.pretrain import main
-from tests.data.conftest import tokenizer_dir  # noqa: F401 (fixture)
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, VOCAB, base_args, pretrain_error, write_corpus
+from tests.training.training_data import VOCAB, base_args, pretrain_error, write_corpus
 
 
 class _Killed(Exception):
@@ -28,14 +27,17 @@ def _checkpoints(rank, prefix, root):
     from megatron.core import dist_checkpointing
 
     from ettin_megatron import checkpoint
+    from ettin_megatron.checkpoint import LATEST
+    from ettin_megatron.files import temporary_name
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
+    from ettin_megatron.training.plan import plan_model
     from ettin_megatron.training.setup import build_model, build_model_config, unwrap
 
     # MNTP (decoder -> encoder): an encoder model whose checkpoint must say how it was trained.
     args = make_arguments(**base_args(prefix, train_iters=2, save=f"{root}/run", objective="mntp"))
-    pretrain(args, special_tokens=SPECIAL)
-    config = build_model_config(args)
+    pretrain(args)
+    config = build_model_config(plan_model(args, VOCAB))
     model = unwrap(build_model(args, config))
     checkpoint.save_checkpoint(f"{root}/weights", 0, model, config)  # as hf-to-megatron writes
 
@@ -65,7 +67,7 @@ def _checkpoints(rank, prefix, root):
     entries = resave_failing_at(f"{root}/run", lambda src: src.name.endswith(".tmp") and src.is_dir())
     kept = training_state(f"{root}/run")
     # The marker fails after the new iteration is in place: the new one stays, the old copy goes.
-    after_marker = resave_failing_at(f"{root}/copy", lambda src: src.name == "latest_checkpointed_iteration.txt.tmp")
+    after_marker = resave_failing_at(f"{root}/copy", lambda src: src.name == temporary_name(LATEST))
     replaced = not training_state(f"{root}/copy")
     return kept, entries, replaced, after_marker
 
@@ -197,6 +199,7 @@ def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, ch
     from ettin_megatron.training import checkpointing
     from ettin_megatron.training.arguments import parse_args
     from ettin_megatron.training.optimizer import build_scheduler, load_schedule
+    from ettin_megatron.training.plan import plan_run
     from ettin_megatron.training.setup import build_model_config
 
     prefix, root, _ = checkpoints
@@ -214,10 +217,10 @@ def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, ch
         param_groups = [{"params": [], "wd_mult": 1.0}]
 
     for flag, decay in (("--use-checkpoint-opt_param-scheduler", 17), ("--override-opt_param-scheduler", 32)):
-        args = parse_args(argv + [flag])
-        fields = model_fields(build_model_config(args, vocab_size=VOCAB))
-        assert checkpointing.check_load(args, fields) == root / "run" / "iter_0000002"
-        scheduler = build_scheduler(args, _Optimizer())
+        plan = plan_run(parse_args(argv + [flag]), world_size=1)
+        fields = model_fields(build_model_config(plan.model))
+        assert checkpointing.check_load(plan, fields) == root / "run" / "iter_0000002"
+        scheduler = build_scheduler(plan.args, plan.schedule, _Optimizer())
         load_schedule(scheduler, saved)
         assert (scheduler.lr_decay_steps, scheduler.num_steps) == (decay, 16), flag
     both = ["--use-checkpoint-opt_param-scheduler", "--override-opt_param-scheduler"]

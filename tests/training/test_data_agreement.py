@@ -9,10 +9,10 @@ import os
 import numpy
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
 from ettin_megatron.data.tokenizer import load_tokenizer, special_ids
-from tests.data.conftest import other_tokenizer, tokenizer_dir, training_texts, write_jsonl  # noqa: F401 (fixture)
+from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
 from tests.ranks import run_ranks
+from tests.texts import other_tokenizer, training_texts, write_jsonl
 from tests.training.training_data import base_args, pretrain_error
 
 

@@ -17,9 +17,9 @@ import torch
 
 from ettin_megatron.data.batches import collate
 from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets
-from ettin_megatron.training.data_loader import MicroBatchSampler, SampleError, micro_batch_loader, step_iterators
+from ettin_megatron.errors import SampleError
+from ettin_megatron.training.data_loader import MicroBatchSampler, micro_batch_loader, step_iterators
 from tests.ranks import run_ranks
-from tests.data.conftest import tokenizer_dir  # noqa: F401 (fixture)
 from tests.training.training_data import SPECIAL, VOCAB, base_args, pretrain_error, write_corpus
 
 MICRO, DP = 2, 2
@@ -142,7 +142,7 @@ def _train_until_error(rank, prefix, poisoned):
     EttinDataset.__getitem__ = corrupt  # the forked workers inherit it
     args = make_arguments(**base_args(prefix, train_iters=30, num_workers=2))
     try:
-        pretrain(args, special_tokens=SPECIAL)
+        pretrain(args)
     except SampleError as error:
         return str(error)
     return None
@@ -205,8 +205,7 @@ def _count_host_reads(rank, prefix, settings):
     try:
         for name, overrides in settings.items():
             steps.clear()
-            loop.pretrain(make_arguments(**base_args(prefix, train_iters=2, num_workers=2, **overrides)),
-                          special_tokens=SPECIAL)
+            loop.pretrain(make_arguments(**base_args(prefix, train_iters=2, num_workers=2, **overrides)))
             counts[name] = steps[1]
     finally:
         loop.train_step = real_step

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-
 import pytest
 
 from ettin_megatron.runtime.distributed import free_port

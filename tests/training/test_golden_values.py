@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.ranks import run_ranks
-from tests.training.training_data import base_args, write_corpus, write_tokenizer
+from tests.training.training_data import base_args, write_corpus
 
 GOLDEN = Path(__file__).with_name("golden_values.json")
 GOLDEN_RTOL = 1e-5
@@ -45,8 +45,7 @@ def golden_run(rank, root, objective) -> dict:
         read.append([batch_digest(batch) for batch in step])
         return real_step_iterators(iter(step), num_micro, num_chunks)
 
-    args = make_arguments(**base_args(write_corpus(root, **CORPUS), tokenizer_model=write_tokenizer(root),
-                                      vocab_size=None, objective=objective, **RUN))
+    args = make_arguments(**base_args(write_corpus(root, **CORPUS), objective=objective, **RUN))
     loop.step_iterators = recording
     try:
         rows = [row for row in loop.pretrain(args) if "loss" in row]

@@ -22,16 +22,17 @@ LAYOUTS = {
 
 
 def _build(**layout):
-    from ettin_megatron.config import PRESETS
     from ettin_megatron.runtime import ParallelLayout, initialize
-    from ettin_megatron.training.arguments import make_arguments, virtual_pipeline_size
+    from ettin_megatron.training.arguments import make_arguments
+    from ettin_megatron.training.plan import plan_model
     from ettin_megatron.training.setup import build_model, build_model_config, unwrap
 
     args = make_arguments(model_size="tiny", vocab_size=1024, spec="local", seed=SEED, **layout)
+    plan = plan_model(args)
     p = args.parallel
     initialize(ParallelLayout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-                              virtual_pipeline_size(args, PRESETS["tiny"].num_layers)), seed=SEED)
-    config = build_model_config(args)
+                              plan.virtual_pipeline_size), seed=SEED)
+    config = build_model_config(plan)
     return unwrap(build_model(args, config)), config
 
 

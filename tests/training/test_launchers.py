@@ -138,7 +138,7 @@ def test_readme_lists_every_launcher_variable():
 
     text = Path("examples/pretrain_ettin_common.sh").read_text() + SBATCH.read_text()
     read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-?]", text))
-    internal = {"OBJECTIVE", "SLURM_JOB_ID", "GLOBAL_BATCH"}  # set by the wrappers, by slurm; a former name
+    internal = {"OBJECTIVE", "SLURM_JOB_ID", "GLOBAL_BATCH"}  # set by the wrappers, by slurm; a synonym
     readme = Path("README.md").read_text()
     missing = sorted(name for name in read - internal if f"`{name}`" not in readme)
     assert not missing, missing

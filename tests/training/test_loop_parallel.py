@@ -23,7 +23,7 @@ import pytest
 
 from tests.ranks import run_ranks
 from tests.training.cli import finished, flags, step_lines, torchrun
-from tests.training.training_data import base_args, write_corpus, write_tokenizer
+from tests.training.training_data import base_args, write_corpus
 
 STEPS = 5
 RTOL = 1e-6
@@ -59,9 +59,8 @@ def _train(rank, data, overrides):
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
 
-    prefix, tokenizer = data
-    values = {"train_iters": STEPS, "tokenizer_model": tokenizer, "vocab_size": None, **overrides}
-    return _losses(pretrain(make_arguments(**base_args(prefix, **values))))
+    values = {"train_iters": STEPS, **overrides}
+    return _losses(pretrain(make_arguments(**base_args(data, **values))))
 
 
 def _parallel(rank, data, saved):
@@ -88,10 +87,10 @@ def _references(rank, data, saved):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The single-rank runs from scratch: ((corpus prefix, tokenizer), {optimizer: checkpoint directory},
+    """The single-rank runs from scratch: (corpus prefix, {optimizer: checkpoint directory},
     {optimizer: (losses, tokens)} of the runs the layouts repeat, [(losses, tokens)] of each DATA case)."""
     root = tmp_path_factory.mktemp("loop_parallel")
-    data, saved = (write_corpus(root), write_tokenizer(root)), {name: str(root / name) for name in OPTIMIZERS}
+    data, saved = write_corpus(root), {name: str(root / name) for name in OPTIMIZERS}
     ((runs, cases),) = run_ranks(1, _references, data, saved)
     for losses, _ in runs.values():
         assert len(losses) == STEPS + 2 and losses[-1] < losses[0]
@@ -136,7 +135,7 @@ def test_sequence_parallel_matches_single_rank_for_every_layout_and_objective(ca
 def test_cli_tp2_with_sequence_parallel_logs_the_single_process_losses(tmp_path):
     """The user's path: ``torchrun -m ettin_megatron.pretrain --tokenizer-model ...`` at TP=2 with
     --sequence-parallel logs the losses, learning rates and gradient norms of one process."""
-    values = base_args(write_corpus(tmp_path), tokenizer_model=write_tokenizer(tmp_path), vocab_size=None,
+    values = base_args(write_corpus(tmp_path),
                        train_iters=STEPS)
     single = _printed(finished(torchrun(flags(**values), nproc=1)))
     parallel = _printed(finished(torchrun(flags(**values, tensor_model_parallel_size=2, sequence_parallel=True))))

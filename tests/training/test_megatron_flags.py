@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ettin_megatron.training.arguments import build_parser, model_shape, parse_args, validate
-from ettin_megatron.training.optimizer import schedule_steps
+from ettin_megatron.training.arguments import build_parser, parse_args
+from ettin_megatron.training.plan import model_shape, plan_model, plan_run, schedule_steps
 from ettin_megatron.training.setup import build_model_config
 from tests.training.training_data import pretrain_error, write_corpus
 
@@ -32,7 +32,7 @@ def test_no_flag_is_an_abbreviation_of_another(capsys):
     assert "unrecognized arguments: --num-layers-per-virtual" in capsys.readouterr().err
     assert parse_args(["--num-layers", "2"]).parallel.num_layers_per_virtual_pipeline_stage is None
     for tool in TOOLS:
-        module = __import__(f"tools.{tool}", fromlist=["parser"])
+        module = __import__(f"ettin_megatron.commands.{tool}", fromlist=["parser"])
         parser = module.parser()
         assert parser.allow_abbrev is False, tool
         subparsers = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)]
@@ -45,7 +45,7 @@ def test_shape_flags_override_the_preset_and_are_validated(capsys, monkeypatch, 
                        "96", "--num-attention-heads", "4", "--data-path", prefix, "--train-iters", "2"])
     shape = model_shape(args)
     assert (shape.num_layers, shape.hidden_size, shape.ffn_hidden_size, shape.num_attention_heads) == (2, 64, 96, 4)
-    config = build_model_config(args, vocab_size=128)
+    config = build_model_config(plan_model(args, vocab_size=128))
     assert (config.num_layers, config.hidden_size, config.ffn_hidden_size, config.num_attention_heads) == (2, 64, 96, 4)
     base = ["--data-path", prefix, "--train-iters", "2", "--global-batch-size", "8"]
     monkeypatch.setenv("WORLD_SIZE", "2")  # read before any process group: the checks run first
@@ -71,7 +71,7 @@ def test_lr_warmup_fraction_is_a_fraction_of_the_decay(capsys, tmp_path, prefix)
     (tmp_path / "r.yaml").write_text("lr_warmup_samples: 64\ntrain_iters: 100\nglobal_batch_size: 8\n"
                                      "micro_batch_size: 8\n")
     args = parse_args(["--recipe", str(tmp_path / "r.yaml"), "--lr-warmup-fraction", "0.1", "--data-path", prefix])
-    validate(args, world_size=1)
+    plan_run(args, world_size=1)
     assert schedule_steps(args).warmup == 80  # 0.1 x 100 steps x 8 samples
     assert "not both" in pretrain_error(capsys, ["--data-path", prefix, "--train-iters", "2",
                                                  "--lr-warmup-fraction", "0.1", "--lr-warmup-iters", "1"])

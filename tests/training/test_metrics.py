@@ -7,8 +7,9 @@ import torch
 
 from ettin_megatron.config import ettin_config
 from ettin_megatron.model.attention import AttentionMask, visibility
+from ettin_megatron.model.counts import attended_pairs, attention_pairs
 from ettin_megatron.training import metrics
-from ettin_megatron.training.metrics import Metrics, attended_pairs, attention_pairs
+from ettin_megatron.training.metrics import Metrics
 
 CU_SEQLENS = torch.tensor([0, 5, 8, 20], dtype=torch.int32)  # documents of 5, 3 and 12 tokens
 

@@ -6,7 +6,7 @@ That recompute happens is seen in the core-attention calls: the recomputed layer
 import pytest
 
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, base_args, write_corpus
+from tests.training.training_data import base_args, write_corpus
 
 RECOMPUTE = {
     "full uniform": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=2),
@@ -32,7 +32,7 @@ def _train(rank, prefix):
     def run(**recompute):
         calls.clear()
         args = make_arguments(**base_args(prefix, train_iters=3, attention_output_dropout=0.1, **recompute))
-        losses = [(r["loss"], r["grad_norm"]) for r in pretrain(args, special_tokens=SPECIAL) if "loss" in r]
+        losses = [(r["loss"], r["grad_norm"]) for r in pretrain(args) if "loss" in r]
         return losses, [calls.count(layer) for layer in dict.fromkeys(calls)]  # per layer, in order
 
     return run(), {name: run(**flags) for name, flags in RECOMPUTE.items()}

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, base_args, write_corpus
+from tests.training.training_data import base_args, write_corpus
 
 N = 3
 
@@ -27,7 +27,7 @@ def _run(prefix, **overrides):
 
     args = make_arguments(**base_args(prefix, attention_output_dropout=0.1, lr_warmup_iters=2 * N,
                                       lr_decay_iters=2 * N, **overrides))  # one schedule for every part
-    return [(r["loss"], r["grad_norm"], r["lr"]) for r in pretrain(args, special_tokens=SPECIAL) if "loss" in r]
+    return [(r["loss"], r["grad_norm"], r["lr"]) for r in pretrain(args) if "loss" in r]
 
 
 def _resume(rank, prefix, root):
@@ -64,7 +64,7 @@ def _resume(rank, prefix, root):
 
     ramp = make_arguments(**base_args(prefix, global_batch_size=24, rampup_batch_size=[8, 8, 32],
                                       train_iters=None, train_samples=112))
-    sizes = [r["batch_size"] for r in pretrain(ramp, special_tokens=SPECIAL) if "loss" in r]
+    sizes = [r["batch_size"] for r in pretrain(ramp) if "loss" in r]
     return straight, first, second, after_kill, after_resume, sizes
 
 
@@ -96,18 +96,19 @@ def _token_run(prefix, **overrides):
         lr_decay_style="WSD", lr_wsd_decay_style="minus_sqrt", lr_wsd_decay_tokens=ANNEAL, lr=PEAK, min_lr=FLOOR,
         global_batch_size=24, rampup_batch_size_tokens=[8, 8, RAMP], attention_output_dropout=0.1, **overrides))
     rows = [(r["loss"], r["grad_norm"], r["lr"], r["tokens"], r["batch_size"])
-            for r in pretrain(args, special_tokens=SPECIAL) if "loss" in r]
+            for r in pretrain(args) if "loss" in r]
     return args, rows
 
 
 def _token_budget(rank, prefix, root):
     from ettin_megatron.training import batching
+    from ettin_megatron.training.plan import plan_run
 
     # The straight run with no estimate of the samples it needs: its train split is built for
     # TOKENS / seq_length samples and grown each time a step would read past it. The interrupted and
     # resumed runs size theirs from the mean sample length; growing must change no sample.
     builds, real_build, real_estimate = [], batching.run_datasets, batching.token_budget_samples
-    batching.run_datasets = lambda args, n, *rest: builds.append(n) or real_build(args, n, *rest)
+    batching.run_datasets = lambda plan, n, *rest: builds.append(n) or real_build(plan, n, *rest)
     batching.token_budget_samples = lambda args, dataset, consumed, tokens: consumed
     try:
         args, straight = _token_run(prefix)
@@ -117,7 +118,7 @@ def _token_budget(rank, prefix, root):
     _, second = _token_run(prefix, load=root, save=root)
 
     # Each step's input tokens, read from the samples themselves.
-    train, _ = real_build(args, 1000, 0, SPECIAL)
+    train, _ = real_build(plan_run(args, 1), 1000, 0)
     sample_tokens = [len(train[i]["tokens"]) for i in range(1000)]
     return straight, first, second, builds, sample_tokens
 

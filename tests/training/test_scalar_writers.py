@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.ranks import run_ranks
-from tests.training.training_data import SPECIAL, base_args, write_corpus
+from tests.training.training_data import base_args, write_corpus
 from tests.training.wandb_records import history as wandb_history
 
 
@@ -24,7 +24,7 @@ def _train(rank, prefix, logdir, wandb_dir):
     args = make_arguments(**base_args(prefix, train_iters=4, eval_iters=1, eval_interval=2,
                                       tensorboard_dir=logdir, wandb_project="ettin-test", wandb_exp_name="tiny",
                                       wandb_save_dir=wandb_dir, optimizer="stableadamw"))
-    return pretrain(args, special_tokens=SPECIAL)
+    return pretrain(args)
 
 
 @pytest.mark.timeout(300)

@@ -13,7 +13,8 @@ import pytest
 
 from ettin_megatron.training.arguments import make_arguments, read_recipe
 from ettin_megatron.training.batching import init_microbatches, ramp_position, update_microbatches
-from ettin_megatron.training.optimizer import ScheduleSteps, build_scheduler, schedule_steps
+from ettin_megatron.training.optimizer import build_scheduler
+from ettin_megatron.training.plan import ScheduleSteps, schedule_steps
 
 GBS = 8
 
@@ -28,7 +29,7 @@ class _Optimizer:
 def _lrs(steps, **values):
     args = make_arguments(global_batch_size=GBS, micro_batch_size=1, data_path=["x"], **values)
     optimizer = _Optimizer()
-    scheduler = build_scheduler(args, optimizer)
+    scheduler = build_scheduler(args, schedule_steps(args), optimizer)
     out, done = {}, 0
     for n in sorted(steps):
         scheduler.step(increment=(n - done) * GBS)  # the loop steps by the global batch (samples)
@@ -118,7 +119,7 @@ def test_token_schedule_is_the_formula_at_the_consumed_tokens(recipe):
     args = make_arguments(global_batch_size=GBS, micro_batch_size=1, data_path=["x"], lr_decay_style="WSD",
                           **recipe)
     optimizer = _Optimizer()
-    scheduler = build_scheduler(args, optimizer)
+    scheduler = build_scheduler(args, schedule_steps(args), optimizer)
     T, C = recipe["train_tokens"], recipe.get("lr_wsd_decay_tokens", recipe["train_tokens"])
     warmup, consumed, rng, checked = recipe.get("lr_warmup_tokens", 0), 0, random.Random(0), 0
     while consumed < T + 1_000_000_000:

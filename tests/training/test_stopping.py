@@ -13,7 +13,7 @@ import torch
 from ettin_megatron.checkpoint import latest_iteration
 from tests.ranks import run_ranks
 from tests.training.cli import finished, flags, step_lines, torchrun
-from tests.training.training_data import base_args, write_corpus, write_tokenizer
+from tests.training.training_data import base_args, write_corpus
 
 
 def _cli(rank, argv):
@@ -22,11 +22,10 @@ def _cli(rank, argv):
     import io
 
     from ettin_megatron.pretrain import main
-    from tests.training.training_data import SPECIAL
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        status = main(argv, special_tokens=SPECIAL)
+        status = main(argv)
     return status, err.getvalue(), out.getvalue()
 
 
@@ -56,13 +55,14 @@ def _weights(rank, directories):
     from ettin_megatron.checkpoint import load_checkpoint
     from ettin_megatron.runtime import ParallelLayout, initialize
     from ettin_megatron.training.arguments import make_arguments
+    from ettin_megatron.training.plan import plan_model
     from ettin_megatron.training.setup import build_model, build_model_config, unwrap
 
     args = make_arguments(model_size="tiny", vocab_size=1024, spec="local")
     initialize(ParallelLayout())
     weights = []
     for directory in directories:
-        (model,) = unwrap(build_model(args, build_model_config(args)))
+        (model,) = unwrap(build_model(args, build_model_config(plan_model(args))))
         load_checkpoint(directory, [model])
         weights.append({k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)})
     return weights
@@ -82,7 +82,7 @@ def straight(tmp_path_factory):
 
 def _preemptible(root) -> dict:
     """A run with the default data-loader workers, dropout on (the RNG state must resume too)."""
-    return base_args(write_corpus(root), tokenizer_model=write_tokenizer(root), vocab_size=None,
+    return base_args(write_corpus(root),
                      train_iters=STEPS, attention_output_dropout=0.1, exit_signal_handler=True)
 
 
@@ -136,11 +136,10 @@ def test_stop_request_saves_the_step_and_the_relaunch_resumes_exactly(signum, ta
 def _duration(rank, prefix, root):
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
-    from tests.training.training_data import SPECIAL
 
     def run(**overrides):
         args = make_arguments(**base_args(prefix, train_iters=4, attention_output_dropout=0.1, **overrides))
-        return [(r["loss"], r["grad_norm"], r["lr"]) for r in pretrain(args, special_tokens=SPECIAL) if "loss" in r]
+        return [(r["loss"], r["grad_norm"], r["lr"]) for r in pretrain(args) if "loss" in r]
 
     straight = run()
     # A limit already past when the first step ends: every launch does one step, saves and exits.

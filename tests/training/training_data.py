@@ -16,17 +16,25 @@ SPECIAL = dict(cls_token_id=CLS, sep_token_id=SEP, pad_token_id=PAD, mask_token_
 
 def write_tokenizer(directory) -> str:
     """A word-level tokenizer.json over "t0".."t999" whose special tokens get SPECIAL's ids (1000-1004, padded
-    vocabulary VOCAB): ``--tokenizer-model`` of it gives a run the ids SPECIAL lists. Returns its path."""
-    from tokenizers import AddedToken, Tokenizer, models
+    vocabulary VOCAB) and whose template frames a text [CLS] ... [SEP]: ``--tokenizer-model`` of it gives a
+    run the ids SPECIAL lists. Written once per directory, atomically (ranks may ask at once); returns its
+    path."""
+    from tokenizers import AddedToken, Tokenizer, models, processors
 
-    from ettin_megatron.data.tokenizer import SPECIAL_TOKENS
+    from ettin_megatron.files import atomic_write
+    from ettin_megatron.vocab import SPECIAL_TOKENS
 
+    path = os.path.join(str(directory), "tokenizer.json")
+    if os.path.exists(path):
+        return path
     vocab = {f"t{i}": i for i in range(SPECIAL["num_ordinary_tokens"])}
     vocab["[UNK]"] = len(vocab)
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
-    path = os.path.join(str(directory), "tokenizer.json")
-    tokenizer.save(path)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)])
+    with atomic_write(path) as file:
+        file.write(tokenizer.to_str())
     return path
 
 
@@ -51,8 +59,10 @@ def write_corpus(directory, num_docs=400, min_len=8, max_len=48, seed=0) -> str:
 
 
 def base_args(prefix, **overrides) -> dict:
-    """Flat arguments of a tiny, fast, deterministic run (no dropout) on ``prefix``."""
-    values = dict(model_size="tiny", vocab_size=VOCAB, data_path=[prefix], split="90,10,0", seq_length=32,
+    """Flat arguments of a tiny, fast, deterministic run (no dropout) on ``prefix``, whose ids the
+    tokenizer.json written beside it gives (write_tokenizer)."""
+    values = dict(model_size="tiny", tokenizer_model=prefix and write_tokenizer(os.path.dirname(prefix)), data_path=[prefix],
+                  split="90,10,0", seq_length=32,
                   micro_batch_size=2, global_batch_size=8, train_iters=5, lr=3e-3, lr_warmup_iters=2,
                   attention_output_dropout=0.0, attention_backend="sdpa", spec="local", log_interval=1,
                   eval_iters=0, seed=21)

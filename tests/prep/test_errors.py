@@ -6,11 +6,10 @@ import os
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from ettin_megatron.data import preprocess as preprocess_module
-from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
-from ettin_megatron.data.readers import InputError
-
-from .conftest import write_jsonl
+from ettin_megatron.errors import InputError
+from ettin_megatron.prep import preprocess as preprocess_module
+from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
+from tests.texts import write_jsonl
 
 GOOD = [{"text": f"good document {i}"} for i in range(6)]
 
@@ -140,9 +139,7 @@ def test_failing_worker_leaves_no_output_and_keeps_an_older_dataset(tmp_path, to
 
 def test_user_errors_share_one_base():
     """The command lines catch EttinError alone; every user-error type must be one (and a ValueError)."""
-    from ettin_megatron.config import ConfigError
-    from ettin_megatron.data.tokenizer import TokenizerNotFound
-    from ettin_megatron.errors import EttinError
+    from ettin_megatron.errors import ConfigError, EttinError, TokenizerNotFound
 
     for error in (ConfigError, InputError, TokenizerNotFound):
         assert issubclass(error, EttinError) and issubclass(error, ValueError), error

@@ -28,10 +28,10 @@ import signal
 import sys
 import time
 from collections import deque
-from itertools import chain
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from itertools import chain
 from multiprocessing import get_context
 from typing import Dict, List, Sequence
 
@@ -39,13 +39,13 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tokenizers import Tokenizer
 
-from ettin_megatron.data import mds, readers
 from ettin_megatron.data.dataset_info import DatasetInfo, TokenizerStamp, write_info
-from ettin_megatron.data.framing import FRAMINGS, frame
-from ettin_megatron.data.readers import InputError
-from ettin_megatron.data.tokenizer import (eod_id, load_tokenizer, sentence_splitter, tokenizer_fingerprint,
-                                           wrap_ids)
+from ettin_megatron.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from ettin_megatron.errors import InputError
 from ettin_megatron.files import publish, remove_temps, temp_paths
+from ettin_megatron.prep import mds, readers
+from ettin_megatron.prep.framing import FRAMINGS, eod_id, frame, wrap_ids
+from ettin_megatron.prep.sentences import sentence_splitter
 
 log = logging.getLogger(__name__)
 

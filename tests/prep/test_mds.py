@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
-from ettin_megatron.data.readers import InputError
-from ettin_megatron.data.tokenizer import MODERNBERT_IDS
-from tests.data.conftest import write_jsonl
-from tests.data.test_errors import assert_no_output
-from tests.data.test_tools import tool
-from tests.data.mds_writer import id_tokenizer, write_mds
+from ettin_megatron.errors import InputError
+from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
+from ettin_megatron.vocab import MODERNBERT_IDS
+from tests.prep.mds_writer import id_tokenizer, write_mds
+from tests.prep.test_errors import assert_no_output
+from tests.prep.test_tools import tool
 from tests.ranks import run_ranks
-from tests.training.training_data import CLS, SEP, SPECIAL, VOCAB, base_args, corpus_bodies
+from tests.texts import write_jsonl
+from tests.training.training_data import CLS, SEP, base_args, corpus_bodies, write_tokenizer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "mds")
 EXPECTED = np.load(os.path.join(FIXTURES, "expected.npz"), allow_pickle=True)
@@ -246,7 +246,7 @@ def _train(rank, prefix):
     from ettin_megatron.training.arguments import make_arguments
     from ettin_megatron.training.loop import pretrain
 
-    return [row for row in pretrain(make_arguments(**base_args(prefix, train_iters=3)), special_tokens=SPECIAL)
+    return [row for row in pretrain(make_arguments(**base_args(prefix, train_iters=3)))
             if "loss" in row]
 
 
@@ -255,7 +255,8 @@ def test_tiny_model_trains_from_mds_shards(tmp_path):
     write_mds(str(tmp_path / "mds" / "part_0"), {"input_ids": "ndarray:uint32", "id": "str"},
               [{"input_ids": b.astype(np.uint32), "id": str(i)} for i, b in enumerate(bodies)],
               compression="zstd", size_limit=1 << 12, hashes=["sha1"])
-    tokenizer = id_tokenizer(str(tmp_path / "tok"), VOCAB, CLS, SEP)
+    os.makedirs(tmp_path / "tok")  # the run's own tokenizer (base_args writes the same beside the data)
+    tokenizer = write_tokenizer(tmp_path / "tok")
     prefix = convert(tmp_path, tmp_path / "mds", tokenizer, ids_framing="wrap").outputs["input_ids"]
     assert [d.tolist() for d in documents(prefix)] == [[CLS, *b.tolist(), SEP] for b in bodies]
     steps = run_ranks(1, _train, prefix)[0]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from ettin_megatron.data.merge import merge_datasets
-from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
-from ettin_megatron.data.tokenizer import eod_id, sentence_splitter
-
-from .conftest import training_texts, write_jsonl
+from ettin_megatron.prep.framing import eod_id
+from ettin_megatron.prep.merge import merge_datasets
+from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
+from ettin_megatron.prep.sentences import sentence_splitter
+from tests.texts import training_texts, write_jsonl
 
 LONG = " ".join(training_texts(300)) * 20  # ~400k characters in one document
 
@@ -143,8 +143,8 @@ def test_token_dtype_follows_the_vocabulary(tmp_path, tokenizer_dir):
 def test_input_is_streamed_with_bounded_read_ahead(tmp_path, tokenizer_dir, monkeypatch):
     """Memory stays flat: the reader is at most a few chunks ahead of the writer, however long the
     input (Pool.imap, by contrast, reads the whole input ahead)."""
-    from ettin_megatron.data import preprocess as preprocess_module
-    from ettin_megatron.data import readers
+    from ettin_megatron.prep import preprocess as preprocess_module
+    from ettin_megatron.prep import readers
 
     read, lead = [0], []
     real_iter, real_write = readers.iter_chunks, preprocess_module._write

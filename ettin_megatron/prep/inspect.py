@@ -11,7 +11,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from tokenizers import Tokenizer
 
 from ettin_megatron.data.dataset_info import read_info
-from ettin_megatron.data.readers import InputError, open_dataset
+from ettin_megatron.data.index_file import open_dataset
+from ettin_megatron.errors import InputError
 
 HISTOGRAM_WIDTH = 40
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple, Union
 
-from ettin_megatron.errors import EttinError
+from ettin_megatron.errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst")
 PARQUET_SUFFIXES = (".parquet",)
@@ -25,13 +25,6 @@ SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
 #: A JSONL chunk closes once its lines reach this many bytes: small enough to balance the workers on
 #: corpora with very uneven documents, large enough that per-chunk overhead stays negligible.
 CHUNK_BYTES = 256 * 1024
-
-
-class InputError(EttinError):
-    """Something the user must fix: bad data, bad arguments, or a run that could not finish (a killed
-    worker). str() is one line, `path:line: what is wrong (hint)` where a line is known; the CLIs
-    print it without a traceback and exit 2.
-    """
 
 
 @dataclass
@@ -183,14 +176,3 @@ def _is_unicode(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
-
-
-def open_dataset(prefix: str):
-    """megatron's IndexedDataset at ``prefix``, with a one-line InputError for an empty .bin (a dataset
-    without documents), which megatron would fail to mmap with a traceback."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    if os.path.getsize(prefix + ".bin") == 0:
-        raise InputError(f"{prefix}.bin is empty (a dataset without documents); preprocess an input that has "
-                         "documents, or leave it out")
-    return IndexedDataset(prefix)

@@ -1,16 +1,13 @@
-"""Shared fixtures: a small tokenizer trained once per session, and JSONL writing helpers."""
+"""Texts and tokenizers the tests share: pseudo-sentences in many scripts, JSONL writing, a tokenizer
+like another, and where the real ModernBERT tokenizer sits on the project's build machines."""
 
 import json
 import os
 import shutil
 
-import pytest
-
-from ettin_megatron.data.train_tokenizer import train_tokenizer
-
 #: Where the real ModernBERT tokenizer sits on the project's build machines (absent elsewhere).
 MODERNBERT_DIR = os.path.join(
-    os.path.dirname(__file__), os.pardir, os.pardir, os.pardir, "shared", "tokenizers", "modernbert"
+    os.path.dirname(__file__), os.pardir, os.pardir, "shared", "tokenizers", "modernbert"
 )
 
 WORDS = (
@@ -47,20 +44,3 @@ def other_tokenizer(tokenizer_dir, tmp_path) -> str:
     content["normalizer"] = {"type": "Lowercase"}
     (out / "tokenizer.json").write_text(json.dumps(content))
     return str(out)
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory):
-    """A 512-token byte-level BPE tokenizer with the ModernBERT special tokens."""
-    root = tmp_path_factory.mktemp("tokenizer")
-    corpus = write_jsonl(root / "train.jsonl", [{"text": t} for t in training_texts()])
-    out = root / "tok"
-    train_tokenizer([corpus], str(out), vocab_size=512)
-    return str(out)
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tokenizer_dir):
-    from ettin_megatron.data.tokenizer import load_tokenizer
-
-    return load_tokenizer(tokenizer_dir)

@@ -9,10 +9,10 @@ import numpy
 import pytest
 import torch
 
-from ettin_megatron.config import ConfigError
 from ettin_megatron.data.datasets import EttinDataset
+from ettin_megatron.errors import ConfigError
+from tests.data.test_datasets import config, same, samples, train, write_prefix
 from tests.ranks import run_ranks
-from tests.training.test_data_datasets import config, same, samples, train, write_prefix
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_a_killed_build_is_rebuilt(corpus, tmp_path, monkeypatch, damage):
     reference = samples(train(config(corpus, layout="packed", path_to_cache=cache), 40))
     files = {f.split("-")[-1]: os.path.join(cache, f) for f in os.listdir(cache)}
     if damage == "leftover_temporary":  # killed while writing the sample index: only its temporary
-        os.replace(files["sample_index.npy"], files["sample_index.npy"] + ".tmp-1")
+        os.replace(files["sample_index.npy"], files["sample_index.npy"] + ".1.tmp")
     if damage == "truncated_array":
         with open(files["sample_index.npy"], "r+b") as f:
             f.truncate(100)
@@ -64,7 +64,7 @@ KILLED_WRITER = """
 import os, signal, sys
 import numpy
 from ettin_megatron.data import index_cache
-from tests.training.test_data_datasets import config, train
+from tests.data.test_datasets import config, train
 def half_then_die(file, array, **kwargs):  # dies half-way through writing the sample index
     if array.ndim == 2:
         file.write(array.tobytes()[: array.nbytes // 2])

@@ -11,6 +11,9 @@ with the EOD id). All of it is vectorized over a batch of documents: (flat ids, 
 from typing import Sequence, Tuple
 
 import numpy as np
+from tokenizers import Tokenizer
+
+from ettin_megatron.errors import TokenizerNotFound
 
 FRAMINGS = ("keep", "wrap", "strip")
 
@@ -60,3 +63,28 @@ def _insert(ids, lengths, add_prefix, prefix, add_suffix, suffix):
     values = np.concatenate([np.tile(np.asarray(suffix, ids.dtype), int(add_suffix.sum())),
                              np.tile(np.asarray(prefix, ids.dtype), int(add_prefix.sum()))])
     return np.insert(ids, where, values), lengths + add_prefix * len(prefix) + add_suffix * len(suffix)
+
+
+def eod_id(tokenizer: Tokenizer) -> int:
+    """The end-of-document id --append-eod adds: [SEP] (Ettin's EOS, and what Megatron-LM appends with
+    the ModernBERT tokenizer), else a GPT-style end-of-text token."""
+    for token in ("[SEP]", "<|endoftext|>", "</s>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    raise TokenizerNotFound("tokenizer has no end-of-document token ([SEP], <|endoftext|> or </s>)")
+
+
+def wrap_ids(tokenizer: Tokenizer) -> tuple:
+    """The ids the tokenizer's own post-processor puts before and after a single sequence.
+
+    Found by encoding a probe with and without special tokens, so it follows whatever template the
+    tokenizer carries (`[CLS] $A [SEP]` for ModernBERT, nothing for GPT-2 style tokenizers). Sentence
+    mode needs it to wrap a document whose sentences are tokenized separately.
+    """
+    bare = tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.encode("a", add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return tuple(full[:start]), tuple(full[start + len(bare) :])
+    raise ValueError("the tokenizer's post-processor rewrites the sequence; use --no-wrap")

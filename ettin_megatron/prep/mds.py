@@ -3,7 +3,7 @@
 Ettin's corpus is released as MDS (jhu-clsp/ettin-*-data). The reference package cannot be installed
 beside this project (it pins transformers<5 and numpy<2.2 and imports torchvision), and the format is
 small, so this module reads it directly; tests check it against shards written by the reference
-`MDSWriter` (tests/data/fixtures/mds).
+`MDSWriter` (tests/prep/fixtures/mds).
 
 The format (streaming/base/format/mds in GitHub mosaicml/streaming):
 - index.json: {"version": 2, "shards": [...]}; each shard names its file(s) (`raw_data`, and
@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ettin_megatron.data.readers import InputError
+from ettin_megatron.errors import InputError
 
 INDEX = "index.json"
 

@@ -10,14 +10,15 @@ inputs give the same bytes (a test checks it).
 """
 
 import os
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 
-from ettin_megatron.data.readers import InputError, iter_chunks, parse_chunk
-from ettin_megatron.data.tokenizer import SPECIAL_TOKENS, TOKEN_NAMES
+from ettin_megatron.errors import InputError
 from ettin_megatron.files import write_json
+from ettin_megatron.prep.readers import iter_chunks, parse_chunk
+from ettin_megatron.vocab import SPECIAL_TOKENS, transformers_tokenizer_files
 
 #: ModernBERT's model_max_length, written into tokenizer_config.json.
 MODEL_MAX_LENGTH = 8192
@@ -37,7 +38,7 @@ def train_tokenizer(
     `min_frequency` times); `special_ids(...).padded_vocab_size` covers that.
     """
     if vocab_size <= 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size {vocab_size} must exceed the 256 byte tokens + specials")
+        raise InputError(f"--vocab-size {vocab_size} must exceed the 256 byte tokens + {len(SPECIAL_TOKENS)} specials.")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -68,21 +69,6 @@ def save_tokenizer_dir(tokenizer: Tokenizer, out_dir: str) -> None:
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
     for name, content in transformers_tokenizer_files(MODEL_MAX_LENGTH).items():
         write_json(os.path.join(out_dir, name), content)
-
-
-def transformers_tokenizer_files(model_max_length: Optional[int]) -> Dict[str, dict]:
-    """{file name: content} of tokenizer_config.json and special_tokens_map.json for our special
-    tokens: with them AutoTokenizer loads a bare tokenizer.json as a fast tokenizer that knows its
-    [CLS] / [SEP] / [PAD] / [MASK]. Also written by the HF export when its tokenizer lacks them."""
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **TOKEN_NAMES,
-        "clean_up_tokenization_spaces": False,
-        "model_input_names": ["input_ids", "attention_mask"],
-    }
-    if model_max_length:
-        config["model_max_length"] = model_max_length
-    return {"tokenizer_config.json": config, "special_tokens_map.json": dict(TOKEN_NAMES)}
 
 
 def _texts(paths: Sequence[str], key: str) -> Iterator[str]:

@@ -10,11 +10,11 @@ import sys
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from ettin_megatron.data.sample_corpus import build_sample_corpus
-from ettin_megatron.data.tokenizer import MODERNBERT_IDS, load_tokenizer, ordinary_ids, special_ids
-from ettin_megatron.data.train_tokenizer import train_tokenizer
-
-from .conftest import MODERNBERT_DIR, training_texts, write_jsonl
+from ettin_megatron.data.tokenizer import load_tokenizer, ordinary_ids, special_ids
+from ettin_megatron.prep.sample_corpus import build_sample_corpus
+from ettin_megatron.prep.train_tokenizer import train_tokenizer
+from ettin_megatron.vocab import MODERNBERT_IDS
+from tests.texts import MODERNBERT_DIR, training_texts, write_jsonl
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
@@ -126,10 +126,9 @@ def test_merge_rejects_missing_and_mismatched_inputs(tmp_path, capsys):
 
 @pytest.mark.skipif(not os.path.isdir(MODERNBERT_DIR), reason="ModernBERT tokenizer not present")
 def test_real_modernbert_tokenizer(tmp_path):
-    from ettin_megatron.data.preprocess import PreprocessConfig, preprocess
-
     from ettin_megatron.data.datasets import EttinDatasetConfig
     from ettin_megatron.data.objectives import ordinary_token_ids
+    from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
 
     ids = special_ids(load_tokenizer(MODERNBERT_DIR))
     assert ids == MODERNBERT_IDS  # the defaults used wherever no tokenizer is given
@@ -147,7 +146,7 @@ def test_real_modernbert_tokenizer(tmp_path):
 
 
 def test_load_tokenizer_accepts_dir_or_file_and_explains_failures(tmp_path, tokenizer_dir):
-    from ettin_megatron.data.tokenizer import TokenizerNotFound
+    from ettin_megatron.errors import TokenizerNotFound
 
     by_dir = load_tokenizer(tokenizer_dir)
     by_file = load_tokenizer(os.path.join(tokenizer_dir, "tokenizer.json"))

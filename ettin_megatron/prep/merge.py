@@ -13,7 +13,8 @@ from typing import List, Sequence
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from ettin_megatron.data.dataset_info import merged_info, read_info, write_info
-from ettin_megatron.data.readers import InputError, open_dataset
+from ettin_megatron.data.index_file import open_dataset
+from ettin_megatron.errors import InputError
 from ettin_megatron.files import publish, remove_temps, temp_paths
 
 

@@ -8,9 +8,10 @@ import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from ettin_megatron.config import ConfigError
 from ettin_megatron.data import sample_index
-from tests.training.test_data_datasets import CLS, SEP, SPECIAL_IDS, config, train, write_prefix
+from ettin_megatron.errors import ConfigError
+from tests.data.test_datasets import CLS, SEP, config, train, write_prefix
+from tests.training.training_data import write_tokenizer
 
 
 def write_bodies(directory, name, bodies, lead=(CLS,), trail=(SEP,)):
@@ -170,16 +171,17 @@ def test_chunk_sizes_scale_with_short_sequences_and_are_checked():
 
 
 def test_chunk_flags_reach_the_dataset_and_bad_ones_fail_before_any_compute(corpus_prefix):
-    from ettin_megatron.training.arguments import parse_args, validate
+    from ettin_megatron.training.arguments import parse_args
     from ettin_megatron.training.batching import run_datasets
+    from ettin_megatron.training.plan import plan_run
 
-    flags = ["--data-path", corpus_prefix, "--train-iters", "1", "--seq-length", "32", "--split", "100,0,0"]
-    args = parse_args(flags + ["--min-chunk-size", "10", "--always-skip-size", "2"])
-    validate(args, 1)
-    trained, _ = run_datasets(args, 10, 0, SPECIAL_IDS)
+    flags = ["--data-path", corpus_prefix, "--train-iters", "1", "--seq-length", "32", "--split", "100,0,0",
+             "--tokenizer-model", write_tokenizer(os.path.dirname(corpus_prefix))]
+    plan = plan_run(parse_args(flags + ["--min-chunk-size", "10", "--always-skip-size", "2"]), 1)
+    trained, _ = run_datasets(plan, 10, 0)
     assert (trained.config.min_chunk_size, trained.config.always_skip_size) == (10, 2)
     with pytest.raises(ConfigError, match="always_skip_size \\(20\\) <= min_chunk_size"):
-        validate(parse_args(flags + ["--always-skip-size", "20"]), 1)
+        plan_run(parse_args(flags + ["--always-skip-size", "20"]), 1)
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import pytest
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, _IndexWriter
 
-from ettin_megatron.config import ConfigError
 from ettin_megatron.data.chunking import stored_framing
 from ettin_megatron.data.datasets import EttinDatasetConfig, build_datasets, require_documents
 from ettin_megatron.data.sample_index import pack_greedily
+from ettin_megatron.errors import ConfigError
 from tests.ranks import run_ranks
 
 CLS, SEP, PAD, MASK = 1001, 1002, 1003, 1004

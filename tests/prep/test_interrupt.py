@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.data.conftest import training_texts
+from tests.texts import training_texts
 
 
 def _children(pid: int) -> set:

@@ -7,7 +7,7 @@ import os
 import numpy
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from tests.data.conftest import write_jsonl
+from tests.texts import write_jsonl
 from tests.training.training_data import pretrain_error
 
 

@@ -1,0 +1,26 @@
+"""What every command line of the package does with a mistake a user can fix: one line on stderr,
+``error: ...``, and exit status 2, instead of a traceback (``EttinError`` and its kinds, errors.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import EttinError
+
+
+def run_command(body: Callable[[], int | None], translate: Callable[[str], str] = str) -> int:
+    """``body()``'s exit status (None: 0), or 2 after printing the user error it raised in one line;
+    ``translate`` rewrites the message (the launchers name their variables instead of flags)."""
+    try:
+        return body() or 0
+    except EttinError as error:
+        print(f"error: {translate(str(error))}", file=sys.stderr, flush=True)
+        return 2
+
+
+def command_parser(doc: str, **options) -> argparse.ArgumentParser:
+    """The parser of a command whose module docstring is ``doc``: its first line as the description, no
+    abbreviated flags (a prefix of one flag must not silently mean another)."""
+    return argparse.ArgumentParser(description=doc.splitlines()[0], allow_abbrev=False, **options)

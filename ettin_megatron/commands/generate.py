@@ -1,0 +1,41 @@
+"""Continue a prompt with an exported Ettin decoder (a Hugging Face directory), greedily.
+
+    python tools/generate.py hf/decoder "The Python standard library" --max-new-tokens 20
+"""
+
+import argparse
+import sys
+
+from ettin_megatron.cli import run_command
+from ettin_megatron.commands import model_and_text_parser
+
+
+def parser() -> argparse.ArgumentParser:
+    p = model_and_text_parser(__doc__, "Hugging Face directory of an exported decoder (convert_checkpoint.py "
+                              "megatron-to-hf)", "text to continue", text_name="prompt")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return run_command(lambda: generate(args.model_dir, args.text, args.max_new_tokens))
+
+
+def generate(model_dir: str, prompt: str, max_new_tokens: int) -> None:
+    """Print ``prompt`` and its greedy continuation; a directory that is not an exported decoder is
+    refused in one line before transformers would raise its own traceback."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ettin_megatron.convert.hf_files import read_exported_config
+
+    read_exported_config(model_dir, "clm")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    print(f"{prompt} -> {tokenizer.decode(output[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Merge Megatron indexed datasets (.bin/.idx) into one, in the order given.
+
+Merging the outputs of shards gives the same bytes as preprocessing the concatenated shards.
+The work is done by ettin_megatron.prep.merge.
+"""
+
+import argparse
+import sys
+
+from ettin_megatron.cli import command_parser, run_command
+from ettin_megatron.prep.merge import dataset_prefixes, merge_datasets
+
+
+def parser() -> argparse.ArgumentParser:
+    p = command_parser(__doc__)
+    p.add_argument("--input", nargs="+", required=True,
+                   help="dataset prefixes (no .bin/.idx), or a directory: all its datasets, sorted")
+    p.add_argument("--output-prefix", required=True, help="prefix of the merged dataset")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+
+    def merge():
+        counts = merge_datasets(dataset_prefixes(args.input), args.output_prefix)
+        print(f"merged {counts['datasets']} datasets: {counts['documents']} documents, "
+              f"{counts['tokens']} tokens -> {args.output_prefix}.bin/.idx", file=sys.stderr)
+
+    return run_command(merge)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
