@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
 from .errors import ConfigError
+from .mcore_compat import no_cuda_graph_modules
 from .vocab import MODERNBERT_IDS
 
 OBJECTIVES = ("mlm", "clm")
@@ -169,7 +170,7 @@ _ETTIN_FIXED = dict(
     persist_layer_norm=False,
     variable_seq_lengths=True,
     moe_token_dispatcher_type="alltoall",  # megatron rejects variable_seq_lengths with the default
-    cuda_graph_scope=[],  # what megatron's default "full" turns into, minus a warning per config
+    **no_cuda_graph_modules(),  # what megatron's default "full" turns into, minus a warning per config
     # Layer 0 has no attention norm, so layers are not stackable: checkpoint them one key per layer.
     hetereogenous_dist_checkpoint=True,
 )

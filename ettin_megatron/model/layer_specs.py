@@ -15,7 +15,7 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from megatron.core.transformer.attention import SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
-from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.mlp import MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
@@ -29,6 +29,7 @@ from megatron.core.transformer.transformer_layer import (
 
 from ..config import EttinConfig
 from ..errors import ConfigError
+from ..mcore_compat import mlp_submodule
 from .attention import EttinCoreAttention
 from .layers import AttentionOutputDropoutAdd, EttinLayerNorm, EttinSelfAttention
 
@@ -83,7 +84,7 @@ def ettin_layer_spec(config: EttinConfig, layer_index: int, spec: str = "local")
                 module=AttentionOutputDropoutAdd, params={"dropout": config.attention_output_dropout}
             ),
             pre_mlp_layernorm=EttinLayerNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=column, linear_fc2=row)),
+            mlp=mlp_submodule(MLPSubmodules(linear_fc1=column, linear_fc2=row)),
             mlp_bda=get_bias_dropout_add,
         ),
     )

@@ -87,6 +87,10 @@ class _CpuStream:
     def __init__(self, *args, **kwargs):
         pass
 
+    @staticmethod
+    def priority_range():  # megatron-core 0.19 asks (MoE overlap)
+        return 0, 0
+
     def wait_stream(self, *args, **kwargs):
         pass
 

@@ -1,32 +1,20 @@
-"""The run's datasets, and how many micro-batches an optimizer step has.
+"""The run's datasets, and how many samples and micro-batches an optimizer step has.
 
-The number of micro-batches per step is megatron's global NumMicroBatchesCalculator (with Megatron-LM's
-``--rampup-batch-size START INCREMENT SAMPLES``: the global batch grows by INCREMENT from START over
-SAMPLES samples). The calculator only divides a position by the ramp length, so
-``--rampup-batch-size-tokens START INCREMENT TOKENS`` hands it TOKENS as the length and the consumed
-input tokens as the position (``ramp_position``). Which samples each micro-batch holds is
-data_loader.py's business.
+A step's global batch follows Megatron-LM's ``--rampup-batch-size START INCREMENT SAMPLES``: it grows by
+INCREMENT from START, one increment per SAMPLES / ((global batch - START) / INCREMENT) samples consumed,
+and is the full batch past SAMPLES (megatron-core 0.16's micro-batch calculator, computed here: from 0.18
+on megatron ignores the ramp). ``--rampup-batch-size-tokens START INCREMENT TOKENS`` is the same rule over
+the consumed input tokens (``ramp_position``). A step has global batch / (micro batch x DP)
+micro-batches; which samples each holds is data_loader.py's business.
 """
 
 from __future__ import annotations
 
 import math
 
-from megatron.core import num_microbatches_calculator as nmc
-
 from ..data.datasets import EttinDatasetConfig, build_datasets
 from .arguments import Arguments
 from .plan import RunPlan
-
-
-def init_microbatches(args: Arguments, rank: int, data_parallel_size: int) -> None:
-    """(Re)configure megatron's global micro-batch calculator for this run."""
-    d = args.data
-    nmc.destroy_num_microbatches_calculator()
-    nmc.init_num_microbatches_calculator(
-        rank, d.rampup_batch_size or d.rampup_batch_size_tokens, d.global_batch_size, d.micro_batch_size,
-        data_parallel_size,
-    )
 
 
 def ramp_position(args: Arguments, consumed_samples: int, consumed_tokens: int) -> int:
@@ -36,11 +24,17 @@ def ramp_position(args: Arguments, consumed_samples: int, consumed_tokens: int) 
     return consumed_tokens if args.data.rampup_batch_size_tokens else consumed_samples
 
 
-def update_microbatches(position: int) -> tuple[int, int]:
-    """Advance the ramp-up to ``position`` (ramp_position's); returns (micro-batches per step, global
-    batch size)."""
-    nmc.update_num_microbatches(position, consistency_check=True)
-    return nmc.get_num_microbatches(), nmc.get_current_global_batch_size()
+def step_batch(args: Arguments, data_parallel_size: int, position: int) -> tuple[int, int]:
+    """(micro-batches per step, global batch size) at ``position`` (ramp_position's). plan_run has fitted
+    START and INCREMENT to multiples of micro batch x DP that reach the global batch."""
+    d = args.data
+    batch = d.global_batch_size
+    ramp = d.rampup_batch_size or d.rampup_batch_size_tokens
+    if ramp and position <= ramp[2]:
+        start, increment, length = ramp
+        per_increment = length / ((batch - start) // increment)  # float division, as megatron's
+        batch = start + int(position / per_increment) * increment
+    return batch // (d.micro_batch_size * data_parallel_size), batch
 
 
 PROBE_SAMPLES = 1024

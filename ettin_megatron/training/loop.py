@@ -163,7 +163,6 @@ def setup(plan: RunPlan, resume) -> tuple[Run, int, int, int]:
     optimizer = build_optimizer(args, model)
     scheduler = build_scheduler(args, plan.schedule, optimizer)
     wire_schedule_hooks(config, model, optimizer, args)
-    batching.init_microbatches(args, torch.distributed.get_rank(), plan.data_parallel_size)
 
     iteration, consumed, tokens = 0, 0, 0
     if resume:
@@ -214,7 +213,7 @@ def train_step(run: Run, step: int, consumed: int, tokens: int) -> tuple[int, in
     the non-finite guard (stopping.py) may stop the run there; then Megatron's optimizer steps
     (skipping the step when the loss scaler finds overflows) and the scheduler advances by the batch's
     samples, or in a --train-tokens run by its input tokens (see optimizer.py)."""
-    num_micro, batch_size = batching.update_microbatches(batching.ramp_position(run.args, consumed, tokens))
+    num_micro, batch_size = batching.step_batch(run.args, run.dp_size, batching.ramp_position(run.args, consumed, tokens))
     if run.args.run.train_tokens is not None and consumed + batch_size > len(run.train_ds):
         grow_train_data(run, consumed, tokens, batch_size)  # the estimate fell short
     for chunk in run.model:

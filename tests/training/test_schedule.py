@@ -12,7 +12,7 @@ import random
 import pytest
 
 from ettin_megatron.training.arguments import make_arguments, read_recipe
-from ettin_megatron.training.batching import init_microbatches, ramp_position, update_microbatches
+from ettin_megatron.training.batching import ramp_position, step_batch
 from ettin_megatron.training.optimizer import build_scheduler
 from ettin_megatron.training.plan import ScheduleSteps, schedule_steps
 
@@ -88,10 +88,9 @@ def test_batch_size_rampup_changes_micro_batches():
     # 16 -> 64 in steps of 16 over 96 samples; micro batch 4 x DP 2 = 8 samples per micro-batch slot.
     args = make_arguments(global_batch_size=64, micro_batch_size=4, rampup_batch_size=[16, 16, 96],
                           data_path=["x"], train_samples=1000)
-    init_microbatches(args, rank=0, data_parallel_size=2)
     expected = {0: (2, 16), 31: (2, 16), 32: (4, 32), 64: (6, 48), 95: (6, 48), 96: (8, 64), 500: (8, 64)}
     for consumed, (num_micro, gbs) in expected.items():
-        assert update_microbatches(consumed) == (num_micro, gbs), consumed
+        assert step_batch(args, 2, consumed) == (num_micro, gbs), consumed
 
 
 def _formula(n, peak, floor, T, warmup, C, style):
@@ -136,9 +135,8 @@ def test_batch_size_rampup_in_tokens_follows_the_consumed_tokens():
     # 16 -> 64 in steps of 16 over 96,000 tokens (32,000 per increment); micro batch 4 x DP 2.
     args = make_arguments(global_batch_size=64, micro_batch_size=4, rampup_batch_size_tokens=[16, 16, 96_000],
                           data_path=["x"], train_tokens=10**6)
-    init_microbatches(args, rank=0, data_parallel_size=2)
     expected = {0: (2, 16), 31_999: (2, 16), 32_000: (4, 32), 64_000: (6, 48), 95_999: (6, 48),
                 96_000: (8, 64), 500_000: (8, 64)}
     for tokens, (num_micro, gbs) in expected.items():
         position = ramp_position(args, consumed_samples=7, consumed_tokens=tokens)  # samples play no part
-        assert update_microbatches(position) == (num_micro, gbs), tokens
+        assert step_batch(args, 2, position) == (num_micro, gbs), tokens
