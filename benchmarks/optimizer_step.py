@@ -23,6 +23,7 @@ from ettin_megatron.training.arguments import make_arguments
 from ettin_megatron.training.optimizer import build_optimizer, optimizer_step
 from ettin_megatron.training.plan import plan_model
 from ettin_megatron.training.setup import build_model, build_model_config
+from ettin_megatron.training.stable_adamw import wrappers
 
 SETTINGS = {
     "adam": dict(optimizer="adam"),  # megatron's AdamW with --clip-grad 1.0, as the adam recipes run it
@@ -33,7 +34,7 @@ SETTINGS = {
 
 def state_bytes(optimizer) -> int:
     """Bytes of every tensor the inner optimizer(s) keep in their per-parameter state."""
-    inner = [w.optimizer for w in getattr(optimizer, "chained_optimizers", [optimizer])]
+    inner = [w.optimizer for w in wrappers(optimizer)]
     return sum(v.numel() * v.element_size() for opt in inner for state in opt.state.values()
                for v in state.values() if torch.is_tensor(v))
 

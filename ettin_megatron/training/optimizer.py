@@ -35,7 +35,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from .arguments import Arguments
 from .plan import ScheduleSteps
-from .stable_adamw import use_stable_adamw
+from .stable_adamw import use_stable_adamw, wrappers
 
 
 def clip_grad(args: Arguments) -> float:
@@ -87,7 +87,7 @@ def fused_adam_available() -> bool:
 def create_state(optimizer) -> None:
     """Give every parameter the moments a checkpoint is loaded into, where it has none yet (zeros): the
     distributed optimizer reads that state before it loads, and a fresh one has none."""
-    for wrapper in getattr(optimizer, "chained_optimizers", [optimizer]):
+    for wrapper in wrappers(optimizer):
         inner = wrapper.optimizer
         for param in (p for group in getattr(inner, "param_groups", []) for p in group["params"]):
             state = inner.state[param]

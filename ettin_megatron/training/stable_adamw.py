@@ -164,10 +164,16 @@ class StableAdamW(torch.optim.Optimizer):
         p.add_(state["exp_avg"].mul(-lr).div_(state["exp_avg_sq"].sqrt().add_(group["eps"])))
 
 
+def wrappers(megatron_optimizer) -> list:
+    """The optimizer wrappers (each around one inner torch optimizer) of get_megatron_optimizer's result,
+    which is one wrapper or a ChainedOptimizer of several."""
+    return getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer])
+
+
 def use_stable_adamw(megatron_optimizer, model_chunks, max_lr: float, decouple_lr: bool, distributed: bool) -> None:
     """Make ``megatron_optimizer`` (get_megatron_optimizer's, built with optimizer="adam") step with
     StableAdamW: its inner torch AdamW, over the same parameter groups, is replaced."""
-    for wrapper in getattr(megatron_optimizer, "chained_optimizers", [megatron_optimizer]):
+    for wrapper in wrappers(megatron_optimizer):
         if wrapper.optimizer is not None:  # None on a rank that updates no parameter
             tensors = whole_tensors(wrapper, model_chunks, distributed)
             wrapper.optimizer = StableAdamW(wrapper.optimizer.param_groups, tensors, max_lr, decouple_lr)
@@ -177,8 +183,7 @@ def clipped_fraction(megatron_optimizer) -> torch.Tensor | None:
     """The share of the model's tensors whose update was clipped at the last step, over every pipeline
     stage, on the device (a collective over the pipeline group); None for an optimizer other than
     StableAdamW."""
-    inner = [getattr(w, "optimizer", None) for w in getattr(megatron_optimizer, "chained_optimizers",
-                                                            [megatron_optimizer])]
+    inner = [getattr(w, "optimizer", None) for w in wrappers(megatron_optimizer)]
     counts = [opt.clipped for opt in inner if isinstance(opt, StableAdamW) and opt.clipped is not None]
     if not counts:
         return None

@@ -11,7 +11,7 @@ import pytest
 from ettin_megatron.training.arguments import make_arguments
 from ettin_megatron.training.plan import plan_run
 from tests.ranks import run_ranks
-from tests.training.training_data import base_args, pretrain_error, write_corpus
+from tests.training.training_data import base_args, pretrain_error, write_corpus, write_tokenizer
 
 
 def _count_tokenizer_loads(rank, prefix):
@@ -49,17 +49,16 @@ def test_a_training_run_loads_its_tokenizer_once(tmp_path):
 RECOMPUTE = ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers"]
 
 
-def _argv(prefix, *extra) -> list[str]:
-    return ["--data-path", prefix, "--tokenizer-model", str(prefix.rsplit("/", 1)[0] + "/tokenizer.json"),
-            "--train-iters", "2", "--global-batch-size", "8", "--micro-batch-size", "2", *extra]
+def _argv(prefix, tokenizer, *extra) -> list[str]:
+    return ["--data-path", prefix, "--tokenizer-model", tokenizer, "--train-iters", "2", "--global-batch-size", "8",
+            "--micro-batch-size", "2", *extra]
 
 
 def test_recompute_layers_are_checked_against_num_layers(capsys, tmp_path):
     """The tiny preset has 4 layers: --num-layers 8 allows groups of 8, --num-layers 2 no group of 4."""
-    prefix = write_corpus(tmp_path)
-    base_args(prefix)  # writes the tokenizer.json beside the corpus
+    prefix, tokenizer = write_corpus(tmp_path), write_tokenizer(tmp_path)
     args = make_arguments(**base_args(prefix, num_layers=8, recompute_granularity="full", recompute_method="uniform",
                                       recompute_num_layers=8))
     assert plan_run(args, world_size=1).model.shape.num_layers == 8
-    line = pretrain_error(capsys, _argv(prefix, "--num-layers", "2", *RECOMPUTE, "4"))
+    line = pretrain_error(capsys, _argv(prefix, tokenizer, "--num-layers", "2", *RECOMPUTE, "4"))
     assert line == "error: --recompute-num-layers 4 must be a divisor of the 2 layers of a pipeline chunk.", line
