@@ -364,16 +364,20 @@ def main() -> None:
     print(tables(rows, (opts.train_tokens, opts.warmup_steps)))
 
 
+def measured(rows: list[dict], opts: argparse.Namespace, seed: int, objective: str, name: str) -> bool:
+    """Whether ``rows`` already holds this (seed, objective, run) at this budget and warm-up."""
+    wanted = (objective, name, seed, (opts.train_tokens, opts.warmup_steps))
+    return any((r["objective"], r["run"], r["seed"], setting(r)) == wanted for r in rows)
+
+
 def measure(opts: argparse.Namespace, work: Path, rows: list[dict], data: tuple[str, str, str],
             views: dict[str, list[numpy.ndarray]], device: str) -> list[dict]:
     """Train and score every (seed, objective, run) not yet in ``rows``, one after another."""
     train_prefix, _, tokenizer = data
-    wanted = (opts.train_tokens, opts.warmup_steps)
     for seed in opts.seeds:
         for objective in opts.objectives:
             for name in opts.runs:
-                if any((r["objective"], r["run"], r["seed"], setting(r)) == (objective, name, seed, wanted)
-                       for r in rows):
+                if measured(rows, opts, seed, objective, name):
                     continue
                 t0 = time.time()
                 if name == "transformers":
@@ -403,7 +407,8 @@ def run_jobs(opts: argparse.Namespace, work: Path, rows: list[dict]) -> list[dic
     seeds in order (a measurement cut short still has whole seeds). A child keeps its rows in its own
     file in the work directory (``rows_<objective>_<run>_s<seed>.json``, so a rerun skips what it
     finished); each is merged into ``rows`` and ``opts.json`` as it ends."""
-    pending = [(seed, objective, name) for seed in opts.seeds for objective in opts.objectives for name in opts.runs]
+    pending = [(seed, objective, name) for seed in opts.seeds for objective in opts.objectives for name in opts.runs
+               if not measured(rows, opts, seed, objective, name)]
     threads = str(max(1, (os.cpu_count() or 1) // opts.jobs))
     running: list[tuple[subprocess.Popen, Path]] = []
     while pending or running:
