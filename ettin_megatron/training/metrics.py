@@ -25,6 +25,7 @@ import torch
 
 from ..model.counts import training_flops
 from ..runtime import is_writer
+from .plan import wandb_save_dir
 
 # Peak dense BF16 tensor-core FLOP/s per device name fragment.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
@@ -96,8 +97,7 @@ def scalar_writers(args) -> list:
             print("note: the tensorboard package is not installed; metrics go to the log only.", flush=True)
     if r.wandb_project:
         config = {k: v for group in dataclasses.asdict(args).values() for k, v in group.items()}
-        save_dir = r.wandb_save_dir or os.path.join(r.save or ".", "wandb")
-        writers.append(WandbWriter(r.wandb_project, r.wandb_exp_name, save_dir, config))
+        writers.append(WandbWriter(r.wandb_project, r.wandb_exp_name, wandb_save_dir(args), config))
     return writers
 
 

@@ -11,6 +11,7 @@ result is frozen: setup, the loop and checkpointing read it, and never work thes
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ..data.index_file import open_dataset
 from ..data.mixtures import mixture_blend
 from ..data.tokenizer import dataset_token_ids, load_tokenizer, special_ids, tokenizer_fingerprint
 from ..errors import ConfigError
+from ..files import unwritable
 from ..model.layer_specs import resolve_spec
 from ..runtime import report
 from ..vocab import MODERNBERT_IDS
@@ -158,6 +160,7 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
         raise ConfigError(f"--num-workers {d.num_workers} is negative; pass 0 to read in the training process.")
     if r.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--wandb-project needs the wandb package: pip install 'ettin-megatron[wandb]'.")
+    _check_output_directories(args)
     return RunPlan(args=args, model=model, data_parallel_size=dp, token_ids=vocabulary.token_ids,
                    tokenizer=vocabulary.stamp, blend=blend, records=records, schedule=schedule_steps(args))
 
@@ -276,6 +279,23 @@ def _check_recompute(args: Arguments, model: ModelPlan) -> None:
     if not 1 <= n <= per_chunk or (r.recompute_method == "uniform" and per_chunk % n):
         need = "a divisor of" if r.recompute_method == "uniform" else "between 1 and"
         raise ConfigError(f"--recompute-num-layers {n} must be {need} the {per_chunk} layers of a pipeline chunk.")
+
+
+def wandb_save_dir(args: Arguments) -> str | None:
+    """Where W&B keeps its local files: --wandb-save-dir, else {--save}/wandb (None without W&B)."""
+    r = args.run
+    return (r.wandb_save_dir or os.path.join(r.save or ".", "wandb")) if r.wandb_project else None
+
+
+def _check_output_directories(args: Arguments) -> None:
+    """Every directory the run will write is checked now, not at its first save after hours of compute.
+    (The default index cache beside the data is not: a run that cannot write it builds its indices
+    in memory, with a warning.)"""
+    for flag, directory in (("--save", args.run.save), ("--tensorboard-dir", args.run.tensorboard_dir),
+                            ("--wandb-save-dir", wandb_save_dir(args)), ("--data-cache-path", args.data.data_cache_path)):
+        reason = directory and unwritable(directory)
+        if reason:
+            raise ConfigError(f"{flag} {directory} cannot be written ({reason}); pass a directory you can write to.")
 
 
 def _flag(name: str) -> str:

@@ -222,3 +222,20 @@ def test_adams_fully_decoupled_decay_is_scaled_to_adamws_rule():
     assert weight_decay(args) == pytest.approx(1e-5 / 8e-4) and clip_grad(args) == 1.0
     args = parse_args(["--lr", "8e-4", "--weight-decay", "1e-5", "--optimizer", "stableadamw"])
     assert weight_decay(args) == 1e-5 and clip_grad(args) == 0.0
+
+
+@pytest.mark.parametrize("flag", ["--save", "--tensorboard-dir", "--wandb-save-dir", "--data-cache-path"])
+def test_every_directory_the_run_writes_is_checked_before_training(capsys, tmp_path, prefix, flag):
+    """Issue 27, item 1: an unwritable --save was found at the first save, after the compute. A file
+    where the directory must go stands for an unwritable one here (the tests run as root, whom a
+    read-only mode does not stop); it is left as it was."""
+    blocker = tmp_path / "older-output"
+    blocker.write_text("kept\n")
+    target = blocker / "run"
+    argv = ["--data-path", prefix, "--train-iters", "5", flag, str(target)]
+    if flag == "--wandb-save-dir":
+        argv += ["--wandb-project", "ettin-test"]
+    assert pretrain_error(capsys, argv) == (f"error: {flag} {target} cannot be written ({blocker} is a file, not a "
+                                            "directory); pass a directory you can write to.")
+    assert blocker.read_text() == "kept\n"
+
