@@ -131,6 +131,8 @@ export ETTIN_LAUNCHER_FLAGS="$LAUNCHER_FLAGS"
 WORLD_SIZE=$(( NPROC_PER_NODE * NNODES )) "$PYTHON" -m ettin_megatron.pretrain --validate-only "${ARGS[@]}" ${EXTRA_ARGS:-}
 unset ETTIN_LAUNCHER_FLAGS
 
+# The ranks end themselves if this script dies without a word (kill -9): training/stopping.py.
+export ETTIN_LAUNCHER_PID=$$
 # shellcheck disable=SC2086
 "$PYTHON" -m torch.distributed.run --nproc-per-node "$NPROC_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK" \
   --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \

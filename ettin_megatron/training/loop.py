@@ -46,7 +46,7 @@ from .optimizer import build_optimizer, build_scheduler, current_lr, optimizer_r
 from .plan import RunPlan, plan_run
 from .setup import build_model, build_model_config, wire_schedule_hooks
 from .stable_adamw import clipped_fraction
-from .stopping import ExitConditions, check_finite, nonfinite_flags
+from .stopping import ExitConditions, check_finite, nonfinite_flags, stop_with_launcher
 
 
 @dataclass
@@ -104,6 +104,7 @@ def pretrain(args: Arguments) -> list[dict]:
 
     # Before setup: its loader workers, forked, inherit the handler, which ignores signals there.
     exit_conditions = ExitConditions(args.run, start_time)
+    stop_with_launcher()
     try:
         run, iteration, consumed, tokens = setup(plan, resume)
         return _train(run, iteration, consumed, tokens, exit_conditions)

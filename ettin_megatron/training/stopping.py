@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 import time
 
 import torch
@@ -120,3 +121,32 @@ class ExitConditions:
     def close(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def stop_with_launcher(interval: float = 2.0) -> None:
+    """End this rank when whoever launched it is gone: a launcher killed with SIGKILL forwards no signal,
+    and its ranks would train on, orphaned, for hours. Watched: the torchrun agent (this process's
+    parent, when torchrun started it) and the bash launcher above it (ETTIN_LAUNCHER_PID, which
+    examples/pretrain_ettin_common.sh exports). When one is gone a daemon thread sends this rank SIGTERM:
+    with --exit-signal-handler it saves the step and exits, otherwise it ends at once. A process started
+    by hand (say under nohup) is never watched, and neither is anything where /proc does not exist."""
+    watched = ([os.getppid()] if "TORCHELASTIC_RUN_ID" in os.environ else []) + \
+        [int(pid) for pid in [os.environ.get("ETTIN_LAUNCHER_PID")] if pid]
+    if not watched or not os.path.isdir("/proc/self"):
+        return
+
+    def watch() -> None:
+        while all(map(_running, watched)):
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -6,12 +6,16 @@ change, exit status 2. A rerun with the same SAVE resumes (LOAD defaults to SAVE
 exits 0 without training. Jobs never install the package.
 """
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ettin_megatron.runtime.distributed import free_port
@@ -78,6 +82,47 @@ def test_tiny_on_own_data_then_a_rerun_resumes_or_says_it_is_complete(tmp_path, 
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("this run is already complete, nothing to do.") == 1
     assert (tmp_path / "ckpt/latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+
+@pytest.mark.parametrize("killed", ["launcher", "torchrun"])
+def test_ranks_end_when_their_launcher_is_killed(tmp_path, own_data, killed):
+    """Issue 27, item 6: kill -9 of the launcher left its training process orphaned, burning CPU. Every
+    process under the launcher must be gone soon after the launcher, or torchrun below it, is killed."""
+    prefix, tokenizer = own_data
+    log = tmp_path / "log"
+    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()), MODEL_SIZE="tiny", DATA_PATH=prefix,
+               TOKENIZER=tokenizer, TRAIN_ITERS="100000", MICRO_BATCH="4", GLOBAL_BATCH_SIZE="8")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    with open(log, "w") as out:
+        launcher = psutil.Popen(["bash", "examples/pretrain_ettin_encoder.sh"], env=env, stdout=out, stderr=out)
+    processes = [launcher]
+    try:
+        deadline = time.time() + 400
+        while not re.search(r"step\s+\d+/", log.read_text()) and time.time() < deadline and launcher.poll() is None:
+            time.sleep(1)
+        assert re.search(r"step\s+\d+/", log.read_text()), log.read_text()[-3000:]
+        processes += launcher.children(recursive=True)
+        torchrun = next(p for p in processes if "torch.distributed.run" in " ".join(p.cmdline()))
+        (launcher if killed == "launcher" else torchrun).kill()
+        deadline = time.time() + 60
+        while time.time() < deadline and _running(processes[1:]):
+            time.sleep(1)
+        assert not _running(processes[1:]), [p.cmdline() for p in _running(processes[1:])]
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        launcher.wait()
+
+
+def _running(processes: list) -> list:
+    """The processes that still run (a zombie has ended: only its exit status waits to be read)."""
+    running = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+    return running
 
 
 def _fake_slurm(tmp_path) -> dict:
