@@ -11,13 +11,14 @@ from .errors import EttinError
 
 
 def run_command(body: Callable[[], int | None], translate: Callable[[str], str] = str) -> int:
-    """``body()``'s exit status (None: 0), or 2 after printing the user error it raised in one line;
-    ``translate`` rewrites the message (the launchers name their variables instead of flags)."""
+    """``body()``'s exit status (None: 0), or the error's (2; 130 for an interrupt) after printing the user
+    error it raised in one line; ``translate`` rewrites the message (the launchers name their variables
+    instead of flags)."""
     try:
         return body() or 0
     except EttinError as error:
         print(f"error: {translate(str(error))}", file=sys.stderr, flush=True)
-        return 2
+        return error.exit_status
 
 
 def command_parser(doc: str, **options) -> argparse.ArgumentParser:

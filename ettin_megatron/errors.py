@@ -10,6 +10,8 @@ every other module may import it.
 class EttinError(ValueError):
     """Something the user must fix; str() is one line that says what to change."""
 
+    exit_status = 2
+
 
 class ConfigError(EttinError):
     """A configuration a user asked for that cannot work; the message says what to change."""
@@ -41,6 +43,12 @@ class SampleError(InputError):
 
 class NonFiniteError(EttinError):
     """The loss or the gradients of a step are NaN or Inf; the message says where in the data."""
+
+
+class Interrupted(EttinError):
+    """Ctrl-C (SIGINT) stopped a run that has no --exit-signal-handler; the message says what was kept."""
+
+    exit_status = 130  # the shell's status for a process ended by SIGINT
 
 
 def one_line(exc: BaseException) -> str:

@@ -34,7 +34,9 @@ from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from ..checkpoint import iteration_dir, latest_iteration
 from ..config import EttinConfig, model_fields
+from ..errors import Interrupted
 from ..model.counts import count_parameters
 from ..runtime import ParallelLayout, device, initialize, report
 from . import batching, checkpointing
@@ -108,8 +110,18 @@ def pretrain(args: Arguments) -> list[dict]:
     try:
         run, iteration, consumed, tokens = setup(plan, resume)
         return _train(run, iteration, consumed, tokens, exit_conditions)
+    except KeyboardInterrupt:  # only without --exit-signal-handler, whose handler takes SIGINT
+        raise Interrupted(_interrupted(args)) from None
     finally:
         exit_conditions.close()
+
+
+def _interrupted(args: Arguments) -> str:
+    """What a user who pressed Ctrl-C needs to know: what was kept, and how to keep the step next time."""
+    latest = latest_iteration(args.run.save) if args.run.save else None
+    kept = (f"the last checkpoint is {iteration_dir(args.run.save, latest)}, where a rerun resumes" if latest
+            else "nothing was saved")
+    return f"interrupted: {kept}; --exit-signal-handler makes Ctrl-C save the step before it stops."
 
 
 def _train(run: Run, iteration: int, consumed: int, tokens: int, exit_conditions: ExitConditions) -> list[dict]:

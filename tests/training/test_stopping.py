@@ -5,6 +5,8 @@ uninterrupted run ends (bit-exact weights, the same logged losses)."""
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -12,7 +14,7 @@ import torch
 
 from ettin_megatron.checkpoint import latest_iteration
 from tests.ranks import run_ranks
-from tests.training.cli import finished, flags, step_lines, torchrun
+from tests.training.cli import REPO, finished, flags, step_lines, torchrun
 from tests.training.training_data import base_args, write_corpus
 
 
@@ -153,3 +155,24 @@ def test_exit_duration_saves_each_launch_and_the_chain_equals_a_straight_run(tmp
     ((straight, launches, latest),) = run_ranks(1, _duration, write_corpus(tmp_path), root, timeout=800)
     assert [len(losses) for losses in launches] == [1, 1, 1, 1] and latest == 4
     assert [losses[0] for losses in launches] == straight  # bit-exact
+
+
+@pytest.mark.timeout(900)
+def test_ctrl_c_without_the_handler_says_in_one_line_where_the_last_checkpoint_is(tmp_path):
+    """Issue 27, item 6: Ctrl-C (SIGINT to the whole foreground process group, data-loader workers
+    included) without --exit-signal-handler printed 113 lines of KeyboardInterrupt traceback."""
+    root = tmp_path / "ckpt"
+    argv = flags(**base_args(write_corpus(tmp_path), train_iters=100000), save=str(root), save_interval=2)
+    run = subprocess.Popen([sys.executable, "-m", "ettin_megatron.pretrain", *argv], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    for line in run.stdout:  # step 3 is logged, so step 2 is saved
+        if re.match(r"step\s+3/", line):
+            break
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=300)
+    saved = latest_iteration(root)
+    assert run.returncode == 130 and saved >= 2, (out, err)
+    assert err.strip().splitlines() == [
+        f"error: interrupted: the last checkpoint is {root}/iter_{saved:07d}, where a rerun resumes; "
+        "--exit-signal-handler makes Ctrl-C save the step before it stops."], err
