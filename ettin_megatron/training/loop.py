@@ -23,6 +23,7 @@ history of logged rows (what tests compare).
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from dataclasses import dataclass, field
@@ -128,6 +129,7 @@ def _train(run: Run, iteration: int, consumed: int, tokens: int, exit_conditions
     """Steps until the end, --exit-interval, a signal or the time limit; the history of logged rows."""
     plan, r = run.plan, run.args.run
     history, stop = [], None
+    start, start_iteration, start_tokens = time.time(), iteration, tokens
     while not plan.reached_end(iteration, consumed, tokens):
         batch_size, step_tokens, loss, grad_norm = train_step(run, iteration + 1, consumed, tokens)
         iteration += 1
@@ -160,6 +162,10 @@ def _train(run: Run, iteration: int, consumed: int, tokens: int, exit_conditions
             history.append(evaluate(run, iteration))
         if r.save and not every(r.save_interval, iteration):
             _save(run, iteration, consumed, tokens)
+    seconds = time.time() - start
+    report(f"summary: step {iteration}, {tokens:,} tokens in all; this launch trained {iteration - start_iteration} "
+           f"steps, {tokens - start_tokens:,} tokens in {datetime.timedelta(seconds=round(seconds))} "
+           f"({(tokens - start_tokens) / max(seconds, 1e-9):,.0f} tokens/s).")
     run.metrics.close()
     return history
 

@@ -78,6 +78,8 @@ def test_tiny_on_own_data_then_a_rerun_resumes_or_says_it_is_complete(tmp_path, 
     first = launch(tmp_path, TRAIN_ITERS="2", **own)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (tmp_path / "ckpt/latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert re.search(r"^summary: step 2, [\d,]+ tokens in all; this launch trained 2 steps, [\d,]+ tokens in "
+                     r"\d+:\d\d:\d\d \([\d,]+ tokens/s\)\.$", first.stdout, re.M), first.stdout[-2000:]
     again = launch(tmp_path, TRAIN_ITERS="2", **own)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("this run is already complete, nothing to do.") == 1
