@@ -13,7 +13,7 @@ from ettin_megatron.prep.inspect import inspect_dataset
 
 def parser() -> argparse.ArgumentParser:
     p = command_parser(__doc__)
-    p.add_argument("prefix", help="dataset prefix (no .bin/.idx)")
+    p.add_argument("prefix", help="dataset prefix (or the name of its .bin or .idx file)")
     p.add_argument("--tokenizer-model", help="decode samples with this tokenizer (else show ids)")
     p.add_argument("--samples", type=int, default=3, help="documents to show")
     p.add_argument("--max-chars", type=int, default=400, help="truncate each sample to this")

@@ -20,7 +20,9 @@ temporary names and renamed at the end (an interrupted run leaves no complete-lo
 Documents are wrapped by the tokenizer's template ([CLS] ... [SEP] for ModernBERT) unless --no-wrap.
 Empty or whitespace-only documents are skipped and counted; blank lines are ignored.
 A bad record (malformed JSON, missing key, non-string value, invalid UTF-8) stops the run with
-"file:line: what is wrong" (exit status 2) unless --skip-invalid, which skips and counts it.
+"file:line: what is wrong" (exit status 2) unless --skip-invalid, which skips and counts it. So does
+a file that cannot be read as its name says (a corrupt Parquet file, plain text named .jsonl.gz, a
+file cut short): --skip-invalid skips it (from where it breaks) and counts it.
 --split-sentences: one sequence per sentence, [CLS] on the first and [SEP] (and EOD) on the last.
 Output bytes do not depend on --workers.
 MDS input (a directory with index.json files, e.g. Ettin's released folders): a `str` column is
@@ -70,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-interval", type=int, default=10000,
                      help="print progress every this many documents (0: never)")
     run.add_argument("--skip-invalid", action="store_true",
-                     help="skip and count bad records instead of stopping at the first one")
+                     help="skip and count bad records and unreadable files instead of stopping at the first one")
     return p
 
 

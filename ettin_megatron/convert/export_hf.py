@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import check_writable
 from ..config import EttinConfig
 from ..errors import ConfigError
 from .hf_files import (
@@ -48,6 +49,7 @@ def prepare_output(output: Path) -> Path:
             raise ConfigError(f"--output {output} is a file; pass a directory.")
         if any(output.iterdir()) and not (output / "config.json").is_file():
             raise ConfigError(f"--output {output} is neither empty nor a Hugging Face model directory; choose another.")
+    check_writable(output.parent, "--output")
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import save_checkpoint
+from ..cli import check_writable
 from ..config import ettin_config
 from ..errors import ConfigError
 from .hf_files import copy_tokenizer, read_hf_config_json, resolve_tokenizer, tokenizer_ids
@@ -106,6 +107,7 @@ def _load_weights(model, weights: HFWeights, source_config) -> None:
 def _prepare_save(save: Path) -> None:
     if save.exists() and (not save.is_dir() or any(save.iterdir())):
         raise ConfigError(f"--save {save} exists and is not an empty directory; choose a new checkpoint directory.")
+    check_writable(save, "--save")
 
 
 def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective: str | None = None,

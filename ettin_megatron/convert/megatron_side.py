@@ -2,8 +2,9 @@
 
 dist_checkpointing re-shards on load, so a checkpoint saved at any TP / PP (/ VPP) loads into the
 TP = PP = 1 ``EttinModel`` in a gloo world of one (no torchrun), and a checkpoint saved from it loads
-at any layout later. Every check that can fail (not a checkpoint, unreadable metadata, a tensor whose
-shape disagrees with ettin_config.json) runs before weights are read and raises a one-line ConfigError.
+at any layout later. Every check that can fail (not a checkpoint, unreadable metadata, a data file
+missing or cut short, a tensor whose shape disagrees with ettin_config.json) runs before weights are
+read and raises a one-line ConfigError.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 
 from ..checkpoint import CONFIG_FILE, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
 from ..config import OBJECTIVES, EttinConfig, ettin_config
@@ -71,12 +73,33 @@ def read_description(path: str | Path) -> tuple[Path, dict]:
 
 
 def tensors_metadata(directory: Path) -> dict:
-    """Global shape and dtype of every tensor of a dist checkpoint, read without loading weights."""
+    """Global shape and dtype of every tensor of a dist checkpoint, read without loading weights; its
+    data files are checked to be all there (``_check_data_files``)."""
     check_checkpoint_pickles(directory)
     try:
-        return dist_checkpointing.load_tensors_metadata(str(directory))
+        metadata = dist_checkpointing.load_tensors_metadata(str(directory))
     except Exception as exc:  # megatron / torch DCP raise many types for a broken directory
         raise ConfigError(f"{directory} is not a readable dist checkpoint ({one_line(exc)}).") from None
+    _check_data_files(directory)
+    return metadata
+
+
+def _check_data_files(directory: Path) -> None:
+    """Every data file (``*.distcp``) the checkpoint's index lists is there, as long as the index says.
+    A copy that lost or cut short one would otherwise fail halfway through loading, as torch's
+    CheckpointException: a BaseException whose message is a traceback per rank. The index is unpickled
+    here, so only after check_checkpoint_pickles passed it."""
+    needed = {}
+    for item in FileSystemReader(str(directory)).read_metadata().storage_data.values():
+        needed[item.relative_path] = max(needed.get(item.relative_path, 0), item.offset + item.length)
+    for name, size in sorted(needed.items()):
+        path = directory / name
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing (the checkpoint's .metadata lists it); copy the checkpoint "
+                              "again, all its files.")
+        if path.stat().st_size < size:
+            raise ConfigError(f"{path} holds {path.stat().st_size} bytes but the checkpoint's .metadata needs "
+                              f"{size}: it was cut short; copy the checkpoint again.")
 
 
 def checkpoint_dtype(metadata: dict) -> torch.dtype:
@@ -121,6 +144,9 @@ def load_megatron_model(path: str | Path, objective: str | None = None) -> tuple
     check_shapes(model, metadata, directory)
     try:
         load_checkpoint(directory, [model])
+    except CheckpointException as exc:  # torch's, a BaseException: {rank: (exception, traceback)}
+        failure, _ = next(iter(exc.failures.values()))
+        raise ConfigError(f"loading {directory} failed ({one_line(failure)}).") from None
     except Exception as exc:
         raise ConfigError(f"loading {directory} failed ({one_line(exc)}).") from None
     return model, {**description, "directory": str(directory)}

@@ -49,6 +49,10 @@ class TokenizerStamp:
     sha256: Optional[str]
     vocab_size: int
 
+    def __str__(self) -> str:
+        """As messages name a tokenizer: its size and the start of its fingerprint."""
+        return f"{self.vocab_size} tokens" + (f", sha256 {self.sha256[:12]}" if self.sha256 else "")
+
 
 @dataclass
 class DatasetInfo:
@@ -165,11 +169,8 @@ def check_dataset(prefix: str, dataset: IndexedDataset, vocab_size: int,
         made = info.tokenizer
         if made.vocab_size != tokenizer.vocab_size or (tokenizer.sha256 and made.sha256 != tokenizer.sha256):
             raise ConfigError(
-                f"{prefix} was made with another tokenizer ({made.vocab_size} tokens, sha256 {made.sha256[:12]}) "
-                f"than {tokenizer_flag} ({tokenizer.vocab_size} tokens"
-                + (f", sha256 {tokenizer.sha256[:12]})" if tokenizer.sha256 else ")")
-                + "; train with the tokenizer the data was made with, or re-run tools/preprocess_data.py "
-                "with this one.")
+                f"{prefix} was made with another tokenizer ({made}) than {tokenizer_flag} ({tokenizer}); train "
+                "with the tokenizer the data was made with, or re-run tools/preprocess_data.py with this one.")
     top = info.max_token_id if info is not None else sampled_max_token_id(prefix, dataset)
     if top >= vocab_size:
         raise ConfigError(

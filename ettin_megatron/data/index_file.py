@@ -44,6 +44,23 @@ class IndexFile:
         return part
 
 
+def dataset_prefix(path: str) -> str:
+    """The prefix of the dataset ``path`` names. Users paste the name of one of its files
+    (``x_text_document.bin`` or ``.idx``) where a prefix is expected: that suffix is dropped, unless
+    ``path`` is itself the prefix of a dataset. Every tool and --data-path read prefixes through it."""
+    stem, suffix = os.path.splitext(path)
+    return stem if suffix in (".bin", ".idx") and not IndexedDataset.exists(path) else path
+
+
+def existing_dataset(path: str) -> str:
+    """``dataset_prefix(path)``, or a one-line InputError when no dataset is there."""
+    prefix = dataset_prefix(path)
+    if not IndexedDataset.exists(prefix):
+        raise InputError(f"{path}: no dataset there (expected {prefix}.bin and {prefix}.idx); pass the prefix "
+                         "tools/preprocess_data.py wrote")
+    return prefix
+
+
 def open_dataset(prefix: str):
     """megatron's IndexedDataset at ``prefix``, with a one-line InputError for an empty .bin (a dataset
     without documents), which megatron would fail to mmap with a traceback."""

@@ -10,8 +10,9 @@ Megatron-LM takes a blend as `--data-path 0.3 /data/a_text_document 0.7 /data/b_
         weight: 837.2                               # any positive number; Megatron normalizes
 
 `prefix` expands environment variables and `~`; a relative prefix is relative to the YAML file, so a
-mixture can sit beside its data. `mixture_blend` returns the weights and prefixes, which training
-hands to megatron-core's BlendedMegatronDatasetConfig as its (prefixes, weights) blend.
+mixture can sit beside its data; the name of a dataset's .bin or .idx file stands for its prefix.
+`mixture_blend` returns the weights and prefixes, which training hands to megatron-core's
+BlendedMegatronDatasetConfig as its (prefixes, weights) blend.
 """
 
 import os
@@ -20,6 +21,7 @@ from typing import List, Tuple
 
 import yaml
 
+from ettin_megatron.data.index_file import dataset_prefix
 from ettin_megatron.errors import InputError
 
 _UNSET_VAR = re.compile(r"\$\{?(\w+)")
@@ -56,6 +58,7 @@ def _resolve(prefix: str, yaml_path: str, where: str, check_exists: bool) -> str
         raise InputError(f"{where}: environment variable {unset.group(1)} is not set ({prefix})")
     if not os.path.isabs(expanded):
         expanded = os.path.join(os.path.dirname(os.path.abspath(yaml_path)), expanded)
+    expanded = dataset_prefix(expanded)
     if check_exists and not all(os.path.isfile(expanded + ext) for ext in (".bin", ".idx")):
         raise InputError(f"{where}: no dataset at {expanded} (.bin/.idx)")
     return expanded

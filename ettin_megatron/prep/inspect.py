@@ -11,8 +11,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from tokenizers import Tokenizer
 
 from ettin_megatron.data.dataset_info import read_info
-from ettin_megatron.data.index_file import open_dataset
-from ettin_megatron.errors import InputError
+from ettin_megatron.data.index_file import existing_dataset, open_dataset
 
 HISTOGRAM_WIDTH = 40
 
@@ -36,8 +35,7 @@ def inspect_dataset(
 
     Without a tokenizer the samples are shown as token ids.
     """
-    if not IndexedDataset.exists(prefix):
-        raise InputError(f"{prefix}: no {prefix}.bin/{prefix}.idx pair (give the prefix, no suffix)")
+    prefix = existing_dataset(prefix)
     dataset = open_dataset(prefix)
     lengths = document_lengths(dataset)
     lines = [

@@ -12,15 +12,16 @@ from typing import List, Sequence
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
+from ettin_megatron.cli import check_writable
 from ettin_megatron.data.dataset_info import merged_info, read_info, write_info
-from ettin_megatron.data.index_file import open_dataset
+from ettin_megatron.data.index_file import existing_dataset, open_dataset
 from ettin_megatron.errors import InputError
 from ettin_megatron.files import publish, remove_temps, temp_paths
 
 
 def dataset_prefixes(inputs: Sequence[str]) -> List[str]:
-    """Expand --input: a dataset prefix stays as is; a directory gives all its prefixes, sorted
-    (Megatron-LM's merge tool takes a directory)."""
+    """Expand --input: a dataset prefix stays as is (a .bin or .idx name gives its prefix); a directory
+    gives all its prefixes, sorted (Megatron-LM's merge tool takes a directory)."""
     prefixes = []
     for item in inputs:
         if os.path.isdir(item):
@@ -32,10 +33,8 @@ def dataset_prefixes(inputs: Sequence[str]) -> List[str]:
             if not found:
                 raise InputError(f"{item}: directory holds no .bin/.idx pair")
             prefixes.extend(found)
-        elif IndexedDataset.exists(item):
-            prefixes.append(item)
         else:
-            raise InputError(f"{item}: no {item}.bin/{item}.idx pair (give prefixes without suffix)")
+            prefixes.append(existing_dataset(item))
     return prefixes
 
 
@@ -55,7 +54,9 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> dict:
         detail = ", ".join(f"{p}: {d.__name__}" for p, d in dtypes.items())
         raise InputError(f"datasets have different token dtypes (different tokenizers?): {detail}")
     record = _merged_record(prefixes)
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+    out_dir = os.path.dirname(os.path.abspath(output_prefix))
+    check_writable(out_dir, "--output-prefix")
+    os.makedirs(out_dir, exist_ok=True)
     temp = temp_paths(output_prefix)
     try:
         builder = IndexedDatasetBuilder(temp[0], dtype=dtypes[prefixes[0]])

@@ -39,6 +39,7 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 from tokenizers import Tokenizer
 
+from ettin_megatron.cli import check_writable
 from ettin_megatron.data.dataset_info import DatasetInfo, TokenizerStamp, write_info
 from ettin_megatron.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from ettin_megatron.errors import InputError
@@ -72,8 +73,8 @@ class PreprocessConfig:
 @dataclass
 class Summary:
     """What a run did. `records` counts valid input records (MDS: samples); `documents`, `sentences`,
-    `tokens` and `empty` are summed over the json keys; `invalid` counts skipped records (MDS: skipped
-    shards); `outputs` maps each key to its dataset prefix."""
+    `tokens` and `empty` are summed over the json keys; `invalid` counts skipped records and unreadable
+    files (MDS: skipped shards); `outputs` maps each key to its dataset prefix."""
 
     outputs: Dict[str, str] = field(default_factory=dict)
     records: int = 0
@@ -288,13 +289,10 @@ def _validate(config: PreprocessConfig):
         paths = _validate_mds(config)
     else:
         paths = readers.expand_inputs(config.input)
-    for path in paths:
-        if isinstance(path, mds.Shard):
-            continue
-        if path.endswith(readers.PARQUET_SUFFIXES):
-            readers.check_parquet_columns(path, config.json_keys)
-        elif path.endswith(".zst"):
-            readers.open_binary(path).close()  # fails early without zstandard
+        for path in paths:  # a cheap look at each file; fails early without zstandard
+            problem = readers.file_problem(path, config.json_keys)
+            if problem and not config.skip_invalid:  # else reading finds it again: skipped and counted
+                raise _invalid(problem)
     try:
         tokenizer = load_tokenizer(config.tokenizer_model)
         if config.wrap or config.ids_framing != "keep":
@@ -304,6 +302,7 @@ def _validate(config: PreprocessConfig):
     except ValueError as exc:  # TokenizerNotFound, or a template wrap_ids cannot follow
         raise InputError(f"--tokenizer-model {exc}") from exc
     out_dir = os.path.dirname(os.path.abspath(config.output_prefix))
+    check_writable(out_dir, "--output-prefix")
     os.makedirs(out_dir, exist_ok=True)
     return paths, tokenizer
 
@@ -352,9 +351,14 @@ def _encoded_chunks(config: PreprocessConfig, paths: List[str], tokenizer: Token
                 future.cancel()
 
 
+def _invalid(problem: str) -> InputError:
+    """The error that stops a run at invalid input (a bad record, shard or file) without --skip-invalid."""
+    return InputError(f"{problem} (fix the input or pass --skip-invalid)")
+
+
 def _count_errors(errors: list, skip_invalid: bool, summary: Summary) -> None:
     if errors and not skip_invalid:
-        raise InputError(f"{errors[0][1]} (fix the input or pass --skip-invalid)")
+        raise _invalid(errors[0][1])
     for _, message in errors[: max(0, 5 - summary.invalid)]:
         log.warning("skipped %s", message)
     summary.invalid += len(errors)

@@ -6,6 +6,12 @@ the bottleneck. A JSONL chunk ends after `chunk_size` lines or once it holds CHU
 documents do not leave one worker with all the work), a Parquet chunk after `chunk_size` rows, and no
 chunk spans two files: the chunking, and therefore the output, depends on the input only, never on
 the number of workers.
+
+A file that cannot be read as its name says (a corrupt Parquet file, plain text named .jsonl.gz, a
+file cut short) is invalid input like a bad record: `file_problem` sees what a cheap look shows (a
+Parquet footer, the first block of a compressed file), so that preprocessing can refuse it before
+any work, and `iter_chunks` gives an error chunk in place of what a file could not give, which the
+workers report as they report a bad record.
 """
 
 import glob
@@ -14,9 +20,9 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
-from ettin_megatron.errors import InputError
+from ettin_megatron.errors import InputError, one_line
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst")
 PARQUET_SUFFIXES = (".parquet",)
@@ -30,11 +36,13 @@ CHUNK_BYTES = 256 * 1024
 @dataclass
 class Chunk:
     """Consecutive records of one file; `first_line` is the 1-based line (JSONL)
-    or row (Parquet) number of records[0]. JSONL records are raw bytes, Parquet ones dicts."""
+    or row (Parquet) number of records[0]. JSONL records are raw bytes, Parquet ones dicts.
+    A chunk with an `error` has no records: the file could not be read from `first_line` on (0: at all)."""
 
     path: str
     first_line: int
     records: List[Union[bytes, dict]]
+    error: Optional[str] = None
 
     @property
     def nbytes(self) -> int:
@@ -58,10 +66,15 @@ def expand_inputs(spec: str) -> List[str]:
     else:
         paths = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
     if not paths:
-        raise InputError(f"{spec}: no input files (expected a file, a glob or a directory of {SUFFIXES})")
+        expected = f"a file, a glob or a directory of {', '.join(SUFFIXES)} files"
+        if os.path.isdir(spec):
+            raise InputError(f"{spec}: the directory holds no input file (expected {expected})")
+        if glob.has_magic(spec):
+            raise InputError(f"{spec}: no file matches (expected {expected})")
+        raise InputError(f"{spec} does not exist (expected {expected})")
     for path in paths:
         if not path.endswith(SUFFIXES):
-            raise InputError(f"{path}: unknown input format (expected one of {SUFFIXES})")
+            raise InputError(f"{path}: unknown input format (expected one of {', '.join(SUFFIXES)})")
     return sorted(paths)
 
 
@@ -79,23 +92,55 @@ def open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def check_parquet_columns(path: str, keys: Sequence[str]) -> None:
-    """Fail before any work starts if a Parquet file lacks one of the --json-keys columns."""
-    import pyarrow.parquet as pq
-
-    names = pq.read_schema(path).names
-    for key in keys:
-        if key not in names:
-            raise InputError(f"{path}: no column {key!r} (columns: {', '.join(names)})")
+def file_problem(path: str, keys: Sequence[str]) -> Optional[str]:
+    """Why `path` cannot give the `keys` texts, in one line, or None, from a cheap look: a Parquet
+    file's footer (is it Parquet, has it the columns), the first block of a compressed file (is it
+    compressed as its suffix says). What breaks further in is found as the file is read."""
+    try:
+        if not path.endswith(PARQUET_SUFFIXES):
+            with open_binary(path) as f:
+                f.read(1)
+            return None
+        names = _parquet(path).read_schema(path).names
+    except InputError:  # not the file's fault: a package to install
+        raise
+    except Exception as exc:  # pyarrow, gzip, zlib and zstandard each raise their own types
+        return _unreadable(path, exc)
+    missing = [key for key in keys if key not in names]
+    return f"{path}: no column {missing[0]!r} (columns: {', '.join(names)})" if missing else None
 
 
 def iter_chunks(paths: Sequence[str], keys: Sequence[str], chunk_size: int) -> Iterator[Chunk]:
-    """Yield the input as chunks, file by file, holding at most one chunk in memory."""
+    """Yield the input as chunks, file by file, holding at most one chunk in memory. A file with a
+    `file_problem`, or that breaks while it is read, yields an error chunk in place of what it could
+    not give (from the first line or row not given)."""
     for path in paths:
+        problem = file_problem(path, keys)
+        if problem:
+            yield Chunk(path, 0, [], error=problem)
+            continue
         if path.endswith(PARQUET_SUFFIXES):
-            yield from _parquet_chunks(path, keys, chunk_size)
+            chunks = _parquet_chunks(path, keys, chunk_size)
         else:
-            yield from _jsonl_chunks(path, chunk_size)
+            chunks = _jsonl_chunks(path, chunk_size)
+        line = 1
+        try:
+            for chunk in chunks:
+                yield chunk
+                line = chunk.first_line + len(chunk.records)
+        except Exception as exc:  # as in file_problem
+            yield Chunk(path, line, [], error=_unreadable(path, exc, line))
+
+
+#: What a file is read as, by its name's end (else plain JSONL).
+_FORMATS = {".parquet": "Parquet", ".gz": "gzip-compressed JSONL", ".zst": "zstd-compressed JSONL"}
+
+
+def _unreadable(path: str, exc: Exception, line: int = 0) -> str:
+    """The message of a file that could not be read (from `line` on, where given)."""
+    form = next((name for suffix, name in _FORMATS.items() if path.endswith(suffix)), "JSONL")
+    where = f"{path}:{line}: cannot be read as {form} from here on" if line else f"{path}: cannot be read as {form}"
+    return f"{where} ({one_line(exc)})"
 
 
 def _jsonl_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
@@ -113,11 +158,18 @@ def _jsonl_chunks(path: str, chunk_size: int) -> Iterator[Chunk]:
             yield Chunk(path, first, records)
 
 
-def _parquet_chunks(path: str, keys: Sequence[str], chunk_size: int) -> Iterator[Chunk]:
-    import pyarrow.parquet as pq
+def _parquet(path: str):
+    """pyarrow.parquet (an optional dependency, like zstandard for .zst)."""
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise InputError(f"{path}: reading .parquet needs the pyarrow package (pip install pyarrow)")
+    return pyarrow.parquet
 
+
+def _parquet_chunks(path: str, keys: Sequence[str], chunk_size: int) -> Iterator[Chunk]:
     first = 1
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size, columns=list(keys)):
+    for batch in _parquet(path).ParquetFile(path).iter_batches(batch_size=chunk_size, columns=list(keys)):
         rows = batch.to_pylist()
         yield Chunk(path, first, rows)
         first += len(rows)
@@ -129,8 +181,11 @@ def parse_chunk(
     """Parse and validate a chunk: return ([(line, {key: text})], [(line, error message)]).
 
     Blank JSONL lines are ignored (they are not documents). Every other line must be a JSON object
-    whose `keys` all hold valid Unicode strings; each violation becomes one `path:line: ...` message.
+    whose `keys` all hold valid Unicode strings; each violation becomes one `path:line: ...` message,
+    as does an error chunk's error.
     """
+    if chunk.error:
+        return [], [(chunk.first_line, chunk.error)]
     docs, errors = [], []
     for offset, record in enumerate(chunk.records):
         line = chunk.first_line + offset
@@ -144,7 +199,7 @@ def parse_chunk(
                 errors.append((line, f"{where}: invalid UTF-8 at byte {exc.start} of the line"))
                 continue
             except json.JSONDecodeError as exc:
-                errors.append((line, f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"))
+                errors.append((line, f"{where}: malformed JSON ({exc.msg}: column {exc.colno})"))
                 continue
             if not isinstance(record, dict):
                 errors.append((line, f"{where}: expected a JSON object, got {type(record).__name__}"))

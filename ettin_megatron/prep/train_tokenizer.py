@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 
+from ettin_megatron.cli import check_writable
 from ettin_megatron.errors import InputError
 from ettin_megatron.files import write_json
 from ettin_megatron.prep.readers import iter_chunks, parse_chunk
@@ -39,6 +40,7 @@ def train_tokenizer(
     """
     if vocab_size <= 256 + len(SPECIAL_TOKENS):
         raise InputError(f"--vocab-size {vocab_size} must exceed the 256 byte tokens + {len(SPECIAL_TOKENS)} specials.")
+    check_writable(out_dir, "--output-dir")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -21,7 +21,7 @@ from ..config import PRESETS, SizePreset
 from ..data.chunking import ChunkRules
 from ..data.dataset_info import DatasetInfo, TokenizerStamp, check_dataset
 from ..data.datasets import require_documents
-from ..data.index_file import open_dataset
+from ..data.index_file import dataset_prefix, open_dataset
 from ..data.mixtures import mixture_blend
 from ..data.tokenizer import dataset_token_ids, load_tokenizer, special_ids, tokenizer_fingerprint
 from ..errors import ConfigError
@@ -210,7 +210,7 @@ def _blend(args: Arguments) -> tuple[list[str], list[float] | None]:
         weights, prefixes = mixture_blend(args.data.data_mix, check_exists=True)
         return prefixes, weights
     prefixes, weights = get_blend_from_list(args.data.data_path)
-    return list(prefixes), weights
+    return [dataset_prefix(prefix) for prefix in prefixes], weights
 
 
 def plan_model(args: Arguments, vocab_size: int | None = None) -> ModelPlan:

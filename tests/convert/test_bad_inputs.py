@@ -206,3 +206,50 @@ def test_outputs_are_never_clobbered(capsys, checkpoint, hf_dirs, tmp_path):
     expect_error(capsys, "not divisible by tensor parallel size 3", "hf-to-megatron", "--hf-dir", str(hf_dirs["mlm"]),
                  "--save", str(tmp_path / "c"), "--target-tensor-parallel-size", "3")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def _remove(path):
+    path.unlink()
+
+
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _overwrite_start(path):
+    data = path.read_bytes()
+    path.write_bytes(b"\xff" * 4000 + data[4000:])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_remove, "error: {file} is missing (the checkpoint's .metadata lists it); copy the checkpoint again, all its "
+              "files."),
+    (_cut_short, "error: {file} holds 1000 bytes but the checkpoint's .metadata needs {size}: it was cut short; copy "
+                 "the checkpoint again."),
+    (_overwrite_start, "error: loading {iteration} failed (UnpicklingError: invalid load key, '\\xff'.)."),
+], ids=("missing", "cut_short", "overwritten"))
+def test_a_damaged_data_file_is_one_line_and_keeps_the_earlier_export(capsys, checkpoint, tmp_path, damage, message):
+    """torch reports these as a CheckpointException (a BaseException, a traceback per rank); a missing or
+    short file is found from the index before the model is built, and the earlier export stays."""
+    root, iteration = copy_checkpoint(checkpoint, tmp_path)
+    file = sorted(iteration.glob("*.distcp"))[0]
+    size = file.stat().st_size
+    damage(file)
+    earlier = tmp_path / "hf"
+    earlier.mkdir()
+    (earlier / "config.json").write_text("{}")
+    code, err = run(capsys, "megatron-to-hf", "--load", str(root), "--output", str(earlier))
+    assert code == 2 and err == message.format(file=file, size=size, iteration=iteration), err
+    assert os.listdir(earlier) == ["config.json"] and (earlier / "config.json").read_text() == "{}"
+    assert not (tmp_path / "hf.tmp").exists()
+
+
+@pytest.mark.parametrize("command, flag", [("megatron-to-hf", "--output"), ("hf-to-megatron", "--save")])
+def test_an_unwritable_output_location_is_one_line(capsys, checkpoint, hf_dirs, unwritable, command, flag):
+    """Refused before the model is built (hf-to-megatron used to fail only when saving it)."""
+    location, refused = unwritable
+    source = ["--load", str(checkpoint)] if command == "megatron-to-hf" else ["--hf-dir", str(hf_dirs["mlm"])]
+    code, err = run(capsys, command, *source, flag, os.path.join(location, "out"))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {flag}: cannot write in {refused} ("), err
+    assert err.endswith("); choose a writable location"), err

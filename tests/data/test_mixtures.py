@@ -48,7 +48,7 @@ def test_relative_prefixes_weights_and_existence(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"")
     (tmp_path / "a.idx").write_bytes(b"")
     mix = tmp_path / "mix.yaml"
-    mix.write_text("datasets:\n  - {prefix: a, weight: 3}\n  - {prefix: sub/b, weight: 0.5}\n")
+    mix.write_text("datasets:\n  - {prefix: a.idx, weight: 3}\n  - {prefix: sub/b, weight: 0.5}\n")
     assert mixture_blend(str(mix)) == ([3.0, 0.5], [str(tmp_path / "a"), str(tmp_path / "sub" / "b")])
     with pytest.raises(InputError, match=r"datasets\[2\]: no dataset at .*sub/b"):
         mixture_blend(str(mix), check_exists=True)

@@ -1,10 +1,15 @@
 """Bad input stops the run with `file:line: what is wrong`, or is skipped and counted; failed runs
 leave no complete-looking .bin/.idx pair."""
 
+import gzip
+import importlib
+import json
 import os
+import re
 
+import numpy as np
 import pytest
-from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from ettin_megatron.errors import InputError
 from ettin_megatron.prep import preprocess as preprocess_module
@@ -74,7 +79,7 @@ def test_blank_lines_are_ignored(tmp_path, tokenizer_dir):
 @pytest.mark.parametrize(
     "options,match",
     [
-        ({"input": "/nonexistent/*.jsonl"}, "no input files"),
+        ({"input": "/nonexistent/*.jsonl"}, "no file matches"),
         ({"tokenizer_model": "/nonexistent/tokenizer"}, "--tokenizer-model"),
         ({"append_eod": True}, "--no-wrap"),
         ({"json_keys": ()}, "--json-keys"),
@@ -143,3 +148,105 @@ def test_user_errors_share_one_base():
 
     for error in (ConfigError, InputError, TokenizerNotFound):
         assert issubclass(error, EttinError) and issubclass(error, ValueError), error
+
+
+# ---------------------------------------------------------------- file-level errors, through the tools
+
+def tool_error(capsys, name: str, *argv: str) -> str:
+    """Run tools/<name>.py's main as a user would (in this process), expecting exit status 2 and one line
+    on stderr, which is returned."""
+    assert importlib.import_module(f"tools.{name}").main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def corrupt_parquet(tmp_path) -> str:
+    """A .parquet file without Parquet's footer (as a download cut short leaves one)."""
+    pytest.importorskip("pyarrow")
+    (tmp_path / "in.parquet").write_bytes(b"PAR1 and then nothing Parquet-like")
+    return str(tmp_path / "in.parquet")
+
+
+def plain_text_named_gz(tmp_path) -> str:
+    return write_jsonl(tmp_path / "in.jsonl.gz", GOOD)
+
+
+def missing_file(tmp_path) -> str:
+    return str(tmp_path / "typo.jsonl")
+
+
+def malformed_json(tmp_path) -> str:
+    return write_jsonl(tmp_path / "in.jsonl", [b'{"text": "unterminated'])
+
+
+BAD_FILES = {
+    corrupt_parquet: "{}: cannot be read as Parquet (ArrowInvalid: Parquet magic bytes not found in footer. Either "
+                     "the file is corrupted or this is not a parquet file.) (fix the input or pass --skip-invalid)",
+    plain_text_named_gz: "{}: cannot be read as gzip-compressed JSONL (BadGzipFile: Not a gzipped file (b'{{\"')) "
+                         "(fix the input or pass --skip-invalid)",
+    missing_file: "{} does not exist (expected a file, a glob or a directory of .jsonl, .jsonl.gz, .jsonl.zst, "
+                  ".json, .json.gz, .json.zst, .parquet files)",
+    malformed_json: "{}:1: malformed JSON (Unterminated string starting at: column 10) (fix the input or pass "
+                    "--skip-invalid)",
+}
+
+
+@pytest.mark.parametrize("make_input", BAD_FILES, ids=lambda make: make.__name__)
+def test_a_bad_input_file_is_one_line_and_keeps_the_older_output(tmp_path, tokenizer_dir, capsys, make_input):
+    """Each refusal names the file and what to do, and leaves the dataset an earlier run wrote as it was."""
+    path = make_input(tmp_path)
+    (tmp_path / "out").mkdir()
+    older = {tmp_path / "out" / f"ds_text_document{suffix}": suffix.encode()
+             for suffix in (".bin", ".idx", ".meta.json")}
+    for file, content in older.items():
+        file.write_bytes(content)
+    err = tool_error(capsys, "preprocess_data", "--input", path, "--output-prefix", str(tmp_path / "out" / "ds"),
+                     "--tokenizer-model", tokenizer_dir, "--workers", "1")
+    assert err == "error: " + BAD_FILES[make_input].format(path)
+    assert {file: file.read_bytes() for file in (tmp_path / "out").iterdir()} == older
+
+
+def test_skip_invalid_skips_and_counts_a_corrupt_parquet_file(tmp_path, tokenizer_dir, tokenizer, capsys):
+    """As it skips a bad record: the other files' documents are written, the file is counted invalid."""
+    from tools.preprocess_data import main
+
+    corrupt_parquet(tmp_path)
+    write_jsonl(tmp_path / "good.jsonl", GOOD)
+    assert main(["--input", str(tmp_path), "--output-prefix", str(tmp_path / "out" / "ds"), "--tokenizer-model",
+                 tokenizer_dir, "--workers", "1", "--skip-invalid"]) == 0
+    done = capsys.readouterr().err.strip().splitlines()[-1]
+    assert done.startswith(f"done: {len(GOOD)} records") and "skipped 0 empty and 1 invalid" in done, done
+    dataset = IndexedDataset(str(tmp_path / "out" / "ds_text_document"))
+    assert [dataset[i].tolist() for i in range(len(dataset))] == [tokenizer.encode(r["text"]).ids for r in GOOD]
+
+
+def test_a_file_cut_short_stops_where_it_breaks_or_is_skipped_from_there(tmp_path, tokenizer_dir):
+    """A .gz whose first block reads is found bad only as it is read: the run stops naming the first line
+    it did not give, or with --skip-invalid keeps the lines before and counts the file invalid."""
+    data = gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in GOOD * 1000))
+    (tmp_path / "in.jsonl.gz").write_bytes(data[: len(data) // 2])
+    path = str(tmp_path / "in.jsonl.gz")
+    with pytest.raises(InputError, match=re.escape(f"{path}:") + r"\d+: cannot be read as gzip-compressed JSONL "
+                       r"from here on \(EOFError: Compressed file ended"):
+        preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=2))
+    assert_no_output(tmp_path)
+    summary = preprocess(config(tmp_path, tokenizer_dir, path, chunk_size=2, skip_invalid=True))
+    assert summary.invalid == 1 and 0 < summary.documents == summary.records < len(GOOD) * 1000
+
+
+@pytest.mark.parametrize("name, flag", [("preprocess_data", "--output-prefix"), ("merge_datasets", "--output-prefix"),
+                                        ("train_tokenizer", "--output-dir")])
+def test_an_unwritable_output_location_is_one_line(tmp_path, tokenizer_dir, capsys, unwritable, name, flag):
+    """Named by the flag and the directory that refused, instead of a traceback once the output is written."""
+    location, refused = unwritable
+    source = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    dataset = str(tmp_path / "ds")
+    builder = IndexedDatasetBuilder(dataset + ".bin", dtype=np.uint16)
+    builder.add_document(np.arange(3), [3])
+    builder.finalize(dataset + ".idx")
+    inputs = {"preprocess_data": ["--input", source, "--tokenizer-model", tokenizer_dir, "--workers", "1"],
+              "merge_datasets": ["--input", dataset], "train_tokenizer": ["--input", source]}[name]
+    err = tool_error(capsys, name, *inputs, flag, os.path.join(location, "out"))
+    assert err.startswith(f"error: {flag}: cannot write in {refused} ("), err
+    assert err.endswith("); choose a writable location"), err

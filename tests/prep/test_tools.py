@@ -10,11 +10,12 @@ import sys
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from ettin_megatron.data.tokenizer import load_tokenizer, ordinary_ids, special_ids
+from ettin_megatron.data.tokenizer import load_tokenizer, ordinary_ids, special_ids, tokenizer_fingerprint
+from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
 from ettin_megatron.prep.sample_corpus import build_sample_corpus
 from ettin_megatron.prep.train_tokenizer import train_tokenizer
 from ettin_megatron.vocab import MODERNBERT_IDS
-from tests.texts import MODERNBERT_DIR, training_texts, write_jsonl
+from tests.texts import MODERNBERT_DIR, other_tokenizer, training_texts, write_jsonl
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
@@ -118,17 +119,48 @@ def test_cli_error_is_one_line_exit_2(tmp_path, tokenizer_dir):
     assert not [n for n in os.listdir(tmp_path) if n.startswith("o")]
 
 
-def test_merge_rejects_missing_and_mismatched_inputs(tmp_path, capsys):
-    rc = tool("merge_datasets").main(["--input", str(tmp_path / "nope"), "--output-prefix",
-                                      str(tmp_path / "m")])
-    assert rc == 2 and "nope.bin" in capsys.readouterr().err
+def test_merge_rejects_missing_and_mismatched_inputs(tmp_path, tokenizer_dir, capsys):
+    """Each in one line: a missing dataset named as the files it looked for, datasets of two tokenizers
+    by the tokenizers' sizes and fingerprints; nothing is written."""
+    nope = str(tmp_path / "nope")
+    rc = tool("merge_datasets").main(["--input", nope + ".bin", "--output-prefix", str(tmp_path / "m")])
+    assert rc == 2 and capsys.readouterr().err.strip() == (
+        f"error: {nope}.bin: no dataset there (expected {nope}.bin and {nope}.idx); pass the prefix "
+        "tools/preprocess_data.py wrote")
+    other = other_tokenizer(tokenizer_dir, tmp_path)
+    a, b = (preprocess(PreprocessConfig(input=write_jsonl(tmp_path / f"{name}.jsonl", [{"text": "a text"}]),
+                                        output_prefix=str(tmp_path / name), tokenizer_model=tok,
+                                        log_interval=0)).outputs["text"]
+            for name, tok in (("a", tokenizer_dir), ("b", other)))
+    rc = tool("merge_datasets").main(["--input", a, b, "--output-prefix", str(tmp_path / "m")])
+    size = load_tokenizer(tokenizer_dir).get_vocab_size(with_added_tokens=True)
+    assert rc == 2 and capsys.readouterr().err.strip() == (
+        f"error: {b} was made with another tokenizer than {a} ({size} tokens, sha256 "
+        f"{tokenizer_fingerprint(other)[:12]} vs {size} tokens, sha256 {tokenizer_fingerprint(tokenizer_dir)[:12]}); "
+        "merge only datasets preprocessed alike")
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("m")]
+
+
+def test_a_bin_or_idx_name_stands_for_its_dataset(tmp_path, tokenizer_dir, capsys):
+    """Users paste a dataset's file name where a prefix is expected: the tools take it as that prefix."""
+    prefix = preprocess(PreprocessConfig(input=write_jsonl(tmp_path / "in.jsonl", [{"text": "a text"}]),
+                                         output_prefix=str(tmp_path / "ds"), tokenizer_model=tokenizer_dir,
+                                         log_interval=0)).outputs["text"]
+    merged = str(tmp_path / "merged")
+    assert tool("merge_datasets").main(["--input", prefix + ".bin", prefix + ".idx", "--output-prefix",
+                                        merged + ".bin"]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"-> {merged}.bin/.idx")
+    assert sorted(os.listdir(tmp_path)) == ["ds_text_document.bin", "ds_text_document.idx",
+                                            "ds_text_document.meta.json", "in.jsonl", "merged.bin", "merged.idx",
+                                            "merged.meta.json"]
+    assert tool("inspect_dataset").main([merged + ".idx", "--samples", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [f"dataset   {merged}", "dtype     uint16", "documents 2"]
 
 
 @pytest.mark.skipif(not os.path.isdir(MODERNBERT_DIR), reason="ModernBERT tokenizer not present")
 def test_real_modernbert_tokenizer(tmp_path):
     from ettin_megatron.data.datasets import EttinDatasetConfig
     from ettin_megatron.data.objectives import ordinary_token_ids
-    from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
 
     ids = special_ids(load_tokenizer(MODERNBERT_DIR))
     assert ids == MODERNBERT_IDS  # the defaults used wherever no tokenizer is given

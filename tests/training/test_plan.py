@@ -62,3 +62,9 @@ def test_recompute_layers_are_checked_against_num_layers(capsys, tmp_path):
     assert plan_run(args, world_size=1).model.shape.num_layers == 8
     line = pretrain_error(capsys, _argv(prefix, tokenizer, "--num-layers", "2", *RECOMPUTE, "4"))
     assert line == "error: --recompute-num-layers 4 must be a divisor of the 2 layers of a pipeline chunk.", line
+
+
+def test_a_data_path_given_as_its_bin_file_names_its_dataset(tmp_path):
+    """--data-path takes a pasted .bin (or .idx) file name as its dataset's prefix, as the tools do."""
+    prefix = write_corpus(tmp_path)
+    assert plan_run(make_arguments(**base_args(prefix + ".bin")), world_size=1).blend[0] == [prefix]
