@@ -44,19 +44,6 @@ def write_json(path: PathLike, obj) -> None:
         f.write("\n")
 
 
-def unwritable(directory: PathLike) -> str | None:
-    """None if ``directory`` is writable, or could be created by a writer, else why not; creates nothing,
-    so that a run can check every directory it will write before it computes anything."""
-    path = os.path.abspath(directory)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        return f"{path} is a file, not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable"
-    return None
-
-
 RECORD_SUFFIX = ".meta.json"
 """The record beside a dataset's .bin/.idx (data/dataset_info.py), published with them."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from megatron.core.datasets.utils import get_blend_from_list
 
+from ..cli import check_writable
 from ..config import PRESETS, SizePreset
 from ..data.chunking import ChunkRules
 from ..data.dataset_info import DatasetInfo, TokenizerStamp, check_dataset
@@ -25,7 +26,6 @@ from ..data.index_file import dataset_prefix, open_dataset
 from ..data.mixtures import mixture_blend
 from ..data.tokenizer import dataset_token_ids, load_tokenizer, special_ids, tokenizer_fingerprint
 from ..errors import ConfigError
-from ..files import unwritable
 from ..model.layer_specs import resolve_spec
 from ..runtime import report
 from ..vocab import MODERNBERT_IDS
@@ -293,9 +293,8 @@ def _check_output_directories(args: Arguments) -> None:
     in memory, with a warning.)"""
     for flag, directory in (("--save", args.run.save), ("--tensorboard-dir", args.run.tensorboard_dir),
                             ("--wandb-save-dir", wandb_save_dir(args)), ("--data-cache-path", args.data.data_cache_path)):
-        reason = directory and unwritable(directory)
-        if reason:
-            raise ConfigError(f"{flag} {directory} cannot be written ({reason}); pass a directory you can write to.")
+        if directory:
+            check_writable(directory, flag)
 
 
 def _flag(name: str) -> str:

@@ -64,8 +64,7 @@ def test_errors_are_checked_once_and_name_the_launcher_variable(tmp_path, own_da
     blocker = tmp_path / "older-output"  # where SAVE's directory must go (root ignores a read-only mode)
     blocker.write_text("kept\n")
     assert refusal(launch(tmp_path, SAVE=str(blocker / "ckpt"), **own)) == (
-        f"error: SAVE {blocker}/ckpt cannot be written ({blocker} is a file, not a directory); pass a directory "
-        "you can write to.")
+        f"error: SAVE: cannot write in {blocker} (Not a directory); choose a writable location")
     assert refusal(launch(tmp_path, PHASE="2")) == (
         "error: the demo trains phase 1 of the tiny recipe only; unset PHASE / RECIPE, or set DATA_PATH or DATA_MIX")
     assert not (tmp_path / "demo").exists()
