@@ -5,8 +5,9 @@ A training checkpoint is the model checkpoint plus these entries of ``extra``:
     optimizer            megatron's optimizer.sharded_state_dict (reshardable: any TP / PP / DP)
     opt_param_scheduler  the LR scheduler's state (a plain object)
     training_state       {"iteration", "consumed_samples", "consumed_tokens", "layout": [TP, PP, DP],
-                         "optimizer": optimizer.optimizer_record} (plain object; the data position, the
-                         input tokens read up to it, and the update rule the moments belong to)
+                         "optimizer": optimizer.optimizer_record, "run": run_record} (plain object; the
+                         data position, the input tokens read up to it, the update rule the moments
+                         belong to, and what else a resumed run must keep)
     rng_state            per-rank RNG states (python, numpy, torch, the TP tracker), one ShardedObject
                          per (PP, TP, DP) rank; restored only at the same layout, where it makes a
                          resumed run bit-exact. At another layout the run resumes without it.
@@ -94,21 +95,30 @@ def set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def run_record(plan: RunPlan) -> dict:
+    """What a resumed run must share with its checkpoint besides the weights' shapes and the optimizer:
+    with another training objective, tokenizer or data layout it would be another run that merely
+    continues the step count. Such a change starts from the weights, with --finetune."""
+    return {"objective": plan.args.model.objective, "tokenizer": str(plan.tokenizer),
+            "data_layout": plan.args.data.data_layout}
+
+
 def save(root, iteration: int, consumed_samples: int, consumed_tokens: int, model_chunks, optimizer, scheduler,
-         config, optimizer_settings: dict, tokenizer: str | None = None, training_objective: str | None = None):
-    """Save model + optimizer + scheduler + RNG + data position as iteration ``iteration`` (collective);
-    ``optimizer_settings`` is the run's optimizer_record."""
+         config, plan: RunPlan):
+    """Save model + optimizer + scheduler + RNG + data position as iteration ``iteration`` (collective),
+    with the run's optimizer_record and run_record."""
     chunks = unwrap(model_chunks)
+    args = plan.args
     extra = {
         "optimizer": optimizer.sharded_state_dict(model_sharded_state_dict(chunks), metadata=OPTIMIZER_FORMAT),
         "opt_param_scheduler": schedule_state(scheduler),
         "training_state": {"iteration": iteration, "consumed_samples": consumed_samples,
                            "consumed_tokens": consumed_tokens, "layout": _layout(),
-                           "optimizer": optimizer_settings},
+                           "optimizer": optimizer_record(args), "run": run_record(plan)},
         "rng_state": _rng_sharded_object(rng_state()),
     }
-    return save_checkpoint(root, iteration, chunks, config, extra=extra, tokenizer=tokenizer,
-                           training_objective=training_objective)
+    return save_checkpoint(root, iteration, chunks, config, extra=extra, tokenizer=args.data.tokenizer_model,
+                           training_objective=args.model.objective)
 
 
 def has_checkpoint(path) -> bool:
@@ -146,7 +156,8 @@ def check_load(plan: RunPlan, model: dict) -> Path | None:
             raise ConfigError(f"--load {args.run.load} holds no checkpoint to fine-tune from; fix --load.")
         return None
     directory = resolve_checkpoint_dir(args.run.load)
-    saved = read_checkpoint_config(directory)["model"]
+    description = read_checkpoint_config(directory)
+    saved = description["model"]
     differing = [f"{name} {saved.get(name)} vs {model[name]}" for name in SHAPE_FIELDS
                  if saved.get(name) != model[name]]
     if differing:
@@ -173,6 +184,8 @@ def check_load(plan: RunPlan, model: dict) -> Path | None:
         length = next(f"--train-{unit}" for unit in UNITS if getattr(args.run, f"train_{unit}") is not None)
         raise ConfigError(f"checkpoint {directory} is at {where}, already at or past this run's end; to start "
                           f"the next phase from it pass --finetune (weights only) or raise {length}.")
+    _check_run(plan, directory, {**saved, "objective": description.get("training_objective"), **state.get("run", {})},
+               {**model, **run_record(plan)})
     _check_optimizer(args, directory, state.get("optimizer", LEGACY_OPTIMIZER))
     _check_schedule(plan, directory, common["opt_param_scheduler"])
     return directory
@@ -189,6 +202,21 @@ def _check_save(args: Arguments) -> None:
         held = resolve_checkpoint_dir(args.run.save).name
         raise ConfigError(f"--save {args.run.save} already holds a run ({held}); pass --load {args.run.save} to "
                           "resume it, or choose another --save.")
+
+
+def _check_run(plan: RunPlan, directory: Path, saved: dict, planned: dict) -> None:
+    """Refuse to resume a checkpoint under another model (any model field: a new phase's RoPE bases
+    included) or run_record; a record the checkpoint predates is not compared."""
+    differing = [f"{_FLAGS.get(name, name)} {saved[name]} vs {planned[name]}" for name in planned
+                 if saved.get(name) is not None and saved[name] != planned[name]]
+    if differing:
+        raise ConfigError(f"checkpoint {directory} is another run ({', '.join(differing)}: checkpoint vs this run); "
+                          "resume it as it was, or start from its weights with --finetune (a new phase, or the "
+                          "other objective).")
+
+
+_FLAGS = {"objective": "--objective", "data_layout": "--data-layout", "tokenizer": "tokenizer"}
+"""How _check_run names what differs: the flag, where one sets it alone."""
 
 
 LEGACY_OPTIMIZER = {"optimizer": "adam", "fully_decoupled_weight_decay": False}

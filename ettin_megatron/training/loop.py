@@ -45,7 +45,7 @@ from .arguments import Arguments
 from .data_loader import MicroBatchSampler, micro_batch_loader, step_iterators
 from .forward_step import EvalReport, TrainReport, make_forward_step, sum_reports
 from .metrics import Metrics, scalar_writers
-from .optimizer import build_optimizer, build_scheduler, current_lr, optimizer_record, optimizer_step
+from .optimizer import build_optimizer, build_scheduler, current_lr, optimizer_step
 from .plan import RunPlan, plan_run
 from .setup import build_model, build_model_config, wire_schedule_hooks
 from .stable_adamw import clipped_fraction
@@ -284,9 +284,7 @@ def evaluate(run: Run, step: int) -> dict:
 
 def _save(run: Run, iteration: int, consumed: int, tokens: int) -> None:
     path = checkpointing.save(run.args.run.save, iteration, consumed, tokens, run.model, run.optimizer,
-                              run.scheduler, run.config, optimizer_record(run.args),
-                              tokenizer=run.args.data.tokenizer_model,
-                              training_objective=run.args.model.objective)
+                              run.scheduler, run.config, run.plan)
     report(f"saved checkpoint {path}")
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from ettin_megatron.pretrain import main
 from tests.ranks import run_ranks
-from tests.training.training_data import VOCAB, base_args, pretrain_error, write_corpus
+from tests.training.training_data import VOCAB, base_args, pretrain_error, write_corpus, write_tokenizer
 
 
 class _Killed(Exception):
@@ -80,12 +80,10 @@ def checkpoints(tmp_path_factory):
     return prefix, directory, result
 
 
-def _argv(prefix, tokenizer, *extra) -> list[str]:
-    """The command line of the fixture's run. The small tokenizer only supplies special ids that fit
-    --vocab-size (ModernBERT's default ids do not, and are refused); the data has no record, so it is
-    not compared with the tokenizer that made it."""
-    return ["--data-path", prefix, "--tokenizer-model", tokenizer, "--vocab-size", str(VOCAB), "--seq-length", "32",
-            "--micro-batch-size", "2",
+def _argv(prefix, *extra) -> list[str]:
+    """The command line of the fixture's run: its objective, tokenizer and data (a resume must keep them)."""
+    return ["--data-path", prefix, "--tokenizer-model", write_tokenizer(os.path.dirname(prefix)), "--vocab-size",
+            str(VOCAB), "--objective", "mntp", "--seq-length", "32", "--micro-batch-size", "2",
             "--global-batch-size", "8", "--split", "90,10,0", "--attention-backend", "sdpa", "--spec", "local",
             "--eval-iters", "0", *extra]
 
@@ -105,59 +103,59 @@ def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
     assert after_marker == entries  # no iter_0000002.old left behind
 
 
-def test_resuming_a_finished_run_is_refused(capsys, checkpoints, tokenizer_dir):
+def test_resuming_a_finished_run_is_refused(capsys, checkpoints):
     prefix, root, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"),
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"),
                                         "--save", str(root / "next"), "--train-iters", "2"))
     assert re.fullmatch(re.escape(f"error: checkpoint {root / 'run' / 'iter_0000002'} is at iteration 2 / 16 samples / ")
                         + r"[1-9][\d,]* tokens" + re.escape(", already at or past this run's end; to start the next "
                         "phase from it pass --finetune (weights only) or raise --train-iters."), line), line
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-samples", "16"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-samples", "16"))
     assert line.endswith("raise --train-samples.")
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-tokens", "100"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-tokens", "100"))
     assert line.endswith("raise --train-tokens.")
     assert not (root / "next").exists()
 
 
-def test_relaunching_a_finished_run_succeeds_without_training(capsys, checkpoints, tokenizer_dir):
+def test_relaunching_a_finished_run_succeeds_without_training(capsys, checkpoints):
     """--save == --load: a requeued job that is already done exits 0 and writes nothing."""
     prefix, root, _ = checkpoints
     before = {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*")}
-    argv = _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--save", str(root / "run"), "--train-iters", "2")
+    argv = _argv(prefix, "--load", str(root / "run"), "--save", str(root / "run"), "--train-iters", "2")
     assert main(argv) == 0
     assert "this run is already complete, nothing to do." in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (root / "run").rglob("*")} == before
 
 
-def test_finetune_needs_a_checkpoint(capsys, checkpoints, tmp_path, tokenizer_dir):
+def test_finetune_needs_a_checkpoint(capsys, checkpoints, tmp_path):
     prefix, _, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "typo"), "--finetune",
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(tmp_path / "typo"), "--finetune",
                                         "--train-iters", "1"))
     assert line == f"error: --load {tmp_path / 'typo'} holds no checkpoint to fine-tune from; fix --load."
 
 
-def test_a_damaged_checkpoint_is_one_line(capsys, checkpoints, tmp_path, tokenizer_dir):
+def test_a_damaged_checkpoint_is_one_line(capsys, checkpoints, tmp_path):
     prefix, root, _ = checkpoints
     shutil.copytree(root / "run", tmp_path / "run")
     (tmp_path / "run" / "iter_0000002" / "common.pt").write_bytes(b"not a torch file")
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "run"), "--train-iters", "4"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(tmp_path / "run"), "--train-iters", "4"))
     assert line.startswith(f"error: {tmp_path / 'run' / 'iter_0000002'} is incomplete or damaged (")
     assert line.endswith("load an earlier iteration.")
 
 
-def test_another_model_shape_is_refused(capsys, checkpoints, tokenizer_dir):
+def test_another_model_shape_is_refused(capsys, checkpoints):
     prefix, root, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-iters", "4",
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4",
                                         "--vocab-size", "2048"))
     assert "is another model shape (vocab_size 1024 vs 2048: checkpoint vs this run)" in line
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--train-iters", "4",
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--train-iters", "4",
                                         "--model-size", "17m"))
     assert "num_layers 4 vs 7, hidden_size 128 vs 256" in line
 
 
-def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints, tokenizer_dir):
+def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints):
     prefix, root, _ = checkpoints
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "weights"), "--train-iters", "4"))
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "weights"), "--train-iters", "4"))
     assert line.endswith("holds weights only (no training state); load it with --finetune.")
 
 
@@ -165,31 +163,31 @@ def test_weights_only_checkpoint_needs_finetune(capsys, checkpoints, tokenizer_d
     ("12abc", "does not name an iteration ('12abc'); fix or delete it."),
     ("7", "names iteration 7 but"),
 ])
-def test_a_bad_latest_marker_is_not_a_fresh_start(capsys, tmp_path, marker, message, tokenizer_dir):
+def test_a_bad_latest_marker_is_not_a_fresh_start(capsys, tmp_path, marker, message):
     prefix = write_corpus(tmp_path, num_docs=20)
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text(marker + "\n")
-    argv = _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "ckpt"), "--train-iters", "1")
+    argv = _argv(prefix, "--load", str(tmp_path / "ckpt"), "--train-iters", "1")
     assert message in pretrain_error(capsys, argv)
     if marker == "7":
         (tmp_path / "ckpt" / "iter_0000007.old").mkdir()  # a re-save killed between its two renames
         assert "rename iter_0000007.old (its previous copy) back to iter_0000007." in pretrain_error(capsys, argv)
 
 
-def test_a_save_that_holds_a_run_is_resumed_only_through_load(capsys, checkpoints, tokenizer_dir, tmp_path):
+def test_a_save_that_holds_a_run_is_resumed_only_through_load(capsys, checkpoints, tmp_path):
     """Training afresh into it would move its latest marker back and orphan iteration 2."""
     prefix, root, _ = checkpoints
     shutil.copytree(root / "run", tmp_path / "run")
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--save", str(tmp_path / "run"), "--train-iters", "4"))
+    line = pretrain_error(capsys, _argv(prefix, "--save", str(tmp_path / "run"), "--train-iters", "4"))
     assert line == (f"error: --save {tmp_path / 'run'} already holds a run (iter_0000002); pass --load "
                     f"{tmp_path / 'run'} to resume it, or choose another --save.")
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(root / "run"), "--save", str(tmp_path / "run"),
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(root / "run"), "--save", str(tmp_path / "run"),
                                         "--finetune", "--train-iters", "4"))
     assert "already holds a run (iter_0000002)" in line
     assert (tmp_path / "run" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
 
-def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, checkpoints, tokenizer_dir):
+def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, checkpoints):
     """A longer --train-iters moves the decay of a resumed run: refused unless Megatron-LM's
     --override-opt_param-scheduler (this run's) or --use-checkpoint-opt_param-scheduler (the
     checkpoint's) says which schedule wins; megatron's scheduler then takes that one."""
@@ -204,7 +202,7 @@ def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, ch
 
     prefix, root, _ = checkpoints
     run = str(root / "run")
-    argv = _argv(prefix, tokenizer_dir, "--load", run, "--save", run, "--train-iters", "4", "--lr-warmup-iters", "2")
+    argv = _argv(prefix, "--load", run, "--save", run, "--train-iters", "4", "--lr-warmup-iters", "2")
     line = pretrain_error(capsys, argv)
     assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} has another LR schedule (lr_decay_steps 17 "
                     "vs 32, wd_incr_steps 17 vs 32, wsd_decay_steps 16 vs 32: checkpoint vs this run, lengths in "
@@ -232,14 +230,42 @@ def test_another_lr_schedule_is_refused_unless_a_flag_says_which_wins(capsys, ch
     (["--fully-decoupled-weight-decay"], "--fully-decoupled-weight-decay False vs True"),
     (["--use-distributed-optimizer"], "--use-distributed-optimizer False vs True"),
 ])
-def test_resuming_under_other_optimizer_settings_is_refused(capsys, checkpoints, tokenizer_dir, change, differs):
+def test_resuming_under_other_optimizer_settings_is_refused(capsys, checkpoints, change, differs):
     """The moments mean other things under another update rule or weight decay rule, and the distributed
     optimizer lays its state out its own way: a resume keeps the checkpoint's settings (--finetune
     starts afresh from its weights)."""
     prefix, root, _ = checkpoints
     run = str(root / "run")
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", run, "--save", run, "--train-iters", "4",
+    line = pretrain_error(capsys, _argv(prefix, "--load", run, "--save", run, "--train-iters", "4",
                                         *change))
     assert line == (f"error: checkpoint {root / 'run' / 'iter_0000002'} was trained with other optimizer settings "
                     f"({differs}: checkpoint vs this run); resume with the checkpoint's, or start from its weights "
                     "with --finetune.")
+
+
+@pytest.mark.parametrize("change, differs", [
+    (["--objective", "clm"], "--objective mntp vs clm"),
+    (["--objective", "mlm"], "--objective mntp vs mlm"),
+    (["--data-layout", "packed"], "--data-layout document vs packed"),
+    (["--global-rope-theta", "160000"], "global_rope_theta 10000.0 vs 160000.0"),
+])
+def test_resuming_as_another_run_is_refused(capsys, checkpoints, change, differs):
+    """Issue 27, item 2: the decoder launcher on an encoder's SAVE continued the encoder's checkpoint as a
+    decoder (its optimizer state, CLM, then saved as one). A resume keeps the training objective, the
+    whole model, the tokenizer and the data layout; --finetune starts another run from the weights."""
+    prefix, root, _ = checkpoints
+    run = str(root / "run")
+    argv = _argv(prefix, "--load", run, "--save", run, "--train-iters", "4", *change)
+    assert pretrain_error(capsys, argv) == (
+        f"error: checkpoint {root / 'run' / 'iter_0000002'} is another run ({differs}: checkpoint vs this run); "
+        "resume it as it was, or start from its weights with --finetune (a new phase, or the other objective).")
+    assert (root / "run" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+
+def test_resuming_with_another_tokenizer_is_refused(capsys, checkpoints, tokenizer_dir):
+    prefix, root, _ = checkpoints
+    run = str(root / "run")
+    argv = _argv(prefix, "--load", run, "--save", run, "--train-iters", "4")
+    argv[argv.index("--tokenizer-model") + 1] = tokenizer_dir
+    line = pretrain_error(capsys, argv)
+    assert re.search(r"is another run \(tokenizer 1005 tokens, sha256 \w{12} vs \d+ tokens, sha256 \w{12}: checkpoint", line), line
