@@ -20,9 +20,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-
     def merge():
+        args = parser().parse_args(argv)
         counts = merge_datasets(dataset_prefixes(args.input), args.output_prefix)
         print(f"merged {counts['datasets']} datasets: {counts['documents']} documents, "
               f"{counts['tokens']} tokens -> {args.output_prefix}.bin/.idx", file=sys.stderr)

@@ -87,6 +87,8 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
     """Check the run before any compute and resolve what it needs (module doc); raises a one-line
     ConfigError. Reads the tokenizer once and each dataset's index and record once."""
     p, d, r, o = args.parallel, args.data, args.run, args.optim
+    if world_size < 1:  # the launchers' --validate-only pass computes it from their variables
+        raise ConfigError(f"{world_size} processes (--nproc-per-node x --nnodes): both must be positive.")
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
     if world_size % model_parallel:
         raise ConfigError(f"{world_size} processes (--nproc-per-node x --nnodes) are not divisible by "
@@ -100,11 +102,8 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
     for name in ("rampup_batch_size", "rampup_batch_size_tokens"):
         if getattr(d, name) is not None:
             _fit_rampup(d, dp, name)
-    if o.lr_warmup_fraction is not None:
-        if o.lr_warmup_iters or o.lr_warmup_samples or o.lr_warmup_tokens:
-            raise ConfigError("pass --lr-warmup-fraction or --lr-warmup-iters / -samples / -tokens, not both.")
-        if not 0 <= o.lr_warmup_fraction < 1:
-            raise ConfigError(f"--lr-warmup-fraction {o.lr_warmup_fraction} must be in [0, 1).")
+    if o.lr_warmup_fraction is not None and (o.lr_warmup_iters or o.lr_warmup_samples or o.lr_warmup_tokens):
+        raise ConfigError("pass --lr-warmup-fraction or --lr-warmup-iters / -samples / -tokens, not both.")
     if not d.data_path and not d.data_mix:
         raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
                           "or --data-mix MIXTURE.yaml.")
@@ -154,8 +153,6 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
                              "install ettin-megatron[gpu] (transformer-engine) or drop --fp8-format "
                              "(PRECISION=bf16)."))
     _check_recompute(args, model)
-    if d.num_workers < 0:
-        raise ConfigError(f"--num-workers {d.num_workers} is negative; pass 0 to read in the training process.")
     if r.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--wandb-project needs the wandb package: pip install 'ettin-megatron[wandb]'.")
     return RunPlan(args=args, model=model, data_parallel_size=dp, token_ids=vocabulary.token_ids,
@@ -322,8 +319,6 @@ def _fit_rampup(d: DataArgs, dp: int, name: str) -> None:
         length = "TOKENS" if name.endswith("tokens") else "SAMPLES"
         raise ConfigError(f"{flag} takes three numbers: START INCREMENT {length}.")
     start, increment, length = rampup
-    if min(start, increment, length) < 1:
-        raise ConfigError(f"{flag} {start} {increment} {length}: all three must be positive.")
     if start > d.global_batch_size:
         raise ConfigError(f"{flag} start {start} exceeds --global-batch-size {d.global_batch_size}; lower it.")
     step = d.micro_batch_size * dp

@@ -5,13 +5,15 @@
 """
 
 import importlib.util
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from ettin_megatron.training.arguments import make_arguments, parse_args, read_recipe
+from ettin_megatron.training.arguments import GROUPS, make_arguments, parse_args, read_recipe
 from ettin_megatron.training.plan import plan_run
 from tests.training.training_data import pretrain_error, write_corpus
 
@@ -29,7 +31,7 @@ def prefix(tmp_path_factory):
     (["--train-samples", "40", "--train-iters", "5"], "exactly one of --train-iters, --train-samples and --train-tokens"),
     (["--train-tokens", "400", "--train-iters", "5"], "exactly one of --train-iters, --train-samples and --train-tokens"),
     (["--rampup-batch-size", "64", "8", "100"], "start 64 exceeds --global-batch-size 32"),
-    (["--rampup-batch-size", "8", "8", "0"], "all three must be positive"),
+    (["--rampup-batch-size", "8", "8", "0"], "--rampup-batch-size: must be a positive integer, got 0"),
     (["--lr-decay-iters", "4", "--lr-decay-samples", "32"], "--lr-decay-iters or --lr-decay-samples, not both"),
     (["--lr-decay-samples", "32", "--lr-decay-tokens", "99"], "--lr-decay-samples or --lr-decay-tokens, not both"),
     (["--train-tokens", "400", "--lr-warmup-iters", "2"],
@@ -54,6 +56,45 @@ def test_bad_configs_fail_in_one_line(capsys, prefix, argv, message):
         base = base[:2]
     line = pretrain_error(capsys, base + argv)
     assert message in line
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--train-iters", "0"], "error: --train-iters: must be a positive integer, got 0"),
+    (["--train-iters", "-3"], "error: --train-iters: must be a positive integer, got -3"),
+    (["--train-tokens", "0"], "error: --train-tokens: must be a positive integer, got 0"),
+    (["--micro-batch-size", "0"], "error: --micro-batch-size: must be a positive integer, got 0"),
+    (["--global-batch-size", "-4"], "error: --global-batch-size: must be a positive integer, got -4"),
+    (["--mask-rate", "1.5"], "error: --mask-rate/--mask-prob: must be a number from 0 to 1, got 1.5"),
+    (["--lr", "-0.001"], "error: --lr: must be a positive number, got -0.001"),
+    (["--adam-beta2", "1"], "error: --adam-beta2: must be a number >= 0 and < 1, got 1"),
+    (["--num-workers", "-1"], "error: --num-workers: must be an integer >= 0, got -1"),
+    (["--seq-length", "abc"], "error: --seq-length: must be a positive integer, got abc"),
+])
+def test_numbers_out_of_range_are_refused_when_parsed(capsys, tmp_path, prefix, argv, line):
+    """Issue 27: a 0 or negative --train-iters trained nothing and saved an iter_0000000 without optimizer
+    state, which every later run into that --save crashed on; a 0 micro batch divided by zero after
+    torchrun had started. Each number's range is checked as the flag is read, before anything is
+    written."""
+    save = tmp_path / "ckpt"
+    assert pretrain_error(capsys, ["--data-path", prefix, "--save", str(save), *argv]) == line
+    assert not save.exists()
+
+
+def test_recipe_numbers_have_the_flags_ranges(capsys, tmp_path, prefix):
+    (tmp_path / "r.yaml").write_text("micro_batch_size: 0\n")
+    assert pretrain_error(capsys, ["--recipe", str(tmp_path / "r.yaml"), "--data-path", prefix]) == (
+        "error: micro_batch_size: must be a positive integer, got 0")
+
+
+def test_every_numeric_flag_declares_its_range():
+    """A number a run takes gets its range from its field (``arg(..., type=positive_int)``), which its
+    default is in: a new numeric flag cannot forget it."""
+    for cls in GROUPS.values():
+        for f in fields(cls):
+            if re.search(r"\b(int|float)\b", f.type):
+                assert "type" in f.metadata, f.name
+                if isinstance(f.default, (int, float)):
+                    f.metadata["type"](f.default)
 
 
 def test_missing_data(capsys, tmp_path):
