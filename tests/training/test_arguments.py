@@ -13,6 +13,7 @@ import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+from ettin_megatron.pretrain import main
 from ettin_megatron.training.arguments import GROUPS, make_arguments, parse_args, read_recipe
 from ettin_megatron.training.plan import plan_run
 from tests.training.training_data import pretrain_error, write_corpus
@@ -22,7 +23,7 @@ RECIPES = Path("examples/recipes")
 
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("data"), num_docs=20)
+    return write_corpus(tmp_path_factory.mktemp("data"), num_docs=1000)  # the recipes' 999,1,0: 1 valid document
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -95,6 +96,38 @@ def test_every_numeric_flag_declares_its_range():
                 assert "type" in f.metadata, f.name
                 if isinstance(f.default, (int, float)):
                     f.metadata["type"](f.default)
+
+
+@pytest.mark.parametrize("blend, line", [
+    (["-1", "{prefix}", "0.3", "{prefix}"], "error: --data-path weight -1 of {prefix} must be a positive number "
+     "(its share of the samples): change it, or drop the pair to leave that dataset out."),
+    (["0", "{prefix}", "0", "{prefix}"], "error: --data-path weight 0 of {prefix} must be a positive number "
+     "(its share of the samples): change it, or drop the pair to leave that dataset out."),
+    (["{prefix}", "0.3", "0.7", "{prefix}"], "error: --data-path takes prefixes, or weight-prefix pairs "
+     "'W1 P1 W2 P2 ...': check that each weight is a number and comes before its prefix."),
+])
+def test_blend_weights_are_checked(capsys, prefix, blend, line):
+    """megatron asserts on a negative weight (a bare AssertionError, after torchrun started)."""
+    argv = ["--data-path", *(item.format(prefix=prefix) for item in blend), "--train-iters", "5"]
+    assert pretrain_error(capsys, argv) == line.format(prefix=prefix)
+
+
+def test_a_split_without_documents_is_refused_before_any_compute(capsys, tmp_path):
+    """Issue 27: a corpus too small for the validation split failed only once torchrun had started, with a
+    hint (a shorter sequence) that would not help."""
+    small = write_corpus(tmp_path, num_docs=3)  # 969,30,1 of 3 documents: 3 train, 0 valid
+    base = ["--data-path", small, "--train-iters", "2", "--save", str(tmp_path / "ckpt"), "--validate-only"]
+    assert pretrain_error(capsys, base) == (
+        f"error: --split 969,30,1 leaves none of the 3 documents of {small} for validation: pass --eval-iters 0 "
+        "(no validation), a --split without validation (e.g. 100,0,0), or more data.")
+    assert pretrain_error(capsys, base + ["--split", "0,1,0"]) == (
+        f"error: --split 0,1,0 leaves none of the 3 documents of {small} for training: raise its first number, "
+        "or use more data.")
+    assert pretrain_error(capsys, base + ["--split", "0,0"]) == (
+        "error: --split 0,0 must be up to three numbers, the train,valid,test shares of the documents "
+        "(e.g. 969,30,1), with a positive sum.")
+    assert not (tmp_path / "ckpt").exists()
+    assert main(base + ["--eval-iters", "0"]) == 0 and main(base + ["--split", "100,0,0"]) == 0
 
 
 def test_missing_data(capsys, tmp_path):

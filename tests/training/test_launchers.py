@@ -71,6 +71,7 @@ def test_errors_are_checked_once_and_name_the_launcher_variable(tmp_path, own_da
     ("GLOBAL_BATCH_SIZE", "0", "GLOBAL_BATCH_SIZE: must be a positive integer, got 0"),
     ("TP", "0", "TP: must be a positive integer, got 0"),
     ("NPROC_PER_NODE", "0", "0 processes (NPROC_PER_NODE x NNODES): both must be positive."),
+    ("DATA_PATH", "-1 {prefix} 0.3 {prefix}", "DATA_PATH weight -1 of {prefix} must be a positive number"),
 ])
 def test_each_variable_refuses_a_bad_value_in_one_line(tmp_path, own_data, variable, value, message):
     """Issue 27: these values reached torchrun and died there (a ZeroDivisionError, a bare AssertionError),
