@@ -97,8 +97,9 @@ if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]
   TOKENIZER="${TOKENIZER:-$WORK_DIR/tokenizer}"
   SAVE="${SAVE:-$WORK_DIR/checkpoints/$KIND}"
   DATA_PATH="$WORK_DIR/data/sample_text_document"
-  # The recipe anneals over the last 30% of its 300 steps; a shorter demo keeps that proportion.
-  [ -n "${TRAIN_ITERS:-}" ] && ARGS+=(--lr-wsd-decay-iters $(( TRAIN_ITERS * 3 / 10 + 1 )))
+  # The recipe anneals over the last 30% of its 300 steps; a shorter demo keeps that proportion. (Any
+  # TRAIN_ITERS but a count goes to pretrain as it is, which refuses it in one line.)
+  [[ "${TRAIN_ITERS:-}" =~ ^[0-9]+$ ]] && ARGS+=(--lr-wsd-decay-iters $(( 10#$TRAIN_ITERS * 3 / 10 + 1 )))
 else
   DEMO=0
 fi

@@ -7,7 +7,7 @@ The work is done by ettin_megatron.prep.sample_corpus.
 import argparse
 import sys
 
-from ettin_megatron.cli import command_parser
+from ettin_megatron.cli import command_parser, run_command
 from ettin_megatron.prep.sample_corpus import build_sample_corpus
 
 
@@ -18,11 +18,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    counts = build_sample_corpus(args.output)
-    print(f"wrote {args.output}: {counts['documents']} documents, {counts['bytes']} bytes",
-          file=sys.stderr)
-    return 0
+    def build():
+        args = parser().parse_args(argv)
+        counts = build_sample_corpus(args.output)
+        print(f"wrote {args.output}: {counts['documents']} documents, {counts['bytes']} bytes", file=sys.stderr)
+
+    return run_command(build)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import argparse
 import sys
 import warnings
 
-from ettin_megatron.cli import command_parser, run_command
+from ettin_megatron.cli import command_parser, non_negative_float, non_negative_int, positive_int, run_command
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--objective", choices=("mlm", "clm"), default=None,
                        help="write the other architecture (cross-objective); default: the source's own")
         s.add_argument("--verify", action="store_true", help="compare logits of both sides on sample text")
-        s.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted |logit difference| (float32)")
+        s.add_argument("--tolerance", type=non_negative_float, default=1e-4,
+                       help="largest accepted |logit difference| (float32)")
         s.add_argument("--verify-text", action="append", default=None, metavar="TEXT",
                        help="a sample sentence for --verify (repeatable; default: built-in sentences)")
 
@@ -46,12 +47,12 @@ def parser() -> argparse.ArgumentParser:
     h2m = sub.add_parser("hf-to-megatron", allow_abbrev=False, help="Hugging Face directory -> dist checkpoint")
     h2m.add_argument("--hf-dir", required=True, help="HF model directory with config.json and *.safetensors")
     h2m.add_argument("--save", required=True, help="new (empty) checkpoint directory")
-    h2m.add_argument("--iteration", type=int, default=0, help="iteration number to save as")
+    h2m.add_argument("--iteration", type=non_negative_int, default=0, help="iteration number to save as")
     h2m.add_argument("--tokenizer", default=None,
                      help="tokenizer directory / tokenizer.json to store with it (default: the HF directory's own)")
-    h2m.add_argument("--target-tensor-parallel-size", type=int, default=1,
+    h2m.add_argument("--target-tensor-parallel-size", type=positive_int, default=1,
                      help="check the model splits at this TP (the checkpoint itself loads at any TP)")
-    h2m.add_argument("--target-pipeline-parallel-size", type=int, default=1,
+    h2m.add_argument("--target-pipeline-parallel-size", type=positive_int, default=1,
                      help="check the model splits at this PP (the checkpoint itself loads at any PP)")
     common(h2m)
     return p
@@ -99,7 +100,6 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the per-tensor loading bar is noise for a CLI
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.")
 
-    return run_command(lambda: run(args))
+    return run_command(lambda: run(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":  # dist_checkpointing's writer spawns a process that re-imports __main__

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ettin_megatron.cli import run_command
+from ettin_megatron.cli import positive_int, run_command
 from ettin_megatron.commands import model_and_text_parser
 
 
 def parser() -> argparse.ArgumentParser:
     p = model_and_text_parser(__doc__, "exported HF directory (an encoder: ModernBertForMaskedLM)",
                               "text with the tokenizer's mask token, e.g. [MASK]")
-    p.add_argument("--top-k", type=int, default=5, help="how many predictions to print")
+    p.add_argument("--top-k", type=positive_int, default=5, help="how many predictions to print")
     return p
 
 
@@ -64,13 +64,12 @@ def _next_token_fill(fill, text: str, top_k: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the per-tensor loading bar is noise for a CLI
-    hf_logging.set_verbosity_error()  # errors are ours, in one line
-
     def show():
+        args = parser().parse_args(argv)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the per-tensor loading bar is noise for a CLI
+        hf_logging.set_verbosity_error()  # errors are ours, in one line
         predictions = fill_mask(args.model_dir, args.text, args.top_k)
         print(args.text)
         for p in predictions:

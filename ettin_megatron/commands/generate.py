@@ -6,20 +6,23 @@
 import argparse
 import sys
 
-from ettin_megatron.cli import run_command
+from ettin_megatron.cli import positive_int, run_command
 from ettin_megatron.commands import model_and_text_parser
 
 
 def parser() -> argparse.ArgumentParser:
     p = model_and_text_parser(__doc__, "Hugging Face directory of an exported decoder (convert_checkpoint.py "
                               "megatron-to-hf)", "text to continue", text_name="prompt")
-    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens to generate")
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    return run_command(lambda: generate(args.model_dir, args.text, args.max_new_tokens))
+    def run():
+        args = parser().parse_args(argv)
+        generate(args.model_dir, args.text, args.max_new_tokens)
+
+    return run_command(run)
 
 
 def generate(model_dir: str, prompt: str, max_new_tokens: int) -> None:

@@ -6,7 +6,7 @@ The work is done by ettin_megatron.prep.inspect.
 import argparse
 import sys
 
-from ettin_megatron.cli import command_parser, run_command
+from ettin_megatron.cli import command_parser, non_negative_int, positive_int, run_command
 from ettin_megatron.data.tokenizer import load_tokenizer
 from ettin_megatron.prep.inspect import inspect_dataset
 
@@ -15,16 +15,15 @@ def parser() -> argparse.ArgumentParser:
     p = command_parser(__doc__)
     p.add_argument("prefix", help="dataset prefix (or the name of its .bin or .idx file)")
     p.add_argument("--tokenizer-model", help="decode samples with this tokenizer (else show ids)")
-    p.add_argument("--samples", type=int, default=3, help="documents to show")
-    p.add_argument("--max-chars", type=int, default=400, help="truncate each sample to this")
-    p.add_argument("--seed", type=int, help="show random documents (default: the first ones)")
+    p.add_argument("--samples", type=non_negative_int, default=3, help="documents to show")
+    p.add_argument("--max-chars", type=positive_int, default=400, help="truncate each sample to this")
+    p.add_argument("--seed", type=non_negative_int, help="show random documents (default: the first ones)")
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-
     def show():
+        args = parser().parse_args(argv)
         tokenizer = load_tokenizer(args.tokenizer_model) if args.tokenizer_model else None
         print(inspect_dataset(args.prefix, tokenizer, args.samples, args.max_chars, args.seed))
 

@@ -21,9 +21,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-
     def merge():
+        args = parser().parse_args(argv)
         output = dataset_prefix(args.output_prefix)
         counts = merge_datasets(dataset_prefixes(args.input), output)
         print(f"merged {counts['datasets']} datasets: {counts['documents']} documents, "

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from ettin_megatron.cli import run_command
+from ettin_megatron.cli import command_parser, non_negative_int, positive_int, run_command
 from ettin_megatron.prep.framing import FRAMINGS
 from ettin_megatron.prep.preprocess import PreprocessConfig, preprocess
 
@@ -35,12 +35,7 @@ A missing, truncated or corrupt shard or a wrong hash stops the run naming the s
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
+    p = command_parser(__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("input/output")
     io.add_argument("--input", required=True,
                     help="a file, a glob or a directory of .jsonl[.gz|.zst] or .parquet files, or a "
@@ -64,12 +59,12 @@ def parser() -> argparse.ArgumentParser:
     tok.add_argument("--keep-newlines", action="store_true",
                      help="with --split-sentences, keep the whitespace/newlines after each sentence")
     run = p.add_argument_group("runtime")
-    run.add_argument("--workers", type=int, default=os.cpu_count(),
+    run.add_argument("--workers", type=positive_int, default=os.cpu_count(),
                      help="tokenizer processes (default: all cores)")
-    run.add_argument("--chunk-size", type=int, default=1000,
+    run.add_argument("--chunk-size", type=positive_int, default=1000,
                      help="at most this many documents per worker task; tasks also close at 256 KiB "
                           "(output does not depend on it)")
-    run.add_argument("--log-interval", type=int, default=10000,
+    run.add_argument("--log-interval", type=non_negative_int, default=10000,
                      help="print progress every this many documents (0: never)")
     run.add_argument("--skip-invalid", action="store_true",
                      help="skip and count bad records and unreadable files instead of stopping at the first one")
@@ -86,12 +81,12 @@ def _terminate(signum, frame):
 
 
 def main(argv=None) -> int:
-    args = vars(parser().parse_args(argv))
-    args.pop("tokenizer_type")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     previous = signal.signal(signal.SIGTERM, _terminate)
 
     def run():
+        args = vars(parser().parse_args(argv))
+        args.pop("tokenizer_type")
         summary = preprocess(PreprocessConfig(**args))
         print(f"done: {summary}", file=sys.stderr)
 

@@ -297,11 +297,7 @@ class EttinDataset(MegatronDataset):
                 epoch = chunk_bounds(self.config.layout, stored, framing, order, self.chunks, census)
             del stored
             if len(epoch) == 1 and wanted:
-                raise ConfigError(
-                    f"The {self.index_split.name} split of {self.dataset_path} has no "
-                    f"{self.config.layout} sample of length {self.config.sequence_length}: give it "
-                    "more documents (split, data) or lower sequence_length."
-                )
+                raise ConfigError(self._no_sample_message())
             samples = len(epoch) - 1
             if not orders:
                 self._report(census, samples)
@@ -319,6 +315,18 @@ class EttinDataset(MegatronDataset):
         for number in range(len(bounds)):  # positions in the epochs' joined order
             sample_index[first[number] : first[number + 1], 0] += number * census.documents
         return numpy.concatenate(orders), sample_index, numpy.concatenate(shuffles).astype(shuffle_dtype(built))
+
+    def _no_sample_message(self) -> str:
+        """Why this split has no sample, and what would give it one: more documents, or for "concat" (a
+        sample is exactly sequence_length tokens of the stream) shorter samples; no validation at all."""
+        name = self.index_split.name
+        fixes = ["more data", f"a larger {name} share in --split"]
+        if self.config.layout == "concat":
+            fixes.append("a shorter --seq-length")
+        if self.index_split == Split.valid:
+            fixes.append("--eval-iters 0 (no validation)")
+        return (f"The {name} split of {self.dataset_path} has no {self.config.layout} sample of length "
+                f"{self.config.sequence_length}: use {', '.join(fixes[:-1])} or {fixes[-1]}.")
 
     def _stored_lengths(self) -> numpy.ndarray:
         """The stored document lengths, which the build gathers in shuffled order: read into memory

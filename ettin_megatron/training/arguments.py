@@ -21,13 +21,23 @@ from pathlib import Path
 
 import yaml
 
+from ..cli import (
+    CommandParser,
+    fraction,
+    fraction_below_one,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from ..config import PRESETS
 from ..errors import ConfigError
 from ..vocab import MODERNBERT_IDS
 
 
 def arg(default, help: str, **kwargs):
-    """A dataclass field with its ``--help`` text (``choices=`` restricts the values)."""
+    """A dataclass field with its ``--help`` text (``choices=`` restricts the values; ``type=``, one of
+    cli.py's converters, is a number's range, which the flag and a recipe's value both go through)."""
     factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
     return field(**factory, metadata={"help": help, **kwargs})
 
@@ -42,30 +52,31 @@ class ModelArgs:
                          choices=("mlm", "clm", "mntp"))
     attention_backend: str = arg("auto", "Core attention: auto | sdpa | flex | te | flash.")
     spec: str = arg("auto", "Layer spec: auto (te when Transformer Engine imports) | local | te.")
-    global_rope_theta: float = arg(10_000.0, "RoPE base of the global layers.")
-    local_rope_theta: float = arg(10_000.0, "RoPE base of the local layers.")
-    attention_output_dropout: float = arg(0.1, "Dropout on the attention block output (Ettin: 0.1).")
-    max_position_embeddings: int = arg(8192, "Longest sequence the model accepts.")
+    global_rope_theta: float = arg(10_000.0, "RoPE base of the global layers.", type=positive_float)
+    local_rope_theta: float = arg(10_000.0, "RoPE base of the local layers.", type=positive_float)
+    attention_output_dropout: float = arg(0.1, "Dropout on the attention block output (Ettin: 0.1).",
+                                          type=fraction_below_one)
+    max_position_embeddings: int = arg(8192, "Longest sequence the model accepts.", type=positive_int)
     vocab_size: int | None = arg(None, "Padded vocabulary; default: from --tokenizer-model (rounded "
                                  "up to a multiple of 64), else ModernBERT's "
-                                 f"{MODERNBERT_IDS.padded_vocab_size}.")
+                                 f"{MODERNBERT_IDS.padded_vocab_size}.", type=positive_int)
     # Megatron-LM's shape flags: each replaces one field of the --model-size preset.
-    num_layers: int | None = arg(None, "Transformer layers (default: the preset's).")
-    hidden_size: int | None = arg(None, "Hidden size (default: the preset's).")
-    ffn_hidden_size: int | None = arg(None, "GeGLU intermediate size (default: the preset's).")
-    num_attention_heads: int | None = arg(None, "Attention heads (default: the preset's).")
+    num_layers: int | None = arg(None, "Transformer layers (default: the preset's).", type=positive_int)
+    hidden_size: int | None = arg(None, "Hidden size (default: the preset's).", type=positive_int)
+    ffn_hidden_size: int | None = arg(None, "GeGLU intermediate size (default: the preset's).", type=positive_int)
+    num_attention_heads: int | None = arg(None, "Attention heads (default: the preset's).", type=positive_int)
 
 
 @dataclass
 class ParallelArgs:
     """How the model and the batch are cut over processes (data parallel = world / (TP x PP))."""
 
-    tensor_model_parallel_size: int = arg(1, "Tensor parallel size.")
-    pipeline_model_parallel_size: int = arg(1, "Pipeline parallel size.")
+    tensor_model_parallel_size: int = arg(1, "Tensor parallel size.", type=positive_int)
+    pipeline_model_parallel_size: int = arg(1, "Pipeline parallel size.", type=positive_int)
     virtual_pipeline_model_parallel_size: int | None = arg(None, "Model chunks per pipeline rank "
-                                                           "(interleaved 1F1B).")
+                                                           "(interleaved 1F1B).", type=positive_int)
     num_layers_per_virtual_pipeline_stage: int | None = arg(None, "Alternative to the above: layers "
-                                                            "per model chunk.")
+                                                            "per model chunk.", type=positive_int)
     sequence_parallel: bool = arg(False, "Megatron sequence parallelism (with TP > 1).")
     use_distributed_optimizer: bool = arg(False, "Shard optimizer state over data parallel ranks.")
     overlap_grad_reduce: bool = arg(False, "Overlap the gradient reduce with the backward pass.")
@@ -84,28 +95,31 @@ class DataArgs:
                            choices=("document", "packed", "concat"))
     min_chunk_size: int | None = arg(None, "A document's last piece shorter than this takes a random number "
                                      "of tokens from the piece before it (Ettin's backfill; default 512, "
-                                     "half of --seq-length below 1024).")
+                                     "half of --seq-length below 1024).", type=non_negative_int)
     always_skip_size: int | None = arg(None, "A piece shorter than this is dropped unless it is the "
-                                       "document's first (Ettin; default 128, 1/8 of --seq-length below 1024).")
+                                       "document's first (Ettin; default 128, 1/8 of --seq-length below 1024).",
+                                       type=non_negative_int)
     data_cache_path: str | None = arg(None, "Directory of the sample-index cache: rank 0 builds the indices "
                                       "once, every rank memory-maps them, later runs reuse them (default: "
                                       "cache/ beside the data).")
     tokenizer_model: str | None = arg(None, "tokenizer.json (or its directory) the data was made with.")
     tokenizer_type: str = arg("HuggingFaceTokenizer", "Megatron-LM's tokenizer kind; --tokenizer-model is "
                               "always a Hugging Face tokenizer.", choices=("HuggingFaceTokenizer",))
-    seq_length: int = arg(1024, "Maximum tokens per sample (documents are cut into chunks of this size).")
-    micro_batch_size: int = arg(4, "Samples per micro-batch (packed into one unpadded row).")
-    global_batch_size: int = arg(32, "Samples per optimizer step (Ettin: 4608).")
+    seq_length: int = arg(1024, "Maximum tokens per sample (documents are cut into chunks of this size).",
+                          type=positive_int)
+    micro_batch_size: int = arg(4, "Samples per micro-batch (packed into one unpadded row).", type=positive_int)
+    global_batch_size: int = arg(32, "Samples per optimizer step (Ettin: 4608).", type=positive_int)
     rampup_batch_size: list[int] | None = arg(None, "Batch-size warm-up: START INCREMENT SAMPLES "
                                               "(Megatron-LM's --rampup-batch-size; START and INCREMENT are "
-                                              "rounded up to multiples of micro batch x DP).")
+                                              "rounded up to multiples of micro batch x DP).", type=positive_int)
     rampup_batch_size_tokens: list[int] | None = arg(None, "--rampup-batch-size of a --train-tokens run: "
                                                      "START INCREMENT TOKENS, the batch (in samples) grows "
-                                                     "from START by INCREMENT over TOKENS input tokens.")
+                                                     "from START by INCREMENT over TOKENS input tokens.",
+                                                     type=positive_int)
     mask_rate: float = arg(0.3, "MLM / MNTP masking rate of the training split (eval uses 15%).",
-                           aliases=("--mask-prob",))
+                           aliases=("--mask-prob",), type=fraction)
     num_workers: int = arg(2, "Data-loader worker processes per rank reading and collating micro-batches "
-                           "ahead of the step (0: read in the training process).")
+                           "ahead of the step (0: read in the training process).", type=non_negative_int)
 
 
 @dataclass
@@ -116,40 +130,43 @@ class OptimArgs:
                          "size each tensor's update RMS clips, in place of gradient clipping).",
                          choices=("adam", "stableadamw"))
 
-    lr: float = arg(3e-3, "Peak learning rate.")
-    min_lr: float = arg(0.0, "LR at the end of the decay.")
+    lr: float = arg(3e-3, "Peak learning rate.", type=positive_float)
+    min_lr: float = arg(0.0, "LR at the end of the decay.", type=non_negative_float)
     lr_decay_style: str = arg("constant", "constant (warmup-stable) | linear | cosine | WSD.",
                               choices=("constant", "linear", "cosine", "WSD", "inverse-square-root"))
     lr_wsd_decay_style: str = arg("minus_sqrt", "WSD anneal shape: minus_sqrt (1-sqrt) | linear | "
                                   "cosine | exponential.",
                                   choices=("minus_sqrt", "linear", "cosine", "exponential"))
-    lr_warmup_init: float = arg(0.0, "LR at step 0 of the warmup.")
+    lr_warmup_init: float = arg(0.0, "LR at step 0 of the warmup.", type=non_negative_float)
     # Each schedule length may be given in steps (x the global batch) or in samples, whichever way the
     # run's length is given (one of the pair, not both); a --train-tokens run gives them in tokens.
-    lr_warmup_iters: int = arg(0, "Linear warmup in optimizer steps.")
-    lr_warmup_samples: int = arg(0, "Linear warmup in samples (instead of --lr-warmup-iters).")
-    lr_warmup_tokens: int = arg(0, "Linear warmup in input tokens (--train-tokens runs).")
+    lr_warmup_iters: int = arg(0, "Linear warmup in optimizer steps.", type=non_negative_int)
+    lr_warmup_samples: int = arg(0, "Linear warmup in samples (instead of --lr-warmup-iters).", type=non_negative_int)
+    lr_warmup_tokens: int = arg(0, "Linear warmup in input tokens (--train-tokens runs).", type=non_negative_int)
     lr_warmup_fraction: float | None = arg(None, "Linear warmup as a fraction of the decay length "
-                                           "(instead of the two above).")
-    lr_decay_iters: int | None = arg(None, "Steps over which the LR decays (default: the whole run).")
+                                           "(instead of the two above).", type=fraction_below_one)
+    lr_decay_iters: int | None = arg(None, "Steps over which the LR decays (default: the whole run).",
+                                     type=positive_int)
     lr_decay_samples: int | None = arg(None, "Samples over which the LR decays (instead of "
-                                       "--lr-decay-iters).")
+                                       "--lr-decay-iters).", type=positive_int)
     lr_decay_tokens: int | None = arg(None, "Input tokens over which the LR decays (--train-tokens runs; "
-                                      "default: the whole run).")
-    lr_wsd_decay_iters: int | None = arg(None, "WSD: the final annealing steps (default: all decay steps).")
+                                      "default: the whole run).", type=positive_int)
+    lr_wsd_decay_iters: int | None = arg(None, "WSD: the final annealing steps (default: all decay steps).",
+                                         type=positive_int)
     lr_wsd_decay_samples: int | None = arg(None, "WSD: the final annealing samples (instead of "
-                                           "--lr-wsd-decay-iters).")
-    lr_wsd_decay_tokens: int | None = arg(None, "WSD: the final annealing input tokens (--train-tokens runs).")
+                                           "--lr-wsd-decay-iters).", type=positive_int)
+    lr_wsd_decay_tokens: int | None = arg(None, "WSD: the final annealing input tokens (--train-tokens runs).",
+                                          type=positive_int)
     weight_decay: float = arg(3e-4, "Decoupled weight decay (not on norms and biases): each step "
-                              "p <- p (1 - lr x wd), AdamW's rule.")
+                              "p <- p (1 - lr x wd), AdamW's rule.", type=non_negative_float)
     fully_decoupled_weight_decay: bool = arg(False, "Weight decay independent of the LR's size (optimi's "
                                              "decouple_lr, Ettin's): p <- p (1 - wd x lr / --lr), so wd is "
                                              "the share removed per step at peak LR.")
-    adam_beta1: float = arg(0.9, "Adam beta1.")
-    adam_beta2: float = arg(0.98, "Adam beta2.")
-    adam_eps: float = arg(1e-6, "Adam epsilon.")
+    adam_beta1: float = arg(0.9, "Adam beta1.", type=fraction_below_one)
+    adam_beta2: float = arg(0.98, "Adam beta2.", type=fraction_below_one)
+    adam_eps: float = arg(1e-6, "Adam epsilon.", type=non_negative_float)
     clip_grad: float | None = arg(None, "Global gradient-norm clip, 0 for none (default: 1.0 with adam, 0 with "
-                                  "stableadamw, whose per-tensor update clip replaces it).")
+                                  "stableadamw, whose per-tensor update clip replaces it).", type=non_negative_float)
 
 
 @dataclass
@@ -157,18 +174,18 @@ class RunArgs:
     """Length, precision, checkpoints, logging."""
 
     recipe: str | None = arg(None, "YAML recipe setting any of these fields; flags override it.")
-    train_iters: int | None = arg(None, "Optimizer steps to train.")
-    train_samples: int | None = arg(None, "Samples to train (alternative to --train-iters).")
+    train_iters: int | None = arg(None, "Optimizer steps to train.", type=positive_int)
+    train_samples: int | None = arg(None, "Samples to train (alternative to --train-iters).", type=positive_int)
     train_tokens: int | None = arg(None, "Input tokens to train (Ettin's budgets; alternative to the two "
                                    "above): the run stops at the first step that reaches them, and its "
-                                   "LR schedule and batch warm-up count tokens too.")
-    seed: int = arg(21, "Seed of the model init, dropout and data order (Ettin: 21).")
+                                   "LR schedule and batch warm-up count tokens too.", type=positive_int)
+    seed: int = arg(21, "Seed of the model init, dropout and data order (Ettin: 21).", type=non_negative_int)
     bf16: bool = arg(False, "BF16 mixed precision (fp32 main weights and grads).")
     fp16: bool = arg(False, "Refused: Ettin trains in BF16 (FP16 would need loss scaling); use --bf16.")
     fp8_format: str | None = arg(None, "FP8 GEMMs through Transformer Engine: e4m3 | hybrid.",
                                  choices=(None, "e4m3", "hybrid"))
     save: str | None = arg(None, "Checkpoint root to save to.")
-    save_interval: int | None = arg(None, "Save every N steps (and at the end).")
+    save_interval: int | None = arg(None, "Save every N steps (and at the end).", type=non_negative_int)
     load: str | None = arg(None, "Checkpoint root (or iter dir) to resume from; missing or empty = fresh.")
     finetune: bool = arg(False, "With --load: weights only, fresh optimizer, schedule and data.")
     override_opt_param_scheduler: bool = arg(False, "On resume, this run's LR schedule replaces the "
@@ -177,9 +194,9 @@ class RunArgs:
     use_checkpoint_opt_param_scheduler: bool = arg(False, "On resume, keep the checkpoint's LR schedule "
                                                    "where this run's differs.",
                                                    aliases=("--use-checkpoint-opt_param-scheduler",))
-    log_interval: int = arg(10, "Log every N steps.")
-    eval_interval: int | None = arg(None, "Validate every N steps (None: only at the end).")
-    eval_iters: int = arg(10, "Validation steps (global batches) per evaluation (0: none).")
+    log_interval: int = arg(10, "Log every N steps.", type=non_negative_int)
+    eval_interval: int | None = arg(None, "Validate every N steps (None: only at the end).", type=non_negative_int)
+    eval_iters: int = arg(10, "Validation steps (global batches) per evaluation (0: none).", type=non_negative_int)
     recompute_granularity: str | None = arg(None, "Activation recompute: full (whole layers, see "
                                             "--recompute-method) | selective (core attention only).",
                                             choices=(None, "full", "selective"))
@@ -187,7 +204,7 @@ class RunArgs:
                                        "--recompute-num-layers) | block (the first --recompute-num-layers "
                                        "layers of each pipeline chunk).", choices=(None, "uniform", "block"))
     recompute_num_layers: int | None = arg(None, "Full recompute: layers per group (uniform) or "
-                                           "recomputed layers per pipeline chunk (block).")
+                                           "recomputed layers per pipeline chunk (block).", type=positive_int)
     tensorboard_dir: str | None = arg(None, "TensorBoard event directory.")
     validate_only: bool = arg(False, "Check the arguments, data and --load in this one process, then exit "
                               "(0, or 2 with the error) without training; the launchers run it before torchrun.")
@@ -195,9 +212,9 @@ class RunArgs:
                                     "(pip install ettin-megatron[wandb]; WANDB_MODE=offline to keep it local).")
     wandb_exp_name: str | None = arg(None, "W&B run name (default: W&B picks one).")
     wandb_save_dir: str | None = arg(None, "Directory for W&B's local files (default: {--save}/wandb).")
-    exit_interval: int | None = arg(None, "Stop (after saving) at a step divisible by N.")
+    exit_interval: int | None = arg(None, "Stop (after saving) at a step divisible by N.", type=non_negative_int)
     exit_duration_in_mins: float | None = arg(None, "Save and stop (exit 0) after the step during which "
-                                              "this many minutes have passed; relaunch to resume.")
+                                              "this many minutes have passed; relaunch to resume.", type=positive_float)
     exit_signal_handler: bool = arg(False, "On SIGTERM, SIGINT or --exit-signal: finish the step, save, exit 0.")
     exit_signal: str = arg("SIGTERM", "The signal --exit-signal-handler also catches (SLURM: --signal).",
                            choices=("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"))
@@ -250,9 +267,10 @@ def _unwrap(annotation):
     return hint, False, optional
 
 
-def _convert(name: str, value, annotation):
-    """Bring a recipe value to the field's type (YAML gives numbers as int/float/str)."""
-    base, is_list, optional = _unwrap(annotation)
+def _convert(name: str, value, f):
+    """Bring a recipe value to the type of field ``f`` (YAML gives numbers as int/float/str), in its range."""
+    base, is_list, optional = _unwrap(f.type)
+    convert = f.metadata.get("type", base)
     if value is None:
         if optional or is_list:
             return value
@@ -260,12 +278,14 @@ def _convert(name: str, value, annotation):
     try:
         if is_list:
             items = value.split() if isinstance(value, str) else value
-            return [base(v) for v in items]
+            return [convert(v) for v in items]
         if base is bool:
             if isinstance(value, str):
                 return value.lower() in ("1", "true", "yes", "on")
             return bool(value)
-        return base(value)
+        return convert(value)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"{name}: {error}") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: cannot read {value!r} as {base.__name__}.") from None
 
@@ -273,7 +293,7 @@ def _convert(name: str, value, annotation):
 def build_parser() -> argparse.ArgumentParser:
     """One argparse flag per dataclass field, derived from its type; defaults are SUPPRESSed so that
     only the flags actually given override the recipe."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m ettin_megatron.pretrain", description="Pretrain an Ettin encoder or decoder.",
         argument_default=argparse.SUPPRESS, allow_abbrev=False,
     )
@@ -289,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                 section.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
             else:
                 choices = f.metadata.get("choices")
-                section.add_argument(*flags, dest=f.name, type=base, nargs="+" if is_list else None,
+                section.add_argument(*flags, dest=f.name, type=f.metadata.get("type", base),
+                                     nargs="+" if is_list else None,
                                      help=help_text, choices=[c for c in choices if c is not None] if choices else None)
     return parser
 
@@ -319,7 +340,7 @@ def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
             raise ConfigError(f"recipe {path}: unknown argument {key!r}; run with --help for the list.")
         if name in PATH_FIELDS and isinstance(value, str) and not os.path.isabs(os.path.expandvars(value)):
             value = os.path.normpath(path.parent / value)
-        values[name] = _convert(name, value, index[name][1].type)
+        values[name] = _convert(name, value, index[name][1])
     return values
 
 
@@ -343,5 +364,5 @@ def make_arguments(**values) -> Arguments:
         if name not in index:
             raise ConfigError(f"unknown argument {name!r}; run with --help for the list.")
         group, f = index[name]
-        grouped[group][name] = _convert(name, value, f.type)
+        grouped[group][name] = _convert(name, value, f)
     return Arguments(**{group: cls(**grouped[group]) for group, cls in GROUPS.items()})

@@ -11,17 +11,23 @@ result is frozen: setup, the loop and checkpointing read it, and never work thes
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from megatron.core.datasets.blended_megatron_dataset_config import (
+    convert_split_vector_to_split_matrix,
+    parse_and_normalize_split,
+)
 from megatron.core.datasets.utils import get_blend_from_list
 
 from ..cli import check_writable
 from ..config import PRESETS, SizePreset
 from ..data.chunking import ChunkRules
 from ..data.dataset_info import DatasetInfo, TokenizerStamp, check_dataset
-from ..data.datasets import require_documents
+from ..data.datasets import EttinDataset, require_documents
 from ..data.index_file import dataset_prefix, open_dataset
 from ..data.mixtures import mixture_blend
 from ..data.tokenizer import dataset_token_ids, load_tokenizer, special_ids, tokenizer_fingerprint
@@ -89,6 +95,8 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
     """Check the run before any compute and resolve what it needs (module doc); raises a one-line
     ConfigError. Reads the tokenizer once and each dataset's index and record once."""
     p, d, r, o = args.parallel, args.data, args.run, args.optim
+    if world_size < 1:  # the launchers' --validate-only pass computes it from their variables
+        raise ConfigError(f"{world_size} processes (--nproc-per-node x --nnodes): both must be positive.")
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
     if world_size % model_parallel:
         raise ConfigError(f"{world_size} processes (--nproc-per-node x --nnodes) are not divisible by "
@@ -102,11 +110,8 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
     for name in ("rampup_batch_size", "rampup_batch_size_tokens"):
         if getattr(d, name) is not None:
             _fit_rampup(d, dp, name)
-    if o.lr_warmup_fraction is not None:
-        if o.lr_warmup_iters or o.lr_warmup_samples or o.lr_warmup_tokens:
-            raise ConfigError("pass --lr-warmup-fraction or --lr-warmup-iters / -samples / -tokens, not both.")
-        if not 0 <= o.lr_warmup_fraction < 1:
-            raise ConfigError(f"--lr-warmup-fraction {o.lr_warmup_fraction} must be in [0, 1).")
+    if o.lr_warmup_fraction is not None and (o.lr_warmup_iters or o.lr_warmup_samples or o.lr_warmup_tokens):
+        raise ConfigError("pass --lr-warmup-fraction or --lr-warmup-iters / -samples / -tokens, not both.")
     if not d.data_path and not d.data_mix:
         raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
                           "or --data-mix MIXTURE.yaml.")
@@ -119,6 +124,7 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
     vocabulary = _vocabulary(args)
     model = plan_model(args, vocabulary.vocab_size)
     blend = _blend(args)
+    split = _split_bounds(d.split)
     records = {}
     for prefix in blend[0]:
         if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
@@ -127,6 +133,7 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
         dataset = open_dataset(prefix)
         require_documents(dataset, prefix)
         records[prefix] = check_dataset(prefix, dataset, model.vocab_size, vocabulary.stamp, vocabulary.flag)
+        _check_split_documents(args, split, prefix, EttinDataset.numel_low_level_dataset(dataset))
     if d.seq_length > args.model.max_position_embeddings:
         raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
                           f"{args.model.max_position_embeddings}; shorten it or raise "
@@ -156,8 +163,6 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
                              "install ettin-megatron[gpu] (transformer-engine) or drop --fp8-format "
                              "(PRECISION=bf16)."))
     _check_recompute(args, model)
-    if d.num_workers < 0:
-        raise ConfigError(f"--num-workers {d.num_workers} is negative; pass 0 to read in the training process.")
     if r.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--wandb-project needs the wandb package: pip install 'ettin-megatron[wandb]'.")
     _check_output_directories(args)
@@ -205,12 +210,54 @@ def _vocabulary(args: Arguments) -> _Vocabulary:
 
 
 def _blend(args: Arguments) -> tuple[list[str], list[float] | None]:
-    """(prefixes, weights or None) of --data-mix (its files checked to exist) or --data-path."""
+    """(prefixes, weights or None) of --data-mix (its files checked to exist) or --data-path, whose
+    weights must be positive, as a mixture's are (megatron would fail on them with a bare assert)."""
     if args.data.data_mix:
         weights, prefixes = mixture_blend(args.data.data_mix, check_exists=True)
         return prefixes, weights
-    prefixes, weights = get_blend_from_list(args.data.data_path)
+    try:
+        prefixes, weights = get_blend_from_list(args.data.data_path)
+    except AssertionError:  # megatron's, when some weights are numbers and others are not
+        raise ConfigError("--data-path takes prefixes, or weight-prefix pairs 'W1 P1 W2 P2 ...': check that "
+                          "each weight is a number and comes before its prefix.") from None
+    for weight, prefix in zip(weights or (), prefixes):
+        if not 0 < weight < math.inf:
+            raise ConfigError(f"--data-path weight {weight:g} of {prefix} must be a positive number (its share "
+                              "of the samples): change it, or drop the pair to leave that dataset out.")
     return [dataset_prefix(prefix) for prefix in prefixes], weights
+
+
+SPLIT = re.compile(r"\s*(\d+\.?\d*|\.\d+)(\s*,\s*(\d+\.?\d*|\.\d+)){0,2}\s*")
+"""A --split that megatron's parser reads as it is written: up to three numbers >= 0, comma-separated (it
+takes "-1" for 1)."""
+
+
+def _split_bounds(split: str) -> list[tuple[float, float] | None]:
+    """Megatron's split matrix of --split: train's, valid's and test's (begin, end) share of a dataset's
+    documents, None for a split without any. Megatron would assert on more than three numbers and
+    divide by a zero sum."""
+    numbers = [float(n) for n in split.split(",")] if SPLIT.fullmatch(split) else []
+    if not sum(numbers) > 0:
+        raise ConfigError(f"--split {split} must be up to three numbers, the train,valid,test shares of the "
+                          "documents (e.g. 969,30,1), with a positive sum.")
+    return convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+
+
+def _check_split_documents(args: Arguments, split: list, prefix: str, documents: int) -> None:
+    """Refuse a split the run reads that gets none of ``prefix``'s ``documents`` (megatron's rule: a split
+    takes its share of the documents, rounded), which megatron's builder would find only after torchrun
+    had started every process. A small corpus's validation split is the usual case."""
+
+    def count(bounds: tuple[float, float] | None) -> int:
+        return 0 if bounds is None else round(bounds[1] * documents) - round(bounds[0] * documents)
+
+    train, valid, _ = split
+    where = f"--split {args.data.split} leaves none of the {documents} documents of {prefix}"
+    if not count(train):
+        raise ConfigError(f"{where} for training: raise its first number, or use more data.")
+    if args.run.eval_iters and valid is not None and not count(valid):
+        raise ConfigError(f"{where} for validation: pass --eval-iters 0 (no validation), a --split without "
+                          "validation (e.g. 100,0,0), or more data.")
 
 
 def plan_model(args: Arguments, vocab_size: int | None = None) -> ModelPlan:
@@ -341,8 +388,6 @@ def _fit_rampup(d: DataArgs, dp: int, name: str) -> None:
         length = "TOKENS" if name.endswith("tokens") else "SAMPLES"
         raise ConfigError(f"{flag} takes three numbers: START INCREMENT {length}.")
     start, increment, length = rampup
-    if min(start, increment, length) < 1:
-        raise ConfigError(f"{flag} {start} {increment} {length}: all three must be positive.")
     if start > d.global_batch_size:
         raise ConfigError(f"{flag} start {start} exceeds --global-batch-size {d.global_batch_size}; lower it.")
     step = d.micro_batch_size * dp

@@ -119,6 +119,37 @@ def test_cli_error_is_one_line_exit_2(tmp_path, tokenizer_dir):
     assert not [n for n in os.listdir(tmp_path) if n.startswith("o")]
 
 
+@pytest.mark.parametrize("name, argv, message", [
+    ("fill_mask", ["hf", "The [MASK].", "--top-k", "0"], "--top-k: must be a positive integer, got 0"),
+    ("convert_checkpoint", ["hf-to-megatron", "--hf-dir", "hf", "--save", "ckpt", "--target-tensor-parallel-size",
+                            "0"], "--target-tensor-parallel-size: must be a positive integer, got 0"),
+    ("convert_checkpoint", ["megatron-to-hf", "--load", "ckpt", "--output", "hf", "--tolerance", "-1"],
+     "--tolerance: must be a number >= 0, got -1"),
+    ("preprocess_data", ["--input", "in.jsonl", "--output-prefix", "o", "--tokenizer-model", "tok", "--workers", "0"],
+     "--workers: must be a positive integer, got 0"),
+    ("inspect_dataset", ["data", "--max-chars", "0"], "--max-chars: must be a positive integer, got 0"),
+    ("train_tokenizer", ["--input", "in.jsonl", "--output-dir", "tok", "--vocab-size", "-64"],
+     "--vocab-size: must be a positive integer, got -64"),
+    ("merge_datasets", ["--output-prefix", "m"], "the following arguments are required: --input"),
+    ("build_sample_corpus", [], "the following arguments are required: --output"),
+])
+def test_every_tool_refuses_bad_arguments_in_one_line(capsys, tmp_path, monkeypatch, name, argv, message):
+    """argparse's refusals too: one line and exit 2, not the usage, and nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert tool(name).main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not os.listdir(tmp_path)
+
+
+def test_generate_refuses_a_negative_length_in_one_line(tmp_path):
+    """Issue 27: --max-new-tokens -1 was passed on to transformers' generate. Run as users do (tools/, this
+    checkout's package)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "generate.py"), str(tmp_path / "hf"),
+                           "The Python", "--max-new-tokens", "-1"], env={**os.environ, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (2, "error: --max-new-tokens: must be a positive integer, got -1\n")
+
+
 def test_merge_rejects_missing_and_mismatched_inputs(tmp_path, tokenizer_dir, capsys):
     """Each in one line: a missing dataset named as the files it looked for, datasets of two tokenizers
     by the tokenizers' sizes and fingerprints; nothing is written."""

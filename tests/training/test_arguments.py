@@ -5,13 +5,16 @@
 """
 
 import importlib.util
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from ettin_megatron.training.arguments import make_arguments, parse_args, read_recipe
+from ettin_megatron.pretrain import main
+from ettin_megatron.training.arguments import GROUPS, make_arguments, parse_args, read_recipe
 from ettin_megatron.training.plan import plan_run
 from tests.training.training_data import pretrain_error, write_corpus
 
@@ -20,7 +23,7 @@ RECIPES = Path("examples/recipes")
 
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("data"), num_docs=20)
+    return write_corpus(tmp_path_factory.mktemp("data"), num_docs=1000)  # the recipes' 999,1,0: 1 valid document
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -29,7 +32,7 @@ def prefix(tmp_path_factory):
     (["--train-samples", "40", "--train-iters", "5"], "exactly one of --train-iters, --train-samples and --train-tokens"),
     (["--train-tokens", "400", "--train-iters", "5"], "exactly one of --train-iters, --train-samples and --train-tokens"),
     (["--rampup-batch-size", "64", "8", "100"], "start 64 exceeds --global-batch-size 32"),
-    (["--rampup-batch-size", "8", "8", "0"], "all three must be positive"),
+    (["--rampup-batch-size", "8", "8", "0"], "--rampup-batch-size: must be a positive integer, got 0"),
     (["--lr-decay-iters", "4", "--lr-decay-samples", "32"], "--lr-decay-iters or --lr-decay-samples, not both"),
     (["--lr-decay-samples", "32", "--lr-decay-tokens", "99"], "--lr-decay-samples or --lr-decay-tokens, not both"),
     (["--train-tokens", "400", "--lr-warmup-iters", "2"],
@@ -54,6 +57,77 @@ def test_bad_configs_fail_in_one_line(capsys, prefix, argv, message):
         base = base[:2]
     line = pretrain_error(capsys, base + argv)
     assert message in line
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--train-iters", "0"], "error: --train-iters: must be a positive integer, got 0"),
+    (["--train-iters", "-3"], "error: --train-iters: must be a positive integer, got -3"),
+    (["--train-tokens", "0"], "error: --train-tokens: must be a positive integer, got 0"),
+    (["--micro-batch-size", "0"], "error: --micro-batch-size: must be a positive integer, got 0"),
+    (["--global-batch-size", "-4"], "error: --global-batch-size: must be a positive integer, got -4"),
+    (["--mask-rate", "1.5"], "error: --mask-rate/--mask-prob: must be a number from 0 to 1, got 1.5"),
+    (["--lr", "-0.001"], "error: --lr: must be a positive number, got -0.001"),
+    (["--adam-beta2", "1"], "error: --adam-beta2: must be a number >= 0 and < 1, got 1"),
+    (["--num-workers", "-1"], "error: --num-workers: must be an integer >= 0, got -1"),
+    (["--seq-length", "abc"], "error: --seq-length: must be a positive integer, got abc"),
+])
+def test_numbers_out_of_range_are_refused_when_parsed(capsys, tmp_path, prefix, argv, line):
+    """Issue 27: a 0 or negative --train-iters trained nothing and saved an iter_0000000 without optimizer
+    state, which every later run into that --save crashed on; a 0 micro batch divided by zero after
+    torchrun had started. Each number's range is checked as the flag is read, before anything is
+    written."""
+    save = tmp_path / "ckpt"
+    assert pretrain_error(capsys, ["--data-path", prefix, "--save", str(save), *argv]) == line
+    assert not save.exists()
+
+
+def test_recipe_numbers_have_the_flags_ranges(capsys, tmp_path, prefix):
+    (tmp_path / "r.yaml").write_text("micro_batch_size: 0\n")
+    assert pretrain_error(capsys, ["--recipe", str(tmp_path / "r.yaml"), "--data-path", prefix]) == (
+        "error: micro_batch_size: must be a positive integer, got 0")
+
+
+def test_every_numeric_flag_declares_its_range():
+    """A number a run takes gets its range from its field (``arg(..., type=positive_int)``), which its
+    default is in: a new numeric flag cannot forget it."""
+    for cls in GROUPS.values():
+        for f in fields(cls):
+            if re.search(r"\b(int|float)\b", f.type):
+                assert "type" in f.metadata, f.name
+                if isinstance(f.default, (int, float)):
+                    f.metadata["type"](f.default)
+
+
+@pytest.mark.parametrize("blend, line", [
+    (["-1", "{prefix}", "0.3", "{prefix}"], "error: --data-path weight -1 of {prefix} must be a positive number "
+     "(its share of the samples): change it, or drop the pair to leave that dataset out."),
+    (["0", "{prefix}", "0", "{prefix}"], "error: --data-path weight 0 of {prefix} must be a positive number "
+     "(its share of the samples): change it, or drop the pair to leave that dataset out."),
+    (["{prefix}", "0.3", "0.7", "{prefix}"], "error: --data-path takes prefixes, or weight-prefix pairs "
+     "'W1 P1 W2 P2 ...': check that each weight is a number and comes before its prefix."),
+])
+def test_blend_weights_are_checked(capsys, prefix, blend, line):
+    """megatron asserts on a negative weight (a bare AssertionError, after torchrun started)."""
+    argv = ["--data-path", *(item.format(prefix=prefix) for item in blend), "--train-iters", "5"]
+    assert pretrain_error(capsys, argv) == line.format(prefix=prefix)
+
+
+def test_a_split_without_documents_is_refused_before_any_compute(capsys, tmp_path):
+    """Issue 27: a corpus too small for the validation split failed only once torchrun had started, with a
+    hint (a shorter sequence) that would not help."""
+    small = write_corpus(tmp_path, num_docs=3)  # 969,30,1 of 3 documents: 3 train, 0 valid
+    base = ["--data-path", small, "--train-iters", "2", "--save", str(tmp_path / "ckpt"), "--validate-only"]
+    assert pretrain_error(capsys, base) == (
+        f"error: --split 969,30,1 leaves none of the 3 documents of {small} for validation: pass --eval-iters 0 "
+        "(no validation), a --split without validation (e.g. 100,0,0), or more data.")
+    assert pretrain_error(capsys, base + ["--split", "0,1,0"]) == (
+        f"error: --split 0,1,0 leaves none of the 3 documents of {small} for training: raise its first number, "
+        "or use more data.")
+    assert pretrain_error(capsys, base + ["--split", "0,0"]) == (
+        "error: --split 0,0 must be up to three numbers, the train,valid,test shares of the documents "
+        "(e.g. 969,30,1), with a positive sum.")
+    assert not (tmp_path / "ckpt").exists()
+    assert main(base + ["--eval-iters", "0"]) == 0 and main(base + ["--split", "100,0,0"]) == 0
 
 
 def test_missing_data(capsys, tmp_path):

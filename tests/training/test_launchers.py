@@ -70,6 +70,27 @@ def test_errors_are_checked_once_and_name_the_launcher_variable(tmp_path, own_da
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize("variable, value, message", [
+    ("TRAIN_ITERS", "0", "TRAIN_ITERS: must be a positive integer, got 0"),
+    ("TRAIN_ITERS", "-3", "TRAIN_ITERS: must be a positive integer, got -3"),
+    ("TRAIN_TOKENS", "0", "TRAIN_TOKENS: must be a positive integer, got 0"),
+    ("MICRO_BATCH", "0", "MICRO_BATCH: must be a positive integer, got 0"),
+    ("MICRO_BATCH", "-4", "MICRO_BATCH: must be a positive integer, got -4"),
+    ("GLOBAL_BATCH_SIZE", "0", "GLOBAL_BATCH_SIZE: must be a positive integer, got 0"),
+    ("TP", "0", "TP: must be a positive integer, got 0"),
+    ("NPROC_PER_NODE", "0", "0 processes (NPROC_PER_NODE x NNODES): both must be positive."),
+    ("DATA_PATH", "-1 {prefix} 0.3 {prefix}", "DATA_PATH weight -1 of {prefix} must be a positive number"),
+])
+def test_each_variable_refuses_a_bad_value_in_one_line(tmp_path, own_data, variable, value, message):
+    """Issue 27: these values reached torchrun and died there (a ZeroDivisionError, a bare AssertionError),
+    or, TRAIN_ITERS=0, trained nothing and saved an iter_0000000 that every later run into SAVE crashed on."""
+    prefix, tokenizer = own_data
+    variables = dict(DATA_PATH=prefix, TOKENIZER=tokenizer, SAVE=str(tmp_path / "ckpt"))
+    variables[variable] = value.format(prefix=prefix)
+    assert refusal(launch(tmp_path, **variables)).startswith("error: " + message.format(prefix=prefix))
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "demo").exists()
+
+
 def test_tiny_on_own_data_then_a_rerun_resumes_or_says_it_is_complete(tmp_path, own_data):
     prefix, tokenizer = own_data
     own = dict(MODEL_SIZE="tiny", DATA_PATH=prefix, TOKENIZER=tokenizer, SAVE=str(tmp_path / "ckpt"),
