@@ -4,7 +4,9 @@ both releases have an API, the package uses it. Each difference is detected by w
 by its version number.
 
 - Without CUDA, importing megatron-core warns that Transformer Engine and apex are missing: GPU libraries,
-  so on a CPU the warnings say nothing (on a GPU machine they stay).
+  so on a CPU the warnings say nothing (on a GPU machine they stay). The same holds for torch's CUDA
+  build (PyPI's torch for Python 3.13) on a machine without a GPU, which logs that it found no CUDA
+  runtime when megatron-core imports its extension loader.
 - 0.17: a synchronous dist-checkpoint save goes through megatron's async path and logs, once per
   process, that MCore's async save is deprecated in favour of NVRx's: not our choice to act on.
 - 0.18: ``TransformerLayer`` takes its ``mlp`` as a callable (``MLP.as_mlp_submodule``) and rewraps a
@@ -60,6 +62,7 @@ _WARNED = (
     "torch.distributed is disabled, unavailable or uninitialized",  # 0.19: torch DCP without a process group
 )
 _WITHOUT_CUDA = ("Transformer Engine and Apex are not installed", "Apex is not installed")
+_LOGGED_WITHOUT_CUDA = {"torch.utils.cpp_extension": "No CUDA runtime is found"}
 
 
 class _Drop(logging.Filter):
@@ -74,7 +77,7 @@ class _Drop(logging.Filter):
 def quiet_notices(cuda: bool) -> None:
     """Silence the notices listed in the module doc (idempotent); ``cuda``: whether a GPU is there, whose
     libraries' absence then matters."""
-    for logger, fragment in _LOGGED.items():
+    for logger, fragment in {**_LOGGED, **({} if cuda else _LOGGED_WITHOUT_CUDA)}.items():
         target = logging.getLogger(logger)
         if not any(isinstance(f, _Drop) and f.fragment == fragment for f in target.filters):
             target.addFilter(_Drop(fragment))
