@@ -18,7 +18,7 @@ import warnings
 import torch
 import transformers
 
-from ettin_megatron.config import ettin_config
+from ettin_megatron.config import ATTENTIONS, ettin_config
 from ettin_megatron.convert.hf_mapping import from_hf_state_dict, hf_config
 from ettin_megatron.model import EttinModel, packed_seq_params
 from ettin_megatron.model.attention import EttinCoreAttention, available_backends
@@ -66,7 +66,7 @@ def host_syncs(backend: str) -> dict:
 def backend_parity(backend: str) -> float:
     """Largest relative difference to sdpa of outputs and q/k/v gradients, fp32, packed documents."""
     worst = 0.0
-    for objective in ("mlm", "clm"):
+    for attention in ATTENTIONS:
         for layer_number in (1, 2):  # global, local
             lengths = [37, 200, 5, 130]
             q, k, v = (torch.randn(sum(lengths), 2, 64, device=DEVICE, requires_grad=True) for _ in range(3))
@@ -74,7 +74,7 @@ def backend_parity(backend: str) -> float:
             params = packed_seq_params(cu, max(lengths), DEVICE)
             results = []
             for name in ("sdpa", backend):
-                config = ettin_config("tiny", objective=objective, attention_backend_name=name,
+                config = ettin_config("tiny", attention=attention, attention_backend_name=name,
                                       local_attention_window=16, attention_dropout=0.0)
                 module = EttinCoreAttention(config, layer_number=layer_number).to(DEVICE)
                 out = module(q, k, v, None, packed_seq_params=params)

@@ -231,8 +231,8 @@ def train_reference(objective: str, iters: int, prefix: str, tokenizer: str, wor
     plan = plan_run(parse_args(pretrain_flags(objective, "concat", iters, prefix, tokenizer, seed, warmup=warmup)), 1)
     args = plan.args
     torch.manual_seed(seed)
-    config = hf_config(build_model_config(plan.model), plan.token_ids)
-    model = hf_model_class(objective)(config).to(device).train()
+    model_config = build_model_config(plan.model)
+    model = hf_model_class(model_config.attention)(hf_config(model_config, plan.token_ids)).to(device).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "wd_mult": 0.0}],
@@ -287,11 +287,12 @@ def evaluate(hf_dir: Path, objective: str, views: dict[str, list[numpy.ndarray]]
     MLM: ``EVAL_MASKS`` masks of each piece, so that which tokens one draw happens to hide moves the
     score less). In the framed view a CLM target that is framing ([CLS] / [SEP]) is not scored: the
     tokenizer adds it, it is not text (MLM labels only ordinary tokens in either view)."""
+    from ettin_megatron.config import attention_of
     from ettin_megatron.convert.verify import load_hf_model
     from ettin_megatron.data.tokenizer import load_tokenizer, special_ids
 
     ids = special_ids(load_tokenizer(tokenizer))
-    model = load_hf_model(hf_dir, objective).to(device)
+    model = load_hf_model(hf_dir, attention_of(objective)).to(device)
     mask = masking(tokenizer, EVAL_MASK_RATE)
     losses = {}
     for view, pieces in views.items():

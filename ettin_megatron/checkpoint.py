@@ -7,7 +7,8 @@ one TP / PP / VPP loads at any other::
     {root}/iter_0001200/                         a dist_checkpointing directory:
         "model" (or "model0", "model1", ... per virtual pipeline chunk), plus whatever the caller adds
         (optimizer, scheduler, RNG, data position)
-    {root}/iter_0001200/ettin_config.json        the model's defining fields (config.MODEL_FIELDS),
+    {root}/iter_0001200/ettin_config.json        the model's defining fields (config.MODEL_FIELDS;
+                                                 older checkpoints name the attention "objective"),
                                                  the tokenizer it was trained with and its training
                                                  objective (mlm, clm or mntp: an MNTP encoder's
                                                  output at i predicts token i + 1, see export_hf)
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from megatron.core import dist_checkpointing
 
-from .config import EttinConfig, model_fields
+from .config import EttinConfig, attention_of, model_fields
 from .errors import ConfigError
 from .files import atomic_write
 from .runtime import barrier, is_writer
@@ -72,7 +73,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """The ``ettin_config.json`` of a checkpoint (root or iteration directory), checked to describe a
-    model (a ``model`` object of config fields); one-line ConfigErrors otherwise."""
+    model (a ``model`` object of config fields, under today's names); one-line ConfigErrors otherwise."""
     config_file = resolve_checkpoint_dir(path) / CONFIG_FILE
     if not config_file.is_file():
         raise ConfigError(f"{config_file.parent} has no {CONFIG_FILE}; the checkpoint is incomplete.")
@@ -83,7 +84,18 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{config_file} is not an ettin-megatron checkpoint description (no 'model' fields).") from None
     if not isinstance(fields, dict):
         raise ConfigError(f"{config_file}: 'model' must be an object of config fields.")
+    description["model"] = _renamed_fields(fields)
     return description
+
+
+def _renamed_fields(fields: dict) -> dict:
+    """Model fields under today's names. Checkpoints written before the model's kind was named
+    ``attention`` store it as ``"objective": "mlm" | "clm"``; they still load, as that attention."""
+    if "objective" not in fields:
+        return fields
+    renamed = dict(fields)
+    renamed["attention"] = attention_of(renamed.pop("objective"))
+    return renamed
 
 
 def model_sharded_state_dict(model_chunks) -> dict:
@@ -101,7 +113,8 @@ def _aside(directory: Path) -> Path:
 def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, extra: dict | None = None,
                     tokenizer: str | None = None, training_objective: str | None = None) -> Path:
     """Save model chunks (+ ``extra`` sharded entries) as iteration ``iteration``; collective over all ranks.
-    ``training_objective`` (default: the config's) is recorded beside the model fields."""
+    ``training_objective`` is recorded beside the model fields (default: the one a model of this attention
+    is pretrained with, clm for a causal model and mlm for a bidirectional one, as for a Hugging Face import)."""
     final = iteration_dir(root, iteration)
     staging, aside = final.with_name(final.name + ".tmp"), _aside(final)
     marker = Path(root) / LATEST
@@ -114,7 +127,7 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
         dist_checkpointing.save(state, str(staging))
         if is_writer():
             description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration,
-                           "training_objective": training_objective or config.objective}
+                           "training_objective": training_objective or ("clm" if config.causal else "mlm")}
             (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
             if final.exists():  # else an existing aside may be the only copy left by a killed re-save
                 shutil.rmtree(aside, ignore_errors=True)

@@ -1,11 +1,15 @@
 """The Ettin model configuration: size presets that produce a Megatron-Core ``TransformerConfig``.
 
 ``EttinConfig`` *is* a ``TransformerConfig`` (Megatron's modules read it directly) with the fields
-that ModernBERT adds: the objective and the attention direction it implies, the alternating
-global / local attention pattern, a RoPE theta per attention kind, the vocabulary and the position
-limit. ``ettin_config("150m", objective="mlm", tensor_model_parallel_size=2)`` is the usual way in.
+that ModernBERT adds: the attention (bidirectional for an encoder, causal for a decoder), the
+alternating global / local attention pattern, a RoPE theta per attention kind, the vocabulary and the
+position limit. ``ettin_config("150m", attention="bidirectional", tensor_model_parallel_size=2)`` is the
+usual way in.
 
-Every combination a user can get wrong (unknown size or objective, heads not divisible by TP, layers
+The attention is the model's; the training objective (mlm, clm, mntp: training/arguments.py,
+data/objectives.py) is the run's. ``attention_of`` says which attention an objective trains.
+
+Every combination a user can get wrong (unknown size or attention, heads not divisible by TP, layers
 not divisible by PP x VPP, a sequence longer than the position limit) fails in ``__post_init__`` with
 one line that says what to change, before any module is built.
 """
@@ -24,8 +28,18 @@ from .errors import ConfigError
 from .mcore_compat import no_cuda_graph_modules
 from .vocab import MODERNBERT_IDS
 
-OBJECTIVES = ("mlm", "clm")
+ATTENTIONS = ("bidirectional", "causal")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "te", "flash")
+
+_ATTENTION_OF_OBJECTIVE = {"mlm": "bidirectional", "mntp": "bidirectional", "clm": "causal"}
+
+
+def attention_of(objective: str) -> str:
+    """The attention a training objective trains: MLM and MNTP predict a token from both sides (MNTP
+    turns a decoder into an encoder), CLM from the tokens before it."""
+    if objective not in _ATTENTION_OF_OBJECTIVE:
+        raise ConfigError(f"unknown training objective {objective!r}; use one of {', '.join(_ATTENTION_OF_OBJECTIVE)}.")
+    return _ATTENTION_OF_OBJECTIVE[objective]
 
 
 @dataclass(frozen=True)
@@ -61,9 +75,9 @@ class EttinConfig(TransformerConfig):
     """Megatron's TransformerConfig plus the ModernBERT / Ettin fields. Defaults are Ettin phase 1's model;
     dropout defaults to 0 (inference, conversion, parity tests) and training sets Ettin's 0.1."""
 
-    objective: str = "mlm"
-    """``mlm``: bidirectional attention, masked LM (the encoder). ``clm``: causal attention, causal LM
-    (the decoder). The only difference between an Ettin encoder and its decoder twin."""
+    attention: str = "bidirectional"
+    """``bidirectional`` (the encoder) or ``causal`` (the decoder): the only difference between an Ettin
+    encoder and its decoder twin."""
 
     vocab_size: int = MODERNBERT_IDS.padded_vocab_size
     """ModernBERT's tokenizer: 50280 BPE tokens + specials, padded to a multiple of 64."""
@@ -103,8 +117,8 @@ class EttinConfig(TransformerConfig):
         super().__post_init__()
 
     def _validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"unknown attention {self.attention!r}; use one of {', '.join(ATTENTIONS)}.")
         if self.attention_backend_name not in ATTENTION_BACKENDS:
             raise ConfigError(
                 f"unknown attention backend {self.attention_backend_name!r}; "
@@ -134,7 +148,7 @@ class EttinConfig(TransformerConfig):
 
     @property
     def causal(self) -> bool:
-        return self.objective == "clm"
+        return self.attention == "causal"
 
     def is_global_layer(self, layer_index: int) -> bool:
         """Whether 0-based layer ``layer_index`` uses global attention (ModernBERT: every third)."""
@@ -206,7 +220,7 @@ def ettin_config(size: str | None = "tiny", **overrides) -> EttinConfig:
 # The fields that define a trained model's function (what a checkpoint must remember to be rebuilt);
 # parallelism, precision and dropout are properties of a run, not of the model.
 MODEL_FIELDS = (
-    "objective", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
+    "attention", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size",
     "max_position_embeddings", "global_attn_every_n_layers", "local_attention_window",
     "global_rope_theta", "local_rope_theta", "layernorm_epsilon", "init_method_std", "init_cutoff_factor",
 )

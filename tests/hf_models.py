@@ -4,20 +4,20 @@
 from __future__ import annotations
 
 import torch
-import transformers
 
 from ettin_megatron.config import ettin_config
 from ettin_megatron.convert.hf_mapping import ettin_overrides_from_hf, from_hf_state_dict, hf_config
+from ettin_megatron.convert.verify import hf_model_class
 from ettin_megatron.model import EttinModel
 
 VOCAB = 384  # the conversion tests' tokenizer has at most this; a multiple of 64 (splits over TP=2)
 SPECIAL_IDS = {"cls_token_id": 1, "sep_token_id": 2, "pad_token_id": 3}
 
 
-def tiny_config(objective: str, **overrides):
+def tiny_config(attention: str, **overrides):
     """A tiny Ettin config with different global and local thetas; overrides change window, thetas,
     layer pattern, depth."""
-    values = dict(vocab_size=VOCAB, objective=objective, local_attention_window=16, num_layers=4,
+    values = dict(vocab_size=VOCAB, attention=attention, local_attention_window=16, num_layers=4,
                   global_rope_theta=160_000.0, local_rope_theta=10_000.0)
     values.update(overrides)
     return ettin_config("tiny", **values)
@@ -29,9 +29,8 @@ def random_hf_model(config, special_ids: dict = SPECIAL_IDS, seed: int = 0, std:
     positions hardly matter; a larger ``std`` makes it peaked."""
     hf_cfg = hf_config(config, special_ids)
     hf_cfg._attn_implementation = "eager"
-    cls = transformers.ModernBertForMaskedLM if config.objective == "mlm" else transformers.ModernBertDecoderForCausalLM
     torch.manual_seed(seed)
-    model = cls(hf_cfg).eval()
+    model = hf_model_class(config.attention)(hf_cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * std + (1.0 if "norm" in name else 0.0))

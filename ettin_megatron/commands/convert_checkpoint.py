@@ -1,14 +1,15 @@
 """Convert Ettin checkpoints between Megatron (dist checkpoint, any TP/PP) and Hugging Face.
 
-  megatron-to-hf --load CKPT --output DIR [--tokenizer TOK] [--objective mlm|clm] [--dtype D] [--verify]
+  megatron-to-hf --load CKPT --output DIR [--tokenizer TOK] [--attention bidirectional|causal] [--dtype D]
+                 [--verify]
       A checkpoint root (its latest iteration) or iter_N directory saved at any TP / PP, read on CPU in
       one process (no torchrun), written as a HF directory: config.json, model.safetensors, tokenizer,
       generation_config.json (decoders) and the sentence-transformers files.
-  hf-to-megatron --hf-dir DIR --save CKPT [--tokenizer TOK] [--objective mlm|clm] [--verify]
+  hf-to-megatron --hf-dir DIR --save CKPT [--tokenizer TOK] [--attention bidirectional|causal] [--verify]
       A HF ModernBERT / ModernBertDecoder directory (safetensors) to a dist checkpoint that loads at
       any TP / PP; continue training from it with --load CKPT --finetune (fresh optimizer and schedule).
 
---objective exports / imports the same weights as the other architecture (encoder <-> decoder).
+--attention exports / imports the same weights as the other architecture (encoder <-> decoder).
 --verify runs both sides on sample text and exits 1 when the max logit difference over non-pad
 positions exceeds --tolerance. Bad input is reported in one line (exit 2).
 """
@@ -27,8 +28,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(s):
-        s.add_argument("--objective", choices=("mlm", "clm"), default=None,
-                       help="write the other architecture (cross-objective); default: the source's own")
+        # config.ATTENTIONS, spelled out: importing config imports megatron before main() quiets its notices.
+        s.add_argument("--attention", choices=("bidirectional", "causal"), default=None,
+                       help="export / import the same weights as the other architecture (encoder <-> decoder); "
+                            "default: the source's own")
         s.add_argument("--verify", action="store_true", help="compare logits of both sides on sample text")
         s.add_argument("--tolerance", type=non_negative_float, default=1e-4,
                        help="largest accepted |logit difference| (float32)")
@@ -74,12 +77,13 @@ def _report(difference: float, tolerance: float) -> int:
 def run(args) -> int:
     if args.command == "megatron-to-hf":
         from ettin_megatron.convert.export_hf import megatron_to_hf
+        from ettin_megatron.convert.hf_mapping import ARCHITECTURES
         from ettin_megatron.convert.verify import verify_against_dir
 
-        output, model = megatron_to_hf(args.load, args.output, tokenizer=args.tokenizer, objective=args.objective,
+        output, model = megatron_to_hf(args.load, args.output, tokenizer=args.tokenizer, attention=args.attention,
                                        dtype=args.dtype, return_model=True)
-        print(f"wrote {output} ({model.config.objective}: {type(model).__name__} -> "
-              f"{'ModernBertForMaskedLM' if model.config.objective == 'mlm' else 'ModernBertDecoderForCausalLM'})")
+        print(f"wrote {output} ({'decoder' if model.config.causal else 'encoder'}: {type(model).__name__} -> "
+              f"{ARCHITECTURES[model.config.attention]})")
         if args.verify:
             return _report(verify_against_dir(model, output, _texts(args)), args.tolerance)
         return 0
@@ -87,7 +91,7 @@ def run(args) -> int:
     from ettin_megatron.convert.import_hf import hf_to_megatron
     from ettin_megatron.convert.verify import verify_import
 
-    directory = hf_to_megatron(args.hf_dir, args.save, objective=args.objective, iteration=args.iteration,
+    directory = hf_to_megatron(args.hf_dir, args.save, attention=args.attention, iteration=args.iteration,
                                target_tp=args.target_tensor_parallel_size,
                                target_pp=args.target_pipeline_parallel_size, tokenizer=args.tokenizer,
                                require_tokenizer=args.verify)
@@ -95,7 +99,7 @@ def run(args) -> int:
     if read_checkpoint_config(directory)["tokenizer"] is None:
         print("note: the Hugging Face directory has no tokenizer.json; pass --tokenizer to megatron-to-hf later")
     if args.verify:
-        return _report(verify_import(args.save, args.hf_dir, args.objective, _texts(args)), args.tolerance)
+        return _report(verify_import(args.save, args.hf_dir, args.attention, _texts(args)), args.tolerance)
     return 0
 
 

@@ -31,7 +31,7 @@ def fill_mask(model_dir: str, text: str, top_k: int = 5) -> list[dict]:
     from ettin_megatron.convert.hf_mapping import TRAINING_OBJECTIVE_KEY
     from ettin_megatron.errors import InputError
 
-    fields = read_exported_config(model_dir, "mlm")
+    fields = read_exported_config(model_dir, "bidirectional")
 
     fill = pipeline("fill-mask", model=model_dir, tokenizer=model_dir, device="cpu")
     mask = fill.tokenizer.mask_token

@@ -32,7 +32,7 @@ def generate(model_dir: str, prompt: str, max_new_tokens: int) -> None:
 
     from ettin_megatron.convert.hf_files import read_exported_config
 
-    read_exported_config(model_dir, "clm")
+    read_exported_config(model_dir, "causal")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)

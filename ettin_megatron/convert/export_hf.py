@@ -3,7 +3,7 @@
 The directory holds config.json (ModernBertForMaskedLM or ModernBertDecoderForCausalLM, with layer
 types, both RoPE thetas, the window and the tokenizer's special ids), model.safetensors, the tokenizer
 files, generation_config.json (decoders) and the sentence-transformers files (mean pooling for an
-encoder, last-token pooling for a decoder). ``objective`` exports the same weights as the other
+encoder, last-token pooling for a decoder). ``attention`` exports the same weights as the other
 architecture (an encoder checkpoint as a decoder, or the reverse).
 
 An MNTP-trained checkpoint (decoder -> encoder) exported as an encoder is a ModernBertForMaskedLM whose
@@ -63,7 +63,7 @@ def finish_output(staging: Path, output: Path) -> None:
 
 
 def megatron_to_hf(load: str | os.PathLike, output: str | os.PathLike, tokenizer: str | None = None,
-                   objective: str | None = None, dtype: str | None = None, return_model: bool = False):
+                   attention: str | None = None, dtype: str | None = None, return_model: bool = False):
     """Export checkpoint ``load`` (root or iter_N) to the HF directory ``output``; returns its path,
     and the TP = PP = 1 model it was written from when ``return_model`` (for --verify)."""
     output = Path(output)
@@ -74,19 +74,19 @@ def megatron_to_hf(load: str | os.PathLike, output: str | os.PathLike, tokenizer
     ids = tokenizer_ids(tokenizer_path, int(description["model"].get("vocab_size", EttinConfig.vocab_size)))
     staging = prepare_output(output)
     try:
-        model, _ = load_megatron_model(directory, objective)
+        model, _ = load_megatron_model(directory, attention)
         config = model.config
         out_dtype = DTYPE_NAMES[dtype] if dtype else config.params_dtype
         hf = hf_config(config, ids)
         hf.dtype = {v: k for k, v in DTYPE_NAMES.items()}[out_dtype]
-        if description.get("training_objective") == "mntp" and config.objective == "mlm":
+        if description.get("training_objective") == "mntp" and not config.causal:
             setattr(hf, TRAINING_OBJECTIVE_KEY, "mntp")
         hf.save_pretrained(staging)
         tensors = to_hf_state_dict(model.state_dict(), config)
         write_safetensors(staging / "model.safetensors", tensors, dtype=out_dtype)
         del tensors
         copy_tokenizer(tokenizer_path, staging, model_max_length=config.max_position_embeddings)
-        write_sentence_transformers_files(staging, config.objective, config.hidden_size,
+        write_sentence_transformers_files(staging, config.attention, config.hidden_size,
                                           min(config.max_position_embeddings, 8192))
         if config.causal:
             write_generation_config(staging, ids)

@@ -15,7 +15,7 @@ from ..data.tokenizer import load_tokenizer, special_ids
 from ..errors import ConfigError, TokenizerNotFound
 from ..files import write_json
 from ..vocab import transformers_tokenizer_files
-from .hf_mapping import MODEL_TYPES
+from .hf_mapping import ARCHITECTURES, MODEL_TYPES
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -41,13 +41,14 @@ def read_hf_config_json(directory: str | Path) -> dict:
     return config
 
 
-def read_exported_config(directory: str | Path, objective: str) -> dict:
-    """config.json of an exported directory that must hold an ``objective`` model ("mlm": an encoder,
-    "clm": a decoder), so that fill-mask and generate refuse the other kind in one line."""
+def read_exported_config(directory: str | Path, attention: str) -> dict:
+    """config.json of an exported directory that must hold a model of this ``attention`` ("bidirectional":
+    an encoder, "causal": a decoder), so that fill-mask and generate refuse the other kind in one line."""
     config = read_hf_config_json(directory)
-    if config["model_type"] != MODEL_TYPES[objective]:
-        kind = {"mlm": "an encoder (ModernBertForMaskedLM)", "clm": "a decoder (ModernBertDecoderForCausalLM)"}
-        raise ConfigError(f"{directory} is not {kind[objective]}; pass a directory exported from one.")
+    if config["model_type"] != MODEL_TYPES[attention]:
+        kind = {"bidirectional": "an encoder", "causal": "a decoder"}[attention]
+        raise ConfigError(f"{directory} is not {kind} ({ARCHITECTURES[attention]}); pass a directory exported "
+                          "from one.")
     return config
 
 
@@ -130,7 +131,7 @@ def frame_prompts_for_generation(out_dir: Path, ids: dict) -> None:
         write_json(out_dir / name, {**content, "bos_token": cls, "eos_token": sep})
 
 
-def write_sentence_transformers_files(out_dir: Path, objective: str, hidden_size: int, max_seq_length: int) -> None:
+def write_sentence_transformers_files(out_dir: Path, attention: str, hidden_size: int, max_seq_length: int) -> None:
     """modules.json + configs so that ``SentenceTransformer(out_dir)`` embeds with the exported model:
     mean pooling for an encoder, last-token pooling for a decoder. Written in the long-standing
     (sentence-transformers 2.x-5.x) layout, which newer releases still read."""
@@ -146,7 +147,7 @@ def write_sentence_transformers_files(out_dir: Path, objective: str, hidden_size
         "similarity_fn_name": "cosine",
     })
     modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
-    chosen = "mean_tokens" if objective == "mlm" else "lasttoken"
+    chosen = "mean_tokens" if attention == "bidirectional" else "lasttoken"
     write_json(out_dir / "1_Pooling" / "config.json", {
         "word_embedding_dimension": hidden_size,
         **{f"pooling_mode_{mode}": mode == chosen for mode in modes},

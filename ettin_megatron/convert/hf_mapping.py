@@ -24,8 +24,9 @@ from ..config import EttinConfig
 from ..errors import ConfigError
 from ..vocab import MODERNBERT_IDS
 
-MODEL_TYPES = {"mlm": "modernbert", "clm": "modernbert-decoder"}
-ARCHITECTURES = {"mlm": "ModernBertForMaskedLM", "clm": "ModernBertDecoderForCausalLM"}
+#: The Hugging Face model type and class of each attention (EttinConfig.attention).
+MODEL_TYPES = {"bidirectional": "modernbert", "causal": "modernbert-decoder"}
+ARCHITECTURES = {"bidirectional": "ModernBertForMaskedLM", "causal": "ModernBertDecoderForCausalLM"}
 #: The special-token fields a Hugging Face ModernBERT config holds.
 HF_TOKEN_ID_FIELDS = ("cls_token_id", "sep_token_id", "pad_token_id")
 #: The config.json key that marks an encoder trained with MNTP (LLM2Vec's masked next-token prediction,
@@ -77,8 +78,8 @@ def hf_config_dict(config: EttinConfig, special_ids: dict | None = None) -> dict
         "sliding_attention": {"rope_type": "default", "rope_theta": float(config.local_rope_theta)},
     }
     return dict(
-        model_type=MODEL_TYPES[config.objective],
-        architectures=[ARCHITECTURES[config.objective]],
+        model_type=MODEL_TYPES[config.attention],
+        architectures=[ARCHITECTURES[config.attention]],
         **{hf_name: getattr(config, name) for hf_name, name in SAME_FIELDS.items()},
         initializer_cutoff_factor=config.init_cutoff_factor,
         attention_dropout=0.0,
@@ -115,8 +116,8 @@ def _global_every(layer_types: list[str]) -> int:
 
 def ettin_overrides_from_hf(hf) -> dict:
     """EttinConfig fields (for ``ettin_config(None, **fields)``) that reproduce a HF ModernBERT config."""
-    objective = {v: k for k, v in MODEL_TYPES.items()}.get(hf.model_type)
-    if objective is None:
+    attention = {v: k for k, v in MODEL_TYPES.items()}.get(hf.model_type)
+    if attention is None:
         raise ConfigError(
             f"model type {hf.model_type!r} is not a ModernBERT encoder or decoder; expected one of "
             f"{', '.join(MODEL_TYPES.values())}."
@@ -129,12 +130,12 @@ def ettin_overrides_from_hf(hf) -> dict:
         if rope.get("rope_type", "default") != "default":
             raise ConfigError(f"config.json sets {layer_type} rope_type {rope['rope_type']!r}; Ettin models "
                               "implement only plain RoPE ('default').")
-    if objective == "clm":
+    if attention == "causal":
         window = 2 * (hf.sliding_window - 1)
     else:
         window = hf.local_attention
     return dict(
-        objective=objective,
+        attention=attention,
         **{name: getattr(hf, hf_name) for hf_name, name in SAME_FIELDS.items()},
         global_attn_every_n_layers=_global_every(list(hf.layer_types)),
         local_attention_window=window,

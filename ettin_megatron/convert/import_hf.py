@@ -110,18 +110,18 @@ def _prepare_save(save: Path) -> None:
     check_writable(save, "--save")
 
 
-def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective: str | None = None,
+def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, attention: str | None = None,
                    iteration: int = 0, target_tp: int = 1, target_pp: int = 1, tokenizer: str | None = None,
                    require_tokenizer: bool = False) -> Path:
     """Convert ``hf_dir`` into a dist checkpoint under ``save`` (iteration ``iteration``); returns
-    the iteration directory. ``objective`` imports the weights as the other architecture;
+    the iteration directory. ``attention`` imports the weights as the other architecture;
     ``tokenizer`` replaces the directory's own tokenizer files (which are optional, unless
     ``require_tokenizer``: --verify needs one, and should fail before the conversion, not after)."""
     hf_dir, save = Path(hf_dir), Path(save)
     fields = read_hf_model_fields(hf_dir)
-    mntp = read_hf_config_json(hf_dir).get(TRAINING_OBJECTIVE_KEY) == "mntp" and objective in (None, "mlm")
+    mntp = read_hf_config_json(hf_dir).get(TRAINING_OBJECTIVE_KEY) == "mntp" and attention in (None, "bidirectional")
     weights = HFWeights(hf_dir)
-    target_fields = {**fields, **({"objective": objective} if objective else {})}
+    target_fields = {**fields, **({"attention": attention} if attention else {})}
     ettin_config(None, **target_fields, tensor_model_parallel_size=target_tp, pipeline_model_parallel_size=target_pp)
     if tokenizer:
         tokenizer_path = resolve_tokenizer(tokenizer)
@@ -140,7 +140,7 @@ def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, objective
         raise ConfigError(f"{embedding} is stored as {dtype}; expected float32, bfloat16 or float16.")
     source_config = conversion_config(fields, None, dtype)
     _check_tensors(weights, source_config)
-    model = build_model(conversion_config(fields, objective, dtype))
+    model = build_model(conversion_config(fields, attention, dtype))
     _load_weights(model, weights, source_config)
     if TIED in weights and not torch.equal(weights[TIED], model.state_dict()["embedding.word_embeddings.weight"]):
         raise ConfigError(f"{TIED} differs from the token embedding; Ettin models tie them.")

@@ -18,7 +18,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader
 
 from ..checkpoint import CONFIG_FILE, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
-from ..config import OBJECTIVES, EttinConfig, ettin_config
+from ..config import ATTENTIONS, EttinConfig, ettin_config
 from ..errors import ConfigError, one_line
 from ..model import EttinModel
 from .pickle_guard import check_checkpoint_pickles
@@ -44,14 +44,14 @@ def single_rank_world() -> None:
     initialize()
 
 
-def conversion_config(model_fields: dict, objective: str | None = None,
+def conversion_config(model_fields: dict, attention: str | None = None,
                       dtype: torch.dtype = torch.float32) -> EttinConfig:
-    """The TP = PP = 1 config of a model description, optionally with the other objective."""
-    if objective is not None and objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}.")
+    """The TP = PP = 1 config of a model description, optionally with the other attention."""
+    if attention is not None and attention not in ATTENTIONS:
+        raise ConfigError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTIONS)}.")
     fields = dict(model_fields)
-    if objective is not None:
-        fields["objective"] = objective
+    if attention is not None:
+        fields["attention"] = attention
     return ettin_config(None, **fields, params_dtype=dtype, bf16=dtype == torch.bfloat16,
                         fp16=dtype == torch.float16, perform_initialization=False)
 
@@ -131,15 +131,15 @@ def _sharded_tensors(tree):
             yield from _sharded_tensors(value)
 
 
-def load_megatron_model(path: str | Path, objective: str | None = None) -> tuple[EttinModel, dict]:
+def load_megatron_model(path: str | Path, attention: str | None = None) -> tuple[EttinModel, dict]:
     """The TP = PP = 1 model of a checkpoint saved at any layout, in the checkpoint's dtype.
 
-    ``objective`` rebuilds it as the other architecture (same weights). Returns (model, description).
+    ``attention`` rebuilds it as the other architecture (same weights). Returns (model, description).
     """
     directory, description = read_description(path)
     config_fields = description["model"]
     metadata = tensors_metadata(directory)
-    config = conversion_config(config_fields, objective, checkpoint_dtype(metadata))
+    config = conversion_config(config_fields, attention, checkpoint_dtype(metadata))
     model = build_model(config)
     check_shapes(model, metadata, directory)
     try:

@@ -17,6 +17,7 @@ import torch
 from ..data.batches import repad, unpad
 from ..model import EttinModel, packed_seq_params
 from .hf_files import read_hf_config_json
+from .hf_mapping import ARCHITECTURES, MODEL_TYPES
 
 SAMPLE_TEXTS = (
     "The capital of France is [MASK].",
@@ -27,15 +28,16 @@ SAMPLE_TEXTS = (
 )
 
 
-def hf_model_class(objective: str):
+def hf_model_class(attention: str):
+    """transformers' class of a model of this attention: the encoder's or the decoder's."""
     import transformers
 
-    return transformers.ModernBertForMaskedLM if objective == "mlm" else transformers.ModernBertDecoderForCausalLM
+    return getattr(transformers, ARCHITECTURES[attention])
 
 
-def load_hf_model(hf_dir: str | Path, objective: str):
+def load_hf_model(hf_dir: str | Path, attention: str):
     """transformers' model of ``hf_dir`` in float32 with the eager (reference) attention."""
-    return hf_model_class(objective).from_pretrained(
+    return hf_model_class(attention).from_pretrained(
         str(hf_dir), dtype=torch.float32, attn_implementation="eager", local_files_only=True
     ).eval()
 
@@ -77,32 +79,33 @@ def max_logit_difference(model: EttinModel, hf_model, input_ids: torch.Tensor,
 def verify_against_dir(model: EttinModel, hf_dir: str | Path, texts=SAMPLE_TEXTS) -> float:
     """Compare ``model`` with the HF directory ``hf_dir`` (same architecture) on ``texts``, tokenized
     with the directory's own tokenizer (an export always writes one)."""
-    hf_model = load_hf_model(hf_dir, model.config.objective)
+    hf_model = load_hf_model(hf_dir, model.config.attention)
     return max_logit_difference(model, hf_model, *sample_batch(hf_dir, texts))
 
 
-def verify_import(checkpoint: str | Path, hf_dir: str | Path, objective: str | None = None,
+def verify_import(checkpoint: str | Path, hf_dir: str | Path, attention: str | None = None,
                   texts=SAMPLE_TEXTS) -> float:
     """Reload a converted checkpoint and compare with the HF directory it came from.
 
     The texts are tokenized with the tokenizer stored with the checkpoint (the import's --tokenizer or
     the directory's own), since the HF directory itself may have none; it is looked up before the model
-    is loaded. For a cross-objective import the reference is transformers' class of the *target*
-    architecture holding the source weights (built from the directory's tensors through the mapping)."""
+    is loaded. For an import as the other attention (encoder <-> decoder) the reference is transformers'
+    class of the *target* architecture holding the source weights (built from the directory's tensors
+    through the mapping)."""
     from .hf_files import resolve_tokenizer
     from .megatron_side import load_megatron_model, read_description
 
     directory, description = read_description(checkpoint)
     batch = sample_batch(resolve_tokenizer(description.get("tokenizer"), relative_to=directory), texts)
-    model, _ = load_megatron_model(directory, objective)
-    if model.config.objective == _source_objective(hf_dir):
-        reference = load_hf_model(hf_dir, model.config.objective)
+    model, _ = load_megatron_model(directory, attention)
+    if model.config.attention == _source_attention(hf_dir):
+        reference = load_hf_model(hf_dir, model.config.attention)
     else:
-        reference = _cross_objective_reference(hf_dir, model.config)
+        reference = _other_attention_reference(hf_dir, model.config)
     return max_logit_difference(model, reference, *batch)
 
 
-def _cross_objective_reference(hf_dir, target_config):
+def _other_attention_reference(hf_dir, target_config):
     """transformers' model of ``target_config``'s architecture holding the weights of ``hf_dir``."""
     from .hf_mapping import HF_TOKEN_ID_FIELDS, from_hf_state_dict, hf_config, to_hf_state_dict
     from .import_hf import read_hf_model_fields
@@ -112,14 +115,12 @@ def _cross_objective_reference(hf_dir, target_config):
     hf_json = read_hf_config_json(hf_dir)
     special = {k: hf_json[k] for k in HF_TOKEN_ID_FIELDS if k in hf_json}
     weights = from_hf_state_dict(HFWeights(hf_dir), conversion_config(read_hf_model_fields(hf_dir)))
-    target = hf_model_class(target_config.objective)(hf_config(target_config, special))
+    target = hf_model_class(target_config.attention)(hf_config(target_config, special))
     target.load_state_dict(to_hf_state_dict(weights, target_config), strict=False)
     target.tie_weights()
     return target.float().eval()
 
 
-def _source_objective(hf_dir) -> str:
-    from .hf_mapping import MODEL_TYPES
-
+def _source_attention(hf_dir) -> str:
     model_type = read_hf_config_json(hf_dir)["model_type"]
     return {v: k for k, v in MODEL_TYPES.items()}[model_type]

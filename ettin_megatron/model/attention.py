@@ -240,7 +240,7 @@ class EttinCoreAttention(MegatronModule):
     """Megatron ``core_attention`` submodule: softmax(q k^T) v under Ettin's per-layer mask.
 
     Built by Megatron's ``SelfAttention`` with its usual arguments; reads the layer kind (global or
-    local) from ``layer_number`` and the direction from ``config.objective``.
+    local) from ``layer_number`` and the direction from ``config.attention``.
     """
 
     def __init__(self, config, layer_number: int, attn_mask_type=None, attention_type="self",

@@ -5,7 +5,7 @@
                       norm -> GeGLU MLP -> + ]
               -> final LayerNorm -> head (dense, GELU, LayerNorm) -> tied vocab projection + bias
 
-Encoder and decoder are the same class; ``config.objective`` picks bidirectional or causal attention.
+Encoder and decoder are the same class; ``config.attention`` picks bidirectional or causal attention.
 Inputs are either a regular batch ([b, s] with no padding) or a packed batch ([1, t] holding several
 documents, with ``PackedSeqParams`` giving their boundaries): attention never crosses a document and
 no compute is spent on padding. Megatron's machinery provides the rest: pipeline stages
@@ -138,7 +138,7 @@ class EttinModel(LanguageModule):
         or, on a stage without the head, the hidden states for the next stage.
 
         ``position_ids`` [b, s] restart at 0 in each packed document; ``attention_mask`` is unused
-        (the mask is implied by the objective, the layer kind and ``packed_seq_params``) and kept only
+        (the mask is implied by the attention, the layer kind and ``packed_seq_params``) and kept only
         for the signature Megatron's schedules and tools expect.
         """
         hidden_states = None

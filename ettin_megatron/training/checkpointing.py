@@ -56,7 +56,7 @@ from .setup import unwrap
 SHAPE_FIELDS = (*(f.name for f in fields(SizePreset)), "vocab_size")
 """The model fields that shape the weights, which a loaded checkpoint must share with the run. The
 others may change on purpose: a new phase raises the RoPE bases and the position limit, and
-cross-objective training loads the other objective's weights."""
+cross-objective training loads the weights of the other attention (encoder <-> decoder)."""
 
 
 OPTIMIZER_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable"}

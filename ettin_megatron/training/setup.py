@@ -9,7 +9,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.transformer.module import Float16Module
 
-from ..config import EttinConfig, ettin_config
+from ..config import EttinConfig, attention_of, ettin_config
 from ..model import EttinModel
 from ..model.init import initialize_weights
 from .arguments import Arguments
@@ -17,13 +17,13 @@ from .plan import ModelPlan
 
 
 def build_model_config(plan: ModelPlan) -> EttinConfig:
-    """The EttinConfig of the planned model (MNTP trains a bidirectional model, as MLM does)."""
+    """The EttinConfig of the planned model, with the attention its training objective trains."""
     args, vpp = plan.args, plan.virtual_pipeline_size
     m, p, r = args.model, args.parallel, args.run
     dtype = torch.bfloat16 if r.bf16 else torch.float32
     overrides = dict(
         **vars(plan.shape),
-        objective="clm" if m.objective == "clm" else "mlm",
+        attention=attention_of(m.objective),
         attention_backend_name=m.attention_backend,
         global_rope_theta=m.global_rope_theta, local_rope_theta=m.local_rope_theta,
         attention_output_dropout=m.attention_output_dropout,

@@ -27,9 +27,9 @@ def tokenizer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def hf_dirs(tmp_path_factory, tokenizer_dir):
-    """{objective: directory} of tiny random HF ModernBERT models with the tokenizer files."""
+    """{attention: directory} of tiny random HF ModernBERT models with the tokenizer files."""
     root = tmp_path_factory.mktemp("hf")
-    return {o: make_hf_dir(root / o, o, tokenizer_dir, seed=i) for i, o in enumerate(("mlm", "clm"))}
+    return {o: make_hf_dir(root / o, o, tokenizer_dir, seed=i) for i, o in enumerate(("bidirectional", "causal"))}
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +45,8 @@ def parallel_run(tmp_path_factory, tokenizer_dir, hf_dirs):
 
     root = tmp_path_factory.mktemp("parallel")
     imported = {o: str(root / "imported" / o) for o in hf_dirs}
-    for objective, directory in hf_dirs.items():
-        hf_to_megatron(directory, imported[objective])
+    for attention, directory in hf_dirs.items():
+        hf_to_megatron(directory, imported[attention])
     ids, mask = eval_batch(tokenizer_dir)
     per_rank = run_ranks(2, worker, str(root), imported, str(tokenizer_dir), ids, mask, timeout=600)
     logits, losses = {}, {}

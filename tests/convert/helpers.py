@@ -36,9 +36,9 @@ def token_ids(tokenizer_dir) -> dict:
     return {f"{n.lower()}_token_id": tok.token_to_id(f"[{n}]") for n in ("CLS", "SEP", "PAD", "MASK")}
 
 
-def make_hf_dir(directory: Path, objective: str, tokenizer_dir, seed: int = 0) -> Path:
+def make_hf_dir(directory: Path, attention: str, tokenizer_dir, seed: int = 0) -> Path:
     """A saved random HF ModernBERT (encoder or decoder) with the tiny tokenizer's special ids."""
-    model = random_hf_model(tiny_config(objective), token_ids(tokenizer_dir), seed)
+    model = random_hf_model(tiny_config(attention), token_ids(tokenizer_dir), seed)
     model.save_pretrained(str(directory))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(Path(tokenizer_dir) / name, directory / name)

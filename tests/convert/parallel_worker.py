@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from ettin_megatron.config import ATTENTIONS
+
 LAYOUTS = {"tp2": dict(tensor_parallel=2), "pp2": dict(pipeline_parallel=2),
            "pp2-vpp2": dict(pipeline_parallel=2, virtual_pipeline_parallel=2)}
 TRAINED = ("tp2", "pp2")  # layouts that also train a model (the VPP layout only re-saves)
-OBJECTIVES = ("mlm", "clm")
 STEPS = 3
 
 
@@ -67,8 +68,8 @@ def worker(rank, root, imported, tokenizer_dir, ids, mask):
     logits, losses = {}, {}
     for name, layout in LAYOUTS.items():
         initialize(ParallelLayout(**layout), seed=21)
-        for objective in OBJECTIVES:
-            config = tiny_config(objective, tensor_model_parallel_size=layout.get("tensor_parallel", 1),
+        for attention in ATTENTIONS:
+            config = tiny_config(attention, tensor_model_parallel_size=layout.get("tensor_parallel", 1),
                                  pipeline_model_parallel_size=layout.get("pipeline_parallel", 1),
                                  virtual_pipeline_model_parallel_size=layout.get("virtual_pipeline_parallel"))
             config.finalize_model_grads_func = finalize_model_grads
@@ -82,9 +83,9 @@ def worker(rank, root, imported, tokenizer_dir, ids, mask):
             # (a) the HF-imported checkpoint, loaded at this layout and saved again from it
             vpp = layout.get("virtual_pipeline_parallel")
             chunks = [build(v) for v in range(vpp)] if vpp else [build()]
-            load_checkpoint(imported[objective], chunks)
-            tokenizer = read_checkpoint_config(imported[objective])["tokenizer"]
-            save_checkpoint(root / "resaved" / name / objective, 0, chunks, config, tokenizer=tokenizer)
+            load_checkpoint(imported[attention], chunks)
+            tokenizer = read_checkpoint_config(imported[attention])["tokenizer"]
+            save_checkpoint(root / "resaved" / name / attention, 0, chunks, config, tokenizer=tokenizer)
             if name not in TRAINED:
                 continue
 
@@ -103,8 +104,8 @@ def worker(rank, root, imported, tokenizer_dir, ids, mask):
                     p.grad = None
             model.eval()
             _run_schedule(ddp, unpad(ids, mask), False, captured)
-            save_checkpoint(root / "trained" / name / objective, STEPS, [model], config, tokenizer=tokenizer_dir)
+            save_checkpoint(root / "trained" / name / attention, STEPS, [model], config, tokenizer=tokenizer_dir)
             if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
-                logits[(name, objective)] = repad(captured["logits"], mask)
-                losses[(name, objective)] = captured["losses"]
+                logits[(name, attention)] = repad(captured["logits"], mask)
+                losses[(name, attention)] = captured["losses"]
     return {"logits": logits, "losses": losses}

@@ -31,7 +31,7 @@ def checkpoint(hf_dirs, tmp_path_factory):
     from ettin_megatron.convert.import_hf import hf_to_megatron
 
     root = tmp_path_factory.mktemp("bad") / "ckpt"
-    hf_to_megatron(hf_dirs["mlm"], root)
+    hf_to_megatron(hf_dirs["bidirectional"], root)
     return root
 
 
@@ -56,7 +56,7 @@ def test_not_a_checkpoint(capsys, tmp_path):
     expect_error(capsys, "does not exist", "megatron-to-hf", "--load", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
     expect_error(capsys, "not an ettin-megatron checkpoint", "megatron-to-hf", "--load", str(tmp_path), "--output", str(tmp_path / "o"))
     (tmp_path / "iter_0000000").mkdir()
-    (tmp_path / "iter_0000000" / "ettin_config.json").write_text(json.dumps({"model": {"objective": "mlm"}, "tokenizer": None}))
+    (tmp_path / "iter_0000000" / "ettin_config.json").write_text(json.dumps({"model": {"attention": "bidirectional"}, "tokenizer": None}))
     expect_error(capsys, "no tokenizer", "megatron-to-hf", "--load", str(tmp_path / "iter_0000000"), "--output", str(tmp_path / "o"))
 
 
@@ -70,7 +70,7 @@ def test_not_a_dist_checkpoint(capsys, checkpoint, tmp_path):
 
 def test_unknown_model_type(capsys, hf_dirs, tmp_path):
     directory = tmp_path / "hf"
-    shutil.copytree(hf_dirs["mlm"], directory)
+    shutil.copytree(hf_dirs["bidirectional"], directory)
     edit_json(directory / "config.json", model_type="bert")
     expect_error(capsys, "unknown model type 'bert'", "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
     expect_error(capsys, "no config.json", "hf-to-megatron", "--hf-dir", str(tmp_path), "--save", str(tmp_path / "c"))
@@ -78,7 +78,7 @@ def test_unknown_model_type(capsys, hf_dirs, tmp_path):
 
 def test_shape_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
     directory = tmp_path / "hf"
-    shutil.copytree(hf_dirs["clm"], directory)
+    shutil.copytree(hf_dirs["causal"], directory)
     edit_json(directory / "config.json", intermediate_size=256)
     expect_error(capsys, "shape mismatch: model.layers.0.mlp.Wi.weight", "hf-to-megatron", "--hf-dir", str(directory),
                  "--save", str(tmp_path / "c"))
@@ -88,21 +88,21 @@ def test_shape_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.tmp").exists()
 
 
-@pytest.mark.parametrize("objective, change, fragment", [
-    ("mlm", {"hidden_activation": "silu"}, "hidden_activation = 'silu'"),
-    ("clm", {"hidden_activation": "gelu_pytorch_tanh"}, "hidden_activation = 'gelu_pytorch_tanh'"),
-    ("mlm", {"classifier_activation": "relu"}, "classifier_activation = 'relu'"),
-    ("clm", {"classifier_activation": "tanh"}, "classifier_activation = 'tanh'"),
-    ("mlm", {"mlp_bias": True}, "mlp_bias = True"),
-    ("mlm", {"decoder_bias": False}, "decoder_bias = False"),
-    ("mlm", {"tie_word_embeddings": False}, "tie_word_embeddings = False"),
-    ("clm", {"rope_parameters.full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+@pytest.mark.parametrize("attention, change, fragment", [
+    ("bidirectional", {"hidden_activation": "silu"}, "hidden_activation = 'silu'"),
+    ("causal", {"hidden_activation": "gelu_pytorch_tanh"}, "hidden_activation = 'gelu_pytorch_tanh'"),
+    ("bidirectional", {"classifier_activation": "relu"}, "classifier_activation = 'relu'"),
+    ("causal", {"classifier_activation": "tanh"}, "classifier_activation = 'tanh'"),
+    ("bidirectional", {"mlp_bias": True}, "mlp_bias = True"),
+    ("bidirectional", {"decoder_bias": False}, "decoder_bias = False"),
+    ("bidirectional", {"tie_word_embeddings": False}, "tie_word_embeddings = False"),
+    ("causal", {"rope_parameters.full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
      "full_attention rope_type 'linear'"),
 ])
-def test_forward_changing_config_fields_are_refused(capsys, hf_dirs, tmp_path, objective, change, fragment):
+def test_forward_changing_config_fields_are_refused(capsys, hf_dirs, tmp_path, attention, change, fragment):
     """A field the Ettin model does not implement would import silently as a different model."""
     directory = tmp_path / "hf"
-    shutil.copytree(hf_dirs[objective], directory)
+    shutil.copytree(hf_dirs[attention], directory)
     edit_json(directory / "config.json", **change)
     expect_error(capsys, fragment, "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
     assert not (tmp_path / "c").exists()
@@ -110,7 +110,7 @@ def test_forward_changing_config_fields_are_refused(capsys, hf_dirs, tmp_path, o
 
 def test_vocab_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
     directory = tmp_path / "hf"
-    shutil.copytree(hf_dirs["mlm"], directory)
+    shutil.copytree(hf_dirs["bidirectional"], directory)
     edit_json(directory / "config.json", vocab_size=320)
     expect_error(capsys, "vocabulary mismatch", "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
     root, iteration = copy_checkpoint(checkpoint, tmp_path)
@@ -120,7 +120,7 @@ def test_vocab_mismatch(capsys, checkpoint, hf_dirs, tmp_path):
 
 def test_pickle_weights_are_refused(capsys, hf_dirs, tmp_path):
     directory = tmp_path / "hf"
-    shutil.copytree(hf_dirs["mlm"], directory)
+    shutil.copytree(hf_dirs["bidirectional"], directory)
     (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
     expect_error(capsys, "pytorch_model.bin (pickle)", "hf-to-megatron", "--hf-dir", str(directory), "--save", str(tmp_path / "c"))
 
@@ -202,8 +202,8 @@ def test_outputs_are_never_clobbered(capsys, checkpoint, hf_dirs, tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     expect_error(capsys, "neither empty nor a Hugging Face model directory", "megatron-to-hf", "--load", str(checkpoint),
                  "--output", str(tmp_path / "busy"))
-    expect_error(capsys, "not an empty directory", "hf-to-megatron", "--hf-dir", str(hf_dirs["mlm"]), "--save", str(checkpoint))
-    expect_error(capsys, "not divisible by tensor parallel size 3", "hf-to-megatron", "--hf-dir", str(hf_dirs["mlm"]),
+    expect_error(capsys, "not an empty directory", "hf-to-megatron", "--hf-dir", str(hf_dirs["bidirectional"]), "--save", str(checkpoint))
+    expect_error(capsys, "not divisible by tensor parallel size 3", "hf-to-megatron", "--hf-dir", str(hf_dirs["bidirectional"]),
                  "--save", str(tmp_path / "c"), "--target-tensor-parallel-size", "3")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 

@@ -16,7 +16,7 @@ def _export(hf_dir, root):
 def test_decoder_tokenizer_frames_prompts_and_generate_continues(hf_dirs, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory = _export(hf_dirs["clm"], tmp_path / "decoder")
+    directory = _export(hf_dirs["causal"], tmp_path / "decoder")
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     ids = tokenizer("The quick brown")["input_ids"]
     assert ids[0] == tokenizer.cls_token_id and tokenizer.sep_token_id not in ids
@@ -35,6 +35,6 @@ def test_decoder_tokenizer_frames_prompts_and_generate_continues(hf_dirs, tmp_pa
 def test_encoder_tokenizer_keeps_its_template(hf_dirs, tmp_path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(_export(hf_dirs["mlm"], tmp_path / "encoder")))
+    tokenizer = AutoTokenizer.from_pretrained(str(_export(hf_dirs["bidirectional"], tmp_path / "encoder")))
     ids = tokenizer("The quick brown")["input_ids"]
     assert (ids[0], ids[-1]) == (tokenizer.cls_token_id, tokenizer.sep_token_id)

@@ -75,32 +75,32 @@ def tolerance(backend: str) -> float:
     return 3e-2 if backend in ("flash", "te") else 2e-3
 
 
-def attend(backend: str, objective: str, layer_number: int, q, k, v) -> torch.Tensor:
+def attend(backend: str, attention: str, layer_number: int, q, k, v) -> torch.Tensor:
     """One layer's core attention (layer 1 is global, layer 2 local) on the packed documents."""
-    config = tiny_config(objective, local_attention_window=8, attention_backend_name=backend)
+    config = tiny_config(attention, local_attention_window=8, attention_backend_name=backend)
     module = EttinCoreAttention(config, layer_number=layer_number).to(DEVICE)
     cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
     return module(q, k, v, None, packed_seq_params=packed_seq_params(cu, max(LENGTHS)))
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
 @pytest.mark.parametrize("layer_number", [1, 2])
-def test_backend_matches_sdpa(backend, objective, layer_number, monkeypatch):
+def test_backend_matches_sdpa(backend, attention, layer_number, monkeypatch):
     if DEVICE == "cpu":  # let the CPU construct the flex module for a forward-only check
         monkeypatch.setattr("ettin_megatron.model.attention.available_backends", lambda: ["sdpa", "flex"])
     q, k, v = backend_inputs(backend, seed=layer_number)
     with torch.no_grad():
-        out = attend(backend, objective, layer_number, q, k, v)
-        expected = attend("sdpa", objective, layer_number, q.float(), k.float(), v.float())
+        out = attend(backend, attention, layer_number, q, k, v)
+        expected = attend("sdpa", attention, layer_number, q.float(), k.float(), v.float())
     assert out.shape == (sum(LENGTHS), HEADS * DIM)
     assert torch.allclose(out.float(), expected, atol=tolerance(backend))
 
 
 @pytest.mark.parametrize("backend", ["flex", "flash", "te"])
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
 @pytest.mark.parametrize("layer_number", [1, 2])
-def test_backend_backward_matches_sdpa(backend, objective, layer_number):
+def test_backend_backward_matches_sdpa(backend, attention, layer_number):
     """Gradients of q, k and v through each backend equal those through sdpa (in float32)."""
     if DEVICE == "cpu":
         pytest.skip(f"{backend}'s backward needs a GPU (flex has none on the CPU in torch 2.13; "
@@ -110,8 +110,8 @@ def test_backend_backward_matches_sdpa(backend, objective, layer_number):
     inputs = [x.requires_grad_() for x in backend_inputs(backend, seed=layer_number)]
     references = [x.detach().float().requires_grad_() for x in inputs]
     grad_out = torch.randn(sum(LENGTHS), HEADS * DIM, generator=torch.Generator().manual_seed(3)).to(DEVICE)
-    attend(backend, objective, layer_number, *inputs).backward(grad_out.to(inputs[0].dtype))
-    attend("sdpa", objective, layer_number, *references).backward(grad_out)
+    attend(backend, attention, layer_number, *inputs).backward(grad_out.to(inputs[0].dtype))
+    attend("sdpa", attention, layer_number, *references).backward(grad_out)
     for name, x, reference in zip("qkv", inputs, references):
         assert torch.allclose(x.grad.float(), reference.grad, atol=tolerance(backend)), name
 
@@ -120,10 +120,10 @@ def test_unknown_or_unavailable_backend_is_refused_with_one_line():
     from ettin_megatron.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown attention backend 'xformers'"):
-        tiny_config("mlm", attention_backend_name="xformers")
+        tiny_config("bidirectional", attention_backend_name="xformers")
     if "flash" not in available_backends():
         with pytest.raises(ConfigError, match="not available on this machine"):
-            EttinCoreAttention(tiny_config("mlm", attention_backend_name="flash"), layer_number=1)
+            EttinCoreAttention(tiny_config("bidirectional", attention_backend_name="flash"), layer_number=1)
 
 
 class StandInDotProductAttention(torch.nn.Module):
@@ -152,8 +152,8 @@ def test_te_attention_is_a_registered_submodule(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformer_engine", transformer_engine)
     monkeypatch.setitem(sys.modules, "transformer_engine.pytorch", transformer_engine.pytorch)
     monkeypatch.setattr("ettin_megatron.model.attention.available_backends", lambda: ["sdpa", "te"])
-    te_model = EttinModel(tiny_config("mlm", num_layers=2, attention_backend_name="te"), spec="local")
-    sdpa_model = EttinModel(tiny_config("mlm", num_layers=2, attention_backend_name="sdpa"), spec="local")
+    te_model = EttinModel(tiny_config("bidirectional", num_layers=2, attention_backend_name="te"), spec="local")
+    sdpa_model = EttinModel(tiny_config("bidirectional", num_layers=2, attention_backend_name="sdpa"), spec="local")
     te_modules = [m for m in te_model.modules() if isinstance(m, StandInDotProductAttention)]
     assert len(te_modules) == 2  # one per layer
 

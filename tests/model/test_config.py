@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ettin_megatron.config import PRESETS, ettin_config
+from ettin_megatron.config import PRESETS, attention_of, ettin_config
 from ettin_megatron.errors import ConfigError
 from ettin_megatron.model import EttinModel
 from ettin_megatron.model.init import initialize_weights
@@ -41,7 +41,7 @@ def test_presets_have_64_dim_heads_and_the_recipe_defaults():
         (dict(size="150m", pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2),
          "22 layers cannot be split evenly into PP x VPP = 4"),
         (dict(size="150m", seq_length=16384), "sequence length 16384 exceeds the model's position limit 8192"),
-        (dict(size="tiny", objective="mntp"), "unknown objective 'mntp'"),
+        (dict(size="tiny", attention="mlm"), "unknown attention 'mlm'; use one of bidirectional, causal."),
         (dict(size="tiny", hidden_sizes=3), "unknown config field(s) hidden_sizes"),
     ],
 )
@@ -52,6 +52,14 @@ def test_invalid_configuration_fails_with_one_line(kwargs, message):
     text = str(error.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_each_training_objective_trains_one_attention():
+    """MNTP turns a decoder into an encoder: it trains bidirectional attention, as MLM does."""
+    assert {o: attention_of(o) for o in ("mlm", "mntp", "clm")} == {
+        "mlm": "bidirectional", "mntp": "bidirectional", "clm": "causal"}
+    with pytest.raises(ConfigError, match=r"^unknown training objective 'causal'; use one of mlm, mntp, clm\.$"):
+        attention_of("causal")
 
 
 @pytest.mark.parametrize("init", ["construction", "layout-independent"])

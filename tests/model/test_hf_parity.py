@@ -53,10 +53,10 @@ def packed_logits(model, ids, mask):
     return repad(logits, mask)
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_logits_match_transformers_on_padded_batches(objective, case):
-    hf = random_hf_model(tiny_config(objective, **CASES[case]), std=PEAKED)
+def test_logits_match_transformers_on_padded_batches(attention, case):
+    hf = random_hf_model(tiny_config(attention, **CASES[case]), std=PEAKED)
     # 16-token window: 70 and 50 tokens are several windows long; the third row is short.
     ids, mask = padded_batch([70, 50, 9], total=70)
     with torch.no_grad():
@@ -74,11 +74,11 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
 @pytest.mark.parametrize("wrong", sorted(WRONG))
-def test_a_wrong_theta_or_window_fails_parity(objective, wrong):
+def test_a_wrong_theta_or_window_fails_parity(attention, wrong):
     """The parity check is sensitive: our model built with one wrong RoPE theta or window fails it."""
-    hf = random_hf_model(tiny_config(objective), std=PEAKED)
+    hf = random_hf_model(tiny_config(attention), std=PEAKED)
     ids, mask = padded_batch([70, 50, 9], total=70)
     with torch.no_grad():
         reference = hf(input_ids=ids, attention_mask=mask).logits
@@ -89,10 +89,10 @@ def test_a_wrong_theta_or_window_fails_parity(objective, wrong):
     assert (logits - reference[keep]).abs().max() > 1000 * RTOL * reference[keep].abs().max()
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
-def test_unpacked_batch_matches_transformers(objective):
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_unpacked_batch_matches_transformers(attention):
     """A regular [b, s] batch without padding takes the sbhd path; same logits as HF."""
-    hf = random_hf_model(tiny_config(objective, num_layers=5), std=PEAKED)
+    hf = random_hf_model(tiny_config(attention, num_layers=5), std=PEAKED)
     ours = ettin_from_hf(hf)
     ids, _ = padded_batch([40, 40], total=40, seed=1)
     with torch.no_grad():
@@ -101,9 +101,9 @@ def test_unpacked_batch_matches_transformers(objective):
     assert_parity(logits, reference)
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
-def test_ours_to_hf_to_ours_is_bit_exact(objective):
-    hf = random_hf_model(tiny_config(objective, num_layers=5, global_attn_every_n_layers=2))
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_ours_to_hf_to_ours_is_bit_exact(attention):
+    hf = random_hf_model(tiny_config(attention, num_layers=5, global_attn_every_n_layers=2))
     ours = ettin_from_hf(hf)
     exported = to_hf_state_dict(ours.state_dict(), ours.config)
     reference = hf.state_dict()
@@ -117,9 +117,9 @@ def test_ours_to_hf_to_ours_is_bit_exact(objective):
         assert torch.equal(again[name], tensor), name
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
-def test_written_config_names_layer_types_and_both_thetas(objective):
-    config = tiny_config(objective, num_layers=5, global_attn_every_n_layers=2,
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_written_config_names_layer_types_and_both_thetas(attention):
+    config = tiny_config(attention, num_layers=5, global_attn_every_n_layers=2,
                          global_rope_theta=160_000.0, local_rope_theta=10_000.0)
     written = random_hf_model(config).config.to_dict()
     assert written["layer_types"] == ["full_attention", "sliding_attention"] * 2 + ["full_attention"]

@@ -8,10 +8,10 @@ from ettin_megatron.model import EttinModel, packed_seq_params
 from tests.hf_models import VOCAB, tiny_config
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
-def test_each_packed_document_matches_its_own_forward(objective):
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_each_packed_document_matches_its_own_forward(attention):
     torch.manual_seed(0)
-    model = EttinModel(tiny_config(objective, num_layers=4), spec="local").eval()
+    model = EttinModel(tiny_config(attention, num_layers=4), spec="local").eval()
     lengths = [37, 5, 64, 1, 20]  # longer and shorter than the 16-token window, and a single token
     documents = [torch.randint(4, VOCAB, (n,)) for n in lengths]
     samples = [{"tokens": d, "labels": torch.zeros_like(d), "loss_mask": torch.zeros_like(d),
@@ -28,7 +28,7 @@ def test_each_packed_document_matches_its_own_forward(objective):
 def test_a_token_sees_nothing_of_other_documents():
     """Changing one document leaves every other document's logits bit-for-bit the same."""
     torch.manual_seed(0)
-    model = EttinModel(tiny_config("mlm"), spec="local").eval()
+    model = EttinModel(tiny_config("bidirectional"), spec="local").eval()
     a, b = torch.randint(4, VOCAB, (30,)), torch.randint(4, VOCAB, (25,))
     cu = torch.tensor([0, 30, 55], dtype=torch.int32)
     positions = torch.cat([torch.arange(30), torch.arange(25)])[None]

@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from ettin_megatron.checkpoint import load_checkpoint, save_checkpoint
+from ettin_megatron.config import ATTENTIONS
 from ettin_megatron.data.batches import collate
 from ettin_megatron.model import EttinModel, packed_seq_params
 from tests.hf_models import VOCAB, tiny_config
 from tests.ranks import run_ranks
 
-OBJECTIVES = ("mlm", "clm")
 LENGTHS = [37, 18, 64, 11]  # several documents, some longer than the 16-token window
 
 
-def make_batch(objective: str) -> dict:
+def make_batch(attention: str) -> dict:
     """A packed batch of random documents with labels on about a third of the positions."""
     generator = torch.Generator().manual_seed(7)
     samples = []
@@ -42,8 +42,8 @@ def forward(model, batch, with_labels: bool):
     return model(batch["tokens"], batch["position_ids"], labels=labels, packed_seq_params=params)
 
 
-def config_for(objective, **parallel):
-    return tiny_config(objective, num_layers=4, **parallel)
+def config_for(attention, **parallel):
+    return tiny_config(attention, num_layers=4, **parallel)
 
 
 def parallel_run(rank, layout_kwargs, sequence_parallel, checkpoints, grads_out):
@@ -57,9 +57,9 @@ def parallel_run(rank, layout_kwargs, sequence_parallel, checkpoints, grads_out)
     layout = ParallelLayout(**layout_kwargs)
     initialize(layout)
     results = {}
-    for objective in OBJECTIVES:
+    for attention in ATTENTIONS:
         config = config_for(
-            objective,
+            attention,
             tensor_model_parallel_size=layout.tensor_parallel,
             pipeline_model_parallel_size=layout.pipeline_parallel,
             sequence_parallel=sequence_parallel,
@@ -71,9 +71,9 @@ def parallel_run(rank, layout_kwargs, sequence_parallel, checkpoints, grads_out)
             post_process=parallel_state.is_pipeline_last_stage(),
             spec="local",
         )
-        load_checkpoint(checkpoints[objective], [model])
+        load_checkpoint(checkpoints[attention], [model])
         ddp = DistributedDataParallel(config, DistributedDataParallelConfig(), model)
-        batch = make_batch(objective)
+        batch = make_batch(attention)
         schedule = get_forward_backward_func()
         captured = {}
 
@@ -97,18 +97,18 @@ def parallel_run(rank, layout_kwargs, sequence_parallel, checkpoints, grads_out)
         schedule(forward_step_func=lambda it, m: step(it, m, True), forward_only=False, **common)
         for param in model.parameters():
             param.data.copy_(param.main_grad)  # hand the gradient back in the parameter's place
-        save_checkpoint(grads_out[objective], 0, [model], config)
+        save_checkpoint(grads_out[attention], 0, [model], config)
         if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
-            results[objective] = {k: v.detach().clone() for k, v in captured.items()}
+            results[attention] = {k: v.detach().clone() for k, v in captured.items()}
     return results
 
 
-def reference(objective, checkpoint_dir):
+def reference(attention, checkpoint_dir):
     """TP=PP=1 model in this process: save its weights, return logits, loss and gradients."""
     torch.manual_seed(0)
-    model = EttinModel(config_for(objective), spec="local")
+    model = EttinModel(config_for(attention), spec="local")
     save_checkpoint(checkpoint_dir, 0, [model], model.config)
-    batch = make_batch(objective)
+    batch = make_batch(attention)
     with torch.no_grad():
         logits = forward(model, batch, with_labels=False)
     loss = masked_mean(forward(model, batch, with_labels=True), batch["loss_mask"])
@@ -132,18 +132,18 @@ def assert_close(actual, expected, what):
     ids=["tp2", "tp2-sp", "pp2"],
 )
 def test_parallel_layout_matches_single_rank(layout, sequence_parallel, tmp_path):
-    checkpoints = {o: str(tmp_path / f"weights-{o}") for o in OBJECTIVES}
-    grads_out = {o: str(tmp_path / f"grads-{o}") for o in OBJECTIVES}
-    expected = {o: reference(o, checkpoints[o]) for o in OBJECTIVES}
+    checkpoints = {o: str(tmp_path / f"weights-{o}") for o in ATTENTIONS}
+    grads_out = {o: str(tmp_path / f"grads-{o}") for o in ATTENTIONS}
+    expected = {o: reference(o, checkpoints[o]) for o in ATTENTIONS}
 
     per_rank = run_ranks(2, parallel_run, layout, sequence_parallel, checkpoints, grads_out)
     outputs = {k: v for rank in per_rank for k, v in rank.items()}
 
-    for objective in OBJECTIVES:
-        (want, want_grads), got = expected[objective], outputs[objective]
-        assert_close(got["logits"], want["logits"], f"{objective} logits")
-        assert_close(got["loss"], want["loss"], f"{objective} loss")
-        gathered = EttinModel(config_for(objective), spec="local")
-        load_checkpoint(grads_out[objective], [gathered])
+    for attention in ATTENTIONS:
+        (want, want_grads), got = expected[attention], outputs[attention]
+        assert_close(got["logits"], want["logits"], f"{attention} logits")
+        assert_close(got["loss"], want["loss"], f"{attention} loss")
+        gathered = EttinModel(config_for(attention), spec="local")
+        load_checkpoint(grads_out[attention], [gathered])
         for name, param in gathered.named_parameters():
-            assert_close(param.data, want_grads[name], f"{objective} grad of {name}")
+            assert_close(param.data, want_grads[name], f"{attention} grad of {name}")

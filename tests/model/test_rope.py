@@ -53,7 +53,7 @@ def forward(model, batch):
 
 def test_host_syncs_per_forward_do_not_grow_with_the_documents():
     torch.manual_seed(0)
-    model = EttinModel(tiny_config("mlm", num_layers=3), spec="local").eval()
+    model = EttinModel(tiny_config("bidirectional", num_layers=3), spec="local").eval()
     counts = {}
     for num_documents in (2, 8, 32):
         batch = packed_batch(num_documents)
@@ -63,12 +63,12 @@ def test_host_syncs_per_forward_do_not_grow_with_the_documents():
     assert counts[2] == counts[8] == counts[32], counts
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
-def test_rotation_equals_megatrons_thd_rope(objective):
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_rotation_equals_megatrons_thd_rope(attention):
     """Each attention layer's output, bit for bit, is what Megatron's SelfAttention gives when it applies
     the same angle table itself (its THD path, document by document)."""
     torch.manual_seed(0)
-    config = tiny_config(objective, num_layers=2, global_rope_theta=160_000.0, local_rope_theta=10_000.0)
+    config = tiny_config(attention, num_layers=2, global_rope_theta=160_000.0, local_rope_theta=10_000.0)
     model = EttinModel(config, spec="local").eval()
     batch = packed_batch(5)
     params = packed_seq_params(batch["cu_seqlens"], batch["max_seqlen"])

@@ -33,7 +33,7 @@ def _forward_at_tp2(rank):
     from ettin_megatron.runtime import ParallelLayout, initialize
 
     initialize(ParallelLayout(tensor_parallel=2))
-    model = EttinModel(tiny_config("mlm", tensor_model_parallel_size=2), spec="local")
+    model = EttinModel(tiny_config("bidirectional", tensor_model_parallel_size=2), spec="local")
     logits = tensor_parallel.gather_from_tensor_model_parallel_region(forward(model, [5, 9, VOCAB - 1, 7]))
     try:
         forward(model, [5, 9, VOCAB, 7])
@@ -50,6 +50,6 @@ def test_out_of_vocabulary_id_raises_at_tp2():
 
 @pytest.mark.parametrize("bad", [VOCAB, -1])
 def test_out_of_vocabulary_id_raises_at_tp1(bad):
-    model = EttinModel(tiny_config("mlm"), spec="local")
+    model = EttinModel(tiny_config("bidirectional"), spec="local")
     with pytest.raises(RuntimeError, match=re.escape(MESSAGE)):
         forward(model, [5, bad, 7])

@@ -1,6 +1,7 @@
 """--load is checked before any work, and re-saving an iteration never loses the previous copy.
 
-One spawned rank trains 2 steps (a full training checkpoint), writes a weights-only checkpoint and
+One spawned rank trains 2 steps (a full training checkpoint), resumes a copy of it whose description
+names the model's attention the way older checkpoints did, writes a weights-only checkpoint and
 re-saves iteration 2 with the final rename failing. The --load errors then run in this process through
 ``python -m ettin_megatron.pretrain``'s ``main``: one ``error:`` line, and no process group was made.
 """
@@ -37,6 +38,13 @@ def _checkpoints(rank, prefix, root):
     # MNTP (decoder -> encoder): an encoder model whose checkpoint must say how it was trained.
     args = make_arguments(**base_args(prefix, train_iters=2, save=f"{root}/run", objective="mntp"))
     pretrain(args)
+    legacy = f"{root}/legacy"
+    shutil.copytree(f"{root}/run", legacy)
+    store_attention_as_objective(Path(legacy) / "iter_0000002", "mlm")
+    rows = pretrain(make_arguments(**base_args(prefix, train_iters=3, load=legacy, save=legacy, objective="mntp",
+                                               override_opt_param_scheduler=True)))
+    resumed = ([row["step"] for row in rows if "loss" in row],
+               json.loads((Path(legacy) / "iter_0000003" / "ettin_config.json").read_text())["model"]["attention"])
     config = build_model_config(plan_model(args, VOCAB))
     model = unwrap(build_model(args, config))
     checkpoint.save_checkpoint(f"{root}/weights", 0, model, config)  # as hf-to-megatron writes
@@ -69,7 +77,17 @@ def _checkpoints(rank, prefix, root):
     # The marker fails after the new iteration is in place: the new one stays, the old copy goes.
     after_marker = resave_failing_at(f"{root}/copy", lambda src: src.name == temporary_name(LATEST))
     replaced = not training_state(f"{root}/copy")
-    return kept, entries, replaced, after_marker
+    return kept, entries, replaced, after_marker, resumed
+
+
+def store_attention_as_objective(iteration: Path, objective: str) -> None:
+    """Rewrite a checkpoint's description as checkpoints written before the model field was named
+    ``attention`` stored it: ``"objective": "mlm" | "clm"`` (checkpoint.save_checkpoint's JSON layout)."""
+    stored = iteration / "ettin_config.json"
+    description = json.loads(stored.read_text())
+    del description["model"]["attention"]
+    description["model"]["objective"] = objective
+    stored.write_text(json.dumps(description, indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +110,23 @@ def test_the_training_objective_is_recorded(checkpoints):
     """An MNTP encoder's head is shifted (its output at i predicts i + 1): export needs to know (export_hf)."""
     _, directory, _ = checkpoints
     description = json.loads((directory / "run" / "iter_0000002" / "ettin_config.json").read_text())
-    assert (description["model"]["objective"], description["training_objective"]) == ("mlm", "mntp")
+    assert (description["model"]["attention"], description["training_objective"]) == ("bidirectional", "mntp")
+
+
+def test_a_checkpoint_that_stores_its_attention_as_objective_resumes(capsys, checkpoints, tokenizer_dir, tmp_path):
+    """Older checkpoints name the model's attention "objective" (mlm | clm): they resume as that attention,
+    the next save stores it as "attention", and a change of shape is still refused."""
+    prefix, root, (*_, (steps, attention)) = checkpoints
+    assert (steps, attention) == ([3], "bidirectional")
+    shutil.copytree(root / "run", tmp_path / "run")
+    store_attention_as_objective(tmp_path / "run" / "iter_0000002", "mlm")
+    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "run"), "--train-iters", "4",
+                                        "--vocab-size", "2048"))
+    assert "is another model shape (vocab_size 1024 vs 2048: checkpoint vs this run)" in line
 
 
 def test_a_failed_resave_keeps_the_previous_iteration(checkpoints):
-    _, _, (kept, entries, replaced, after_marker) = checkpoints
+    _, _, (kept, entries, replaced, after_marker, _) = checkpoints
     assert kept, "iter_0000002 was deleted before its replacement was in place"
     assert entries == ["iter_0000002", "latest_checkpointed_iteration.txt"]
     assert replaced, "the new iteration was in place before the marker failed; it should stay"
@@ -244,7 +274,7 @@ def test_resuming_under_other_optimizer_settings_is_refused(capsys, checkpoints,
 
 
 @pytest.mark.parametrize("change, differs", [
-    (["--objective", "clm"], "--objective mntp vs clm"),
+    (["--objective", "clm"], "attention bidirectional vs causal, --objective mntp vs clm"),
     (["--objective", "mlm"], "--objective mntp vs mlm"),
     (["--data-layout", "packed"], "--data-layout document vs packed"),
     (["--global-rope-theta", "160000"], "global_rope_theta 10000.0 vs 160000.0"),

@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from ettin_megatron.config import ettin_config
+from ettin_megatron.config import attention_of, ettin_config
 from ettin_megatron.model.attention import AttentionMask, visibility
 from ettin_megatron.model.counts import attended_pairs, attention_pairs
 from ettin_megatron.training import metrics
@@ -34,8 +34,9 @@ def test_pairs_per_layer_by_hand(window, causal):
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
 def test_model_pairs_and_mfu(objective, monkeypatch):
     """4 layers, global every 3rd (layers 0 and 3 global, 1 and 2 local), window 4 (2 on each side)."""
-    config = ettin_config("tiny", vocab_size=256, objective=objective, local_attention_window=4, num_layers=4)
-    causal = objective == "clm"
+    config = ettin_config("tiny", vocab_size=256, attention=attention_of(objective), local_attention_window=4,
+                          num_layers=4)
+    causal = config.causal
     pairs = 2 * HAND[None, causal] + 2 * HAND[2, causal]
     assert attended_pairs(CU_SEQLENS, config).item() == pairs
 
