@@ -113,14 +113,14 @@ def test_the_training_objective_is_recorded(checkpoints):
     assert (description["model"]["attention"], description["training_objective"]) == ("bidirectional", "mntp")
 
 
-def test_a_checkpoint_that_stores_its_attention_as_objective_resumes(capsys, checkpoints, tokenizer_dir, tmp_path):
+def test_a_checkpoint_that_stores_its_attention_as_objective_resumes(capsys, checkpoints, tmp_path):
     """Older checkpoints name the model's attention "objective" (mlm | clm): they resume as that attention,
     the next save stores it as "attention", and a change of shape is still refused."""
     prefix, root, (*_, (steps, attention)) = checkpoints
     assert (steps, attention) == ([3], "bidirectional")
     shutil.copytree(root / "run", tmp_path / "run")
     store_attention_as_objective(tmp_path / "run" / "iter_0000002", "mlm")
-    line = pretrain_error(capsys, _argv(prefix, tokenizer_dir, "--load", str(tmp_path / "run"), "--train-iters", "4",
+    line = pretrain_error(capsys, _argv(prefix, "--load", str(tmp_path / "run"), "--train-iters", "4",
                                         "--vocab-size", "2048"))
     assert "is another model shape (vocab_size 1024 vs 2048: checkpoint vs this run)" in line
 
