@@ -6,7 +6,7 @@
 # Prepared on a CPU machine: wheels for what the GPU machine lacks (megatron-core, nltk, psutil) and the
 # sample corpus tokenized with the ModernBERT tokenizer, both under .gpu/ (see ../shared/gpu.md):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl megatron-core==0.16.1 nltk psutil
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl megatron-core==0.19.2 nltk psutil
 #   python tools/preprocess_data.py --input corpus.jsonl --output-prefix .gpu/sample --tokenizer-model TOKENIZER
 set -uo pipefail
 cd "$(dirname "$0")/.."

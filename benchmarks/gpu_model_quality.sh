@@ -8,7 +8,7 @@
 #
 # Prepared on a CPU machine (the GPU machine has no megatron-core / nltk and no network):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl megatron-core==0.16.1 nltk defusedxml
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl megatron-core==0.19.2 nltk defusedxml
 #   python -c "from pathlib import Path; from benchmarks import model_quality; \
 #     model_quality.prepare(Path('runs/mq_gpu').resolve(), None)"
 # and run with both carried: device run, carry [".whl", "runs/mq_gpu"], `bash benchmarks/gpu_model_quality.sh`.
