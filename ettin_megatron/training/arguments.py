@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     only the flags actually given override the recipe."""
     parser = CommandParser(
         prog="python -m ettin_megatron.pretrain", description="Pretrain an Ettin encoder or decoder.",
+        usage="%(prog)s [--recipe YAML] [--FLAG VALUE ...]   (the flags, by group, below)",  # not 80 lines of them
         argument_default=argparse.SUPPRESS, allow_abbrev=False,
     )
     for group, cls in GROUPS.items():

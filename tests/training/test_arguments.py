@@ -307,3 +307,14 @@ def test_every_directory_the_run_writes_is_checked_before_training(capsys, prefi
         argv += ["--wandb-project", "ettin-test"]
     error = pretrain_error(capsys, argv)
     assert error.startswith(f"error: {flag}: cannot write in {refused} (") and error.endswith("; choose a writable location")
+
+
+def test_help_opens_with_a_one_line_usage(capsys):
+    """Issue 27, item 11: --help opened with argparse's 84-line list of every flag."""
+    from ettin_megatron.pretrain import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.split("\n\n")[0].count("\n") == 0, out[:2000]
+    assert "--micro-batch-size" in out  # the flags are all still listed, by group
