@@ -98,6 +98,16 @@ def copy_tokenizer(tokenizer_path: Path, out_dir: Path, model_max_length: int | 
     for name, content in transformers_tokenizer_files(model_max_length).items():
         if not (out_dir / name).is_file():
             write_json(out_dir / name, content)
+    _no_bpe_cleanup(out_dir)
+
+
+def _no_bpe_cleanup(out_dir: Path) -> None:
+    """Turn off ``clean_up_tokenization_spaces`` in a BPE tokenizer's copied config (ModernBERT's says
+    true): transformers ignores it for BPE, whose decoding it would corrupt, and warns at every load."""
+    config_path, tokenizer_path = out_dir / "tokenizer_config.json", out_dir / "tokenizer.json"
+    config = json.loads(config_path.read_text())
+    if config.get("clean_up_tokenization_spaces") and json.loads(tokenizer_path.read_text())["model"]["type"] == "BPE":
+        write_json(config_path, {**config, "clean_up_tokenization_spaces": False})
 
 
 def write_generation_config(out_dir: Path, ids: dict) -> None:
