@@ -248,7 +248,7 @@ def test_a_damaged_data_file_is_one_line_and_keeps_the_earlier_export(capsys, ch
 def test_an_unwritable_output_location_is_one_line(capsys, checkpoint, hf_dirs, unwritable, command, flag):
     """Refused before the model is built (hf-to-megatron used to fail only when saving it)."""
     location, refused = unwritable
-    source = ["--load", str(checkpoint)] if command == "megatron-to-hf" else ["--hf-dir", str(hf_dirs["mlm"])]
+    source = ["--load", str(checkpoint)] if command == "megatron-to-hf" else ["--hf-dir", str(hf_dirs["bidirectional"])]
     code, err = run(capsys, command, *source, flag, os.path.join(location, "out"))
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {flag}: cannot write in {refused} ("), err
