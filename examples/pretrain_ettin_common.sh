@@ -20,6 +20,9 @@
 #   TENSORBOARD_DIR event files for TensorBoard (needs: pip install -e ".[tensorboard]")
 #   WORK_DIR        demo work dir (default: ./runs/demo), EXTRA_ARGS: more pretrain flags
 #
+# Arguments after the script's name are pretrain flags too, passed on after EXTRA_ARGS
+# (bash examples/pretrain_ettin_encoder.sh --validate-only checks the run and stops there).
+#
 # With neither DATA_MIX nor DATA_PATH and MODEL_SIZE=tiny this is the offline demo: it builds a sample
 # corpus from text shipped with Python and a small BPE tokenizer in WORK_DIR (reused when present),
 # preprocesses it, trains the tiny model (examples/recipes/<kind>/tiny/phase1.yaml) on the CPU or GPU,
@@ -129,15 +132,16 @@ pass TENSORBOARD_DIR --tensorboard-dir
 # launcher's variables instead of pretrain's flags.
 export ETTIN_LAUNCHER_FLAGS="$LAUNCHER_FLAGS"
 # shellcheck disable=SC2086  # EXTRA_ARGS: free-form extra flags
-WORLD_SIZE=$(( NPROC_PER_NODE * NNODES )) "$PYTHON" -m ettin_megatron.pretrain --validate-only "${ARGS[@]}" ${EXTRA_ARGS:-}
+WORLD_SIZE=$(( NPROC_PER_NODE * NNODES )) "$PYTHON" -m ettin_megatron.pretrain --validate-only "${ARGS[@]}" ${EXTRA_ARGS:-} "$@"
 unset ETTIN_LAUNCHER_FLAGS
+for arg in "$@"; do [ "$arg" = --validate-only ] && exit 0; done   # checked, as asked: nothing to train
 
 # The ranks end themselves if this script dies without a word (kill -9): training/stopping.py.
 export ETTIN_LAUNCHER_PID=$$
 # shellcheck disable=SC2086
 "$PYTHON" -m torch.distributed.run --nproc-per-node "$NPROC_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK" \
   --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
-  -m ettin_megatron.pretrain "${ARGS[@]}" ${EXTRA_ARGS:-}
+  -m ettin_megatron.pretrain "${ARGS[@]}" ${EXTRA_ARGS:-} "$@"
 
 if [ "$DEMO" = 1 ]; then
   "$PYTHON" "$REPO/tools/convert_checkpoint.py" megatron-to-hf --load "$SAVE" --output "$WORK_DIR/hf/$KIND"

@@ -37,12 +37,12 @@ def own_data(tmp_path_factory):
     return str(root / "data_text_document"), str(tokenizer)
 
 
-def launch(tmp_path, kind="encoder", **variables):
+def launch(tmp_path, kind="encoder", *argv, **variables):
     env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()), WORK_DIR=str(tmp_path / "demo"),
                **variables)
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.run(["bash", f"examples/pretrain_ettin_{kind}.sh"], env=env, capture_output=True, text=True,
-                          timeout=560)
+    return subprocess.run(["bash", f"examples/pretrain_ettin_{kind}.sh", *argv], env=env, capture_output=True,
+                          text=True, timeout=560)
 
 
 def refusal(done) -> str:
@@ -145,6 +145,17 @@ def _running(processes: list) -> list:
             if process.status() != psutil.STATUS_ZOMBIE:
                 running.append(process)
     return running
+
+
+def test_the_launchers_own_arguments_are_pretrain_flags(tmp_path, own_data):
+    """Issue 27, item 9: `bash ...encoder.sh --validate-only` ignored its argument and trained a full run."""
+    prefix, tokenizer = own_data
+    own = dict(DATA_PATH=prefix, TOKENIZER=tokenizer, SAVE=str(tmp_path / "ckpt"), TRAIN_ITERS="2")
+    checked = launch(tmp_path, "encoder", "--validate-only", **own)
+    assert checked.returncode == 0 and "step" not in checked.stdout, checked.stdout + checked.stderr
+    assert not (tmp_path / "ckpt").exists()
+    assert refusal(launch(tmp_path, "encoder", "--no-such-flag", **own)) == (
+        "error: unrecognized arguments: --no-such-flag")
 
 
 def _fake_slurm(tmp_path) -> dict:
