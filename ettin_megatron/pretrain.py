@@ -32,9 +32,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def in_launcher_terms(message: str) -> str:
     """The flags a message names, as the variables of the launcher that set them: the launchers'
-    --validate-only pass sets ETTIN_LAUNCHER_FLAGS to "--flag=VARIABLE ..." (unset: the message as is)."""
-    names = dict(pair.split("=", 1) for pair in os.environ.get("ETTIN_LAUNCHER_FLAGS", "").split())
-    return re.sub(r"--[a-z0-9-]+", lambda flag: names.get(flag.group(0), flag.group(0)), message)
+    --validate-only pass sets ETTIN_LAUNCHER_FLAGS to "--flag=VARIABLE ..." (unset: the message as is).
+    A flag no variable sets is one to give in EXTRA_ARGS (or after the script's name), and says so."""
+    if "ETTIN_LAUNCHER_FLAGS" not in os.environ:
+        return message
+    from .training.arguments import build_parser
+
+    names = dict(pair.split("=", 1) for pair in os.environ["ETTIN_LAUNCHER_FLAGS"].split())
+    known = build_parser()._option_string_actions  # pretrain's flags (an unknown one is just that)
+    unset = list(dict.fromkeys(f for f in re.findall(r"--[a-z0-9_-]+", message) if f in known and f not in names))
+    message = re.sub(r"--[a-z0-9_-]+", lambda flag: names.get(flag.group(0), flag.group(0)), message)
+    return message + (f" ({', '.join(unset)}: pretrain flags, given in EXTRA_ARGS)" if unset else "")
 
 
 if __name__ == "__main__":  # dist_checkpointing's async writer spawns processes that re-import __main__

@@ -65,6 +65,9 @@ def test_errors_are_checked_once_and_name_the_launcher_variable(tmp_path, own_da
     blocker.write_text("kept\n")
     assert refusal(launch(tmp_path, SAVE=str(blocker / "ckpt"), **own)) == (
         f"error: SAVE: cannot write in {blocker} (Not a directory); choose a writable location")
+    assert refusal(launch(tmp_path, EXTRA_ARGS="--recompute-granularity full", **own)) == (
+        "error: --recompute-granularity full needs --recompute-method (uniform | block) and --recompute-num-layers. "
+        "(--recompute-granularity, --recompute-method, --recompute-num-layers: pretrain flags, given in EXTRA_ARGS)")
     assert refusal(launch(tmp_path, PHASE="2")) == (
         "error: the demo trains phase 1 of the tiny recipe only; unset PHASE / RECIPE, or set DATA_PATH or DATA_MIX")
     assert not (tmp_path / "demo").exists()
