@@ -49,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
                      choices=["HuggingFaceTokenizer"], help="accepted for Megatron-LM compatibility")
     tok.add_argument("--no-wrap", dest="wrap", action="store_false",
                      help="store bare tokens, without the template's [CLS]/[SEP] (Megatron-LM layout)")
+    tok.add_argument("--special-token-strings", dest="split_special_tokens", action="store_false",
+                     help="read a special token's string in the text ('[MASK]', '[SEP]') as that special token, "
+                          "as Megatron-LM's tool does (default: as the text it is, which a model must not "
+                          "mistake for a mask or a document boundary)")
     tok.add_argument("--append-eod", action="store_true",
                      help="append the end-of-document token ([SEP]) to each document (with --no-wrap)")
     tok.add_argument("--ids-framing", choices=FRAMINGS, default="keep",

@@ -68,6 +68,9 @@ class PreprocessConfig:
     log_interval: int = 10000
     skip_invalid: bool = False
     ids_framing: str = "keep"
+    split_special_tokens: bool = True
+    """A special token's string in raw text ("[MASK]" in a web page) is encoded as text (transformers'
+    split_special_tokens); False: as the special token, Megatron-LM's behaviour, for byte identity."""
 
 
 @dataclass
@@ -114,6 +117,7 @@ def _init_worker(tokenizer: Tokenizer, config: PreprocessConfig, dtype: type) ->
     the parallelism is the worker processes, so --workers N uses N cores and runs stay comparable."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process ends us
+    tokenizer.encode_special_tokens = config.split_special_tokens  # the template still adds [CLS] / [SEP]
     prefix, suffix = document_frame(tokenizer, config)
     split = sentence_splitter(config.keep_newlines, quiet=True) if config.split_sentences else None
     _WORKER.update(tokenizer=tokenizer, config=config, dtype=dtype, split=split,
@@ -265,7 +269,8 @@ def _new_info(config: PreprocessConfig, tokenizer: Tokenizer, kind: str) -> Data
     prefix, suffix = document_frame(tokenizer, config)
     stamp = TokenizerStamp(tokenizer_fingerprint(config.tokenizer_model),
                            tokenizer.get_vocab_size(with_added_tokens=True))
-    framing = dict(wrap=config.wrap, append_eod=config.append_eod, prefix=list(prefix), suffix=list(suffix))
+    framing = dict(wrap=config.wrap, append_eod=config.append_eod, prefix=list(prefix), suffix=list(suffix),
+                   split_special_tokens=config.split_special_tokens)
     if kind == "ids":
         prefix, suffix, eod = ids_frame(tokenizer, config)
         framing = dict(ids_framing=config.ids_framing, append_eod=config.append_eod, prefix=list(prefix),

@@ -47,7 +47,7 @@ def test_preprocess_records_what_made_the_data(tmp_path, tokenizer_dir, tokenize
     assert record["max_token_id"] == int(tokens.max())
     ids = [[tokenizer.token_to_id(t)] if t else [] for t in framing]
     assert record["framing"] == dict(wrap=options.get("wrap", True), append_eod=options.get("append_eod", False),
-                                     prefix=ids[0], suffix=ids[1])
+                                     prefix=ids[0], suffix=ids[1], split_special_tokens=True)
     assert record["level"] == "document" and record["tool"] == "tools/preprocess_data.py"
     assert sorted(os.listdir(tmp_path)) == ["ds.jsonl", "ds_text_document.bin", "ds_text_document.idx",
                                             "ds_text_document.meta.json"]  # no temporary left

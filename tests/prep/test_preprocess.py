@@ -163,3 +163,25 @@ def test_input_is_streamed_with_bounded_read_ahead(tmp_path, tokenizer_dir, monk
     path = write_jsonl(tmp_path / "many.jsonl", [{"text": f"doc {i}"} for i in range(200)])
     run(tmp_path, tokenizer_dir, input_path=path, chunk_size=1, workers=2)
     assert len(lead) == 200 and max(lead) <= 2 * 2 + 1
+
+
+@pytest.mark.parametrize("as_special", [False, True])
+def test_special_token_strings_in_raw_text_are_text_unless_asked(tmp_path, tokenizer_dir, tokenizer, as_special):
+    """Issue 27, item 10: a web page that says "[MASK]" became the mask id, and "[SEP]" a document frame.
+    By default such strings are text; --special-token-strings keeps Megatron-LM's reading (byte identity
+    with its tool), and the record says which rule the prefix used."""
+    from ettin_megatron.commands.preprocess_data import main
+    from ettin_megatron.data.dataset_info import read_info
+
+    text = "Fill in the [MASK] here. [SEP] is not the end, nor is [CLS] a start."
+    corpus = write_jsonl(tmp_path / "web.jsonl", [{"text": text}])
+    argv = ["--input", corpus, "--output-prefix", str(tmp_path / "web"), "--tokenizer-model", tokenizer_dir,
+            "--log-interval", "0"] + (["--special-token-strings"] if as_special else [])
+    assert main(argv) == 0
+    prefix = str(tmp_path / "web_text_document")
+    (ids,), = documents(prefix)
+    specials = {tokenizer.token_to_id(t) for t in ("[MASK]", "[SEP]", "[CLS]")}
+    inner = set(ids[1:-1])
+    assert (ids[0], ids[-1]) == (tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]"))
+    assert (inner & specials == specials) if as_special else not inner & specials, ids
+    assert read_info(prefix).framing["split_special_tokens"] is (not as_special)
