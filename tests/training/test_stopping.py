@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ettin_megatron.checkpoint import latest_iteration
+from ettin_megatron.runtime.distributed import free_port
 from tests.ranks import run_ranks
 from tests.training.cli import REPO, finished, flags, step_lines, torchrun
 from tests.training.training_data import base_args, write_corpus
@@ -165,7 +166,8 @@ def test_ctrl_c_without_the_handler_says_in_one_line_where_the_last_checkpoint_i
     argv = flags(**base_args(write_corpus(tmp_path), train_iters=100000), save=str(root), save_interval=2)
     run = subprocess.Popen([sys.executable, "-m", "ettin_megatron.pretrain", *argv], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                                "MASTER_PORT": str(free_port())})
     for line in run.stdout:  # step 3 is logged, so step 2 is saved
         if re.match(r"step\s+3/", line):
             break
