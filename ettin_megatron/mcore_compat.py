@@ -18,7 +18,9 @@ by its version number.
 - 0.19: importing ``get_megatron_optimizer``'s module imports the MIMO model, whose config class warns
   that it is experimental; a checkpoint's common state is read through torch's DCP, which warns that no
   process group exists (``check_load`` reads it before any), and a 0.16 checkpoint's ``common.pt``
-  through a reader that logs its deprecation.
+  through a reader that logs its deprecation. Its rank helper, asked by megatron's loggers before a
+  process group exists (``--validate-only``, a run's last lines after the group is gone), warns that it
+  defaults to rank 0.
 ``quiet_notices`` silences exactly these messages; every other warning still shows. The package calls it
 when it is imported, so this module imports megatron-core only inside its functions.
 """
@@ -60,6 +62,7 @@ _LOGGED = {
 _WARNED = (
     "MimoModelConfig is experimental",  # 0.19
     "torch.distributed is disabled, unavailable or uninitialized",  # 0.19: torch DCP without a process group
+    "Could not determine rank from torch.distributed",  # 0.19: its rank helper, asked before any process group
 )
 _WITHOUT_CUDA = ("Transformer Engine and Apex are not installed", "Apex is not installed")
 _LOGGED_WITHOUT_CUDA = {"torch.utils.cpp_extension": "No CUDA runtime is found"}
