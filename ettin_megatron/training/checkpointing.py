@@ -184,8 +184,8 @@ def check_load(plan: RunPlan, model: dict) -> Path | None:
         length = next(f"--train-{unit}" for unit in UNITS if getattr(args.run, f"train_{unit}") is not None)
         raise ConfigError(f"checkpoint {directory} is at {where}, already at or past this run's end; to start "
                           f"the next phase from it pass --finetune (weights only) or raise {length}.")
-    _check_run(plan, directory, {**saved, "objective": description.get("training_objective"), **state.get("run", {})},
-               {**model, **run_record(plan)})
+    recorded = {"objective": description["training_objective"]} if "training_objective" in description else {}
+    _check_run(directory, {**saved, **recorded, **state.get("run", {})}, {**model, **run_record(plan)})
     _check_optimizer(args, directory, state.get("optimizer", LEGACY_OPTIMIZER))
     _check_schedule(plan, directory, common["opt_param_scheduler"])
     return directory
@@ -204,13 +204,19 @@ def _check_save(args: Arguments) -> None:
                           "resume it, or choose another --save.")
 
 
-def _check_run(plan: RunPlan, directory: Path, saved: dict, planned: dict) -> None:
+def _differences(saved: dict, planned: dict, label=lambda name: name) -> str:
+    """Each planned entry the checkpoint recorded otherwise, as "LABEL saved vs planned", comma-joined
+    ("" if none); an entry the checkpoint predates is not compared."""
+    return ", ".join(f"{label(name)} {saved[name]} vs {planned[name]}" for name in planned
+                     if name in saved and saved[name] != planned[name])
+
+
+def _check_run(directory: Path, saved: dict, planned: dict) -> None:
     """Refuse to resume a checkpoint under another model (any model field: a new phase's RoPE bases
-    included) or run_record; a record the checkpoint predates is not compared."""
-    differing = [f"{_FLAGS.get(name, name)} {saved[name]} vs {planned[name]}" for name in planned
-                 if saved.get(name) is not None and saved[name] != planned[name]]
+    included) or run_record."""
+    differing = _differences(saved, planned, lambda name: _FLAGS.get(name, name))
     if differing:
-        raise ConfigError(f"checkpoint {directory} is another run ({', '.join(differing)}: checkpoint vs this run); "
+        raise ConfigError(f"checkpoint {directory} is another run ({differing}: checkpoint vs this run); "
                           "resume it as it was, or start from its weights with --finetune (a new phase, or the "
                           "other objective).")
 
@@ -227,10 +233,9 @@ def _check_optimizer(args: Arguments, directory: Path, saved: dict) -> None:
     """Refuse to resume moments under another update rule, or the state of the distributed optimizer
     without it (or the reverse): megatron lays the two out differently."""
     planned = optimizer_record(args)
-    differing = [f"--{name.replace('_', '-')} {saved[name]} vs {planned[name]}" for name in planned
-                 if name in saved and saved[name] != planned[name]]
+    differing = _differences(saved, planned, lambda name: f"--{name.replace('_', '-')}")
     if differing:
-        raise ConfigError(f"checkpoint {directory} was trained with other optimizer settings ({', '.join(differing)}: "
+        raise ConfigError(f"checkpoint {directory} was trained with other optimizer settings ({differing}: "
                           "checkpoint vs this run); resume with the checkpoint's, or start from its weights with "
                           "--finetune.")
     if planned["use_distributed_optimizer"] and planned["optimizer"] == "adam" and not fused_adam_available():
@@ -246,10 +251,10 @@ def _check_schedule(plan: RunPlan, directory: Path, saved: dict) -> None:
     if run.override_opt_param_scheduler or run.use_checkpoint_opt_param_scheduler:
         return
     planned = planned_schedule(plan.args, plan.schedule)
-    differing = [f"{name} {saved[name]} vs {planned[name]}" for name in planned
-                 if name != "num_steps" and name in saved and saved[name] != planned[name]]
+    planned.pop("num_steps", None)  # where the schedule stands, not what it is
+    differing = _differences(saved, planned)
     if differing:
-        raise ConfigError(f"checkpoint {directory} has another LR schedule ({', '.join(differing)}: checkpoint "
+        raise ConfigError(f"checkpoint {directory} has another LR schedule ({differing}: checkpoint "
                           "vs this run, lengths in the run's unit); pass --use-checkpoint-opt_param-scheduler to keep "
                           "the checkpoint's or --override-opt_param-scheduler to use this run's.")
 
