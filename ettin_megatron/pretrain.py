@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         destroy()
 
 
+FLAG = re.compile(r"--[a-z0-9_-]+")
+"""A flag as messages name it."""
+
+
 def in_launcher_terms(message: str) -> str:
     """The flags a message names, as the variables of the launcher that set them: the launchers'
     --validate-only pass sets ETTIN_LAUNCHER_FLAGS to "--flag=VARIABLE ..." (unset: the message as is).
@@ -40,8 +44,8 @@ def in_launcher_terms(message: str) -> str:
 
     names = dict(pair.split("=", 1) for pair in os.environ["ETTIN_LAUNCHER_FLAGS"].split())
     known = build_parser()._option_string_actions  # pretrain's flags (an unknown one is just that)
-    unset = list(dict.fromkeys(f for f in re.findall(r"--[a-z0-9_-]+", message) if f in known and f not in names))
-    message = re.sub(r"--[a-z0-9_-]+", lambda flag: names.get(flag.group(0), flag.group(0)), message)
+    unset = list(dict.fromkeys(f for f in FLAG.findall(message) if f in known and f not in names))
+    message = FLAG.sub(lambda flag: names.get(flag.group(0), flag.group(0)), message)
     return message + (f" ({', '.join(unset)}: pretrain flags, given in EXTRA_ARGS)" if unset else "")
 
 
