@@ -13,7 +13,8 @@
 #   SAVE, LOAD      checkpoint roots; LOAD defaults to SAVE (a rerun resumes, Megatron-LM style);
 #                   FINETUNE=1 loads LOAD's weights only (then LOAD must be set)
 #   PRECISION       bf16 | fp8 | fp32   (default: bf16 on a GPU, fp32 on the CPU)
-#   TRAIN_ITERS     optimizer steps of the demo (recipes count tokens: TRAIN_TOKENS)
+#   TRAIN_ITERS     optimizer steps (Ettin recipes count tokens: TRAIN_TOKENS); either one shortens or
+#                   lengthens a recipe, whose warm-up, anneal and batch ramp-up keep their share of the run
 #   TRAIN_TOKENS    input tokens to train (overrides the recipe's train_tokens)
 #   MICRO_BATCH, GLOBAL_BATCH_SIZE, RAMPUP_BATCH_SIZE ("START INCREMENT SAMPLES"),
 #   RAMPUP_BATCH_SIZE_TOKENS ("START INCREMENT TOKENS"), SEQ_LENGTH, LR      recipe overrides
@@ -100,9 +101,6 @@ if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]
   TOKENIZER="${TOKENIZER:-$WORK_DIR/tokenizer}"
   SAVE="${SAVE:-$WORK_DIR/checkpoints/$KIND}"
   DATA_PATH="$WORK_DIR/data/sample_text_document"
-  # The recipe anneals over the last 30% of its 300 steps; a shorter demo keeps that proportion. (Any
-  # TRAIN_ITERS but a count goes to pretrain as it is, which refuses it in one line.)
-  [[ "${TRAIN_ITERS:-}" =~ ^[0-9]+$ ]] && ARGS+=(--lr-wsd-decay-iters $(( 10#$TRAIN_ITERS * 3 / 10 + 1 )))
 else
   DEMO=0
 fi

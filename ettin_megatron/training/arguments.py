@@ -13,10 +13,12 @@ What a run makes of it, checked against the data, the tokenizer and the world, i
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
@@ -348,13 +350,59 @@ def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
 def parse_args(argv: list[str] | None = None) -> Arguments:
     """Defaults, then the recipe (if ``--recipe``), then the flags given on the command line."""
     given = vars(build_parser().parse_args(argv))
-    values = read_recipe(given["recipe"]) if given.get("recipe") else {}
+    recipe = read_recipe(given["recipe"]) if given.get("recipe") else {}
+    values = dict(recipe)
     for forms in ALTERNATIVES:  # the command line's data / lengths replace the recipe's, whichever form
         if any(form in given for form in forms):
             for form in forms:
                 values.pop(form, None)
     values.update(given)
+    values.update(_rescaled_schedule(recipe, given, values))
     return make_arguments(**values)
+
+
+def _run_length(values: dict) -> tuple[str, int] | None:
+    """(unit, length) of the train_* form ``values`` give, if any."""
+    return next(((unit, values[f"train_{unit}"]) for unit in UNITS if values.get(f"train_{unit}")), None)
+
+
+def _rescaled_schedule(recipe: dict, given: dict, values: dict) -> dict:
+    """A recipe run to another length keeps its shape: each schedule length the recipe sets (warm-up,
+    decay, WSD anneal, batch ramp-up) and the command line does not becomes the same share of the new
+    length, in the new length's unit, rounded up (a length stays at least one step). Without this,
+    ``--train-iters 30`` on a 300-step recipe would keep its 91-step anneal (the LR never leaves its
+    peak), and on an Ettin recipe would keep token lengths that an iteration run cannot use.
+    Returns the fields to replace (none when the recipe's own length stands)."""
+    old, new = _run_length(recipe), _run_length(given)
+    if old is None or new is None:
+        return {}
+    batch = values.get("global_batch_size", DataArgs.global_batch_size)
+    seq_length = values.get("seq_length", DataArgs.seq_length)
+
+    def samples(unit: str, length: int) -> Fraction:  # exact: a share of 1/3 must not round up to 2
+        return {"iters": Fraction(length * batch), "samples": Fraction(length),
+                "tokens": Fraction(length, seq_length)}[unit]
+
+    def rescaled(unit: str, length: int, into: str) -> int:
+        return math.ceil(samples(unit, length) / samples(*old) * samples(*new) / samples(into, 1))
+
+    index, new_unit = _field_index(), new[0]
+    changes = {}
+    for length in SCHEDULE_LENGTHS:
+        forms = {f"{length}_{unit}": unit for unit in UNITS}
+        recipe_form = next((form for form in forms if recipe.get(form)), None)
+        if recipe_form and not any(form in given for form in forms):
+            changes.update({form: index[form][1].default for form in forms})
+            changes[f"{length}_{new_unit}"] = rescaled(forms[recipe_form], recipe[recipe_form], new_unit)
+    ramps = {"rampup_batch_size": "samples", "rampup_batch_size_tokens": "tokens"}
+    recipe_ramp = next((name for name in ramps if recipe.get(name)), None)
+    if recipe_ramp and not any(name in given for name in ramps):
+        start, increment, length = recipe[recipe_ramp]
+        into = "tokens" if new_unit == "tokens" else "samples"
+        changes.update(dict.fromkeys(ramps))
+        changes[next(name for name, unit in ramps.items() if unit == into)] = [
+            start, increment, rescaled(ramps[recipe_ramp], length, into)]
+    return changes
 
 
 def make_arguments(**values) -> Arguments:

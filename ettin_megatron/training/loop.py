@@ -46,7 +46,7 @@ from .data_loader import MicroBatchSampler, micro_batch_loader, step_iterators
 from .forward_step import EvalReport, TrainReport, make_forward_step, sum_reports
 from .metrics import Metrics, scalar_writers
 from .optimizer import build_optimizer, build_scheduler, current_lr, optimizer_step
-from .plan import RunPlan, plan_run
+from .plan import RunPlan, describe_schedule, plan_run
 from .setup import build_model, build_model_config, wire_schedule_hooks
 from .stable_adamw import clipped_fraction
 from .stopping import ExitConditions, check_finite, nonfinite_flags, stop_with_launcher
@@ -207,6 +207,7 @@ def setup(plan: RunPlan, resume) -> tuple[Run, int, int, int]:
     report(f"model {args.model.model_size} ({args.model.objective}): {params / 1e6:.1f}M parameters, "
            f"TP={layout.tensor_parallel} PP={layout.pipeline_parallel} VPP={layout.virtual_pipeline_parallel} "
            f"DP={plan.data_parallel_size}")
+    report(describe_schedule(args, plan.schedule))
     return run, iteration, consumed, tokens
 
 

@@ -309,6 +309,27 @@ def schedule_steps(args: Arguments) -> ScheduleSteps:
     return ScheduleSteps(warmup=warmup, decay=decay, wsd_decay=min(wsd, decay))
 
 
+def describe_schedule(args: Arguments, steps: ScheduleSteps) -> str:
+    """The LR schedule in one line, in the unit the run's length is given in (what a user checks after
+    shortening a recipe, whose lengths follow the run's: arguments._rescaled_schedule)."""
+    o, r = args.optim, args.run
+    unit, total = next((unit, getattr(r, f"train_{unit}")) for unit in UNITS if getattr(r, f"train_{unit}"))
+    per = args.data.global_batch_size if unit == "iters" else 1  # the steps' lengths are in samples
+    name = {"iters": "steps"}.get(unit, unit)
+
+    def count(length: int) -> str:
+        return f"{length // per:,}"
+
+    line = f"LR schedule: {count(steps.warmup)}-{name[:-1]} warm-up to {o.lr:.2e}, then "
+    if o.lr_decay_style == "constant":
+        line += "constant"
+    elif o.lr_decay_style == "WSD":
+        line += f"stable, and a {o.lr_wsd_decay_style} anneal to {o.min_lr:.2e} over the last {count(steps.wsd_decay)}"
+    else:
+        line += f"{o.lr_decay_style} decay to {o.min_lr:.2e} over {count(steps.decay)}"
+    return line + f" of {total:,} {name}"
+
+
 def _check_recompute(args: Arguments, model: ModelPlan) -> None:
     """Megatron's recompute rules, in one line each: full recompute needs a method and a layer count
     that fits the layers of a pipeline chunk; selective recompute takes neither."""

@@ -186,6 +186,30 @@ def test_schedule_length_flag_replaces_the_recipes_other_form(tmp_path, prefix):
     assert (args.run.train_iters, args.optim.lr_warmup_iters, args.optim.lr_wsd_decay_iters) == (5, 1, 2)
 
 
+def test_a_recipe_run_to_another_length_keeps_its_schedules_shares(tmp_path, prefix):
+    """Issue 27, item 8: a recipe shortened on the command line kept its absolute warm-up, anneal and
+    ramp-up (an anneal longer than the run, or token lengths an iteration run refuses). Each is now the
+    recipe's share of the new length, in its unit, rounded up; a length the command line gives stays."""
+    (tmp_path / "r.yaml").write_text("train_iters: 300\nlr_warmup_iters: 30\nlr_decay_style: WSD\n"
+                                     "lr_wsd_decay_iters: 90\nrampup_batch_size: [8, 8, 960]\n")
+    recipe = ["--recipe", str(tmp_path / "r.yaml"), "--data-path", prefix]
+    args = parse_args(recipe + ["--train-iters", "30"])
+    assert (args.optim.lr_warmup_iters, args.optim.lr_wsd_decay_iters, args.data.rampup_batch_size) == (
+        3, 9, [8, 8, 96])  # exact shares: a tenth of each, not rounded up past it
+    args = parse_args(recipe + ["--train-iters", "31", "--lr-wsd-decay-iters", "5"])
+    assert (args.optim.lr_warmup_iters, args.optim.lr_wsd_decay_iters) == (4, 5)  # 3.1 up to 4; 5 as given
+    args = parse_args(recipe + ["--train-tokens", "96000", "--seq-length", "100"])  # 30 iterations' worth
+    assert (args.optim.lr_warmup_iters, args.optim.lr_warmup_tokens, args.optim.lr_wsd_decay_tokens,
+            args.data.rampup_batch_size, args.data.rampup_batch_size_tokens) == (0, 9600, 28800, None, [8, 8, 9600])
+    plan_run(args, world_size=1)
+    ettin = parse_args(["--recipe", str(RECIPES / "encoder/17m/phase1.yaml"), "--data-path", prefix,
+                        "--train-iters", "30"])  # 4B warm-up and 125B ramp of 1.7T tokens, at 4,608 a step
+    assert (ettin.optim.lr_warmup_tokens, ettin.optim.lr_warmup_iters) == (0, 1)
+    assert (ettin.data.rampup_batch_size_tokens, ettin.data.rampup_batch_size) == (None, [576, 576, 10165])
+    plan_run(ettin, world_size=1)  # refused before: "--lr-warmup-tokens counts tokens ..."
+    assert parse_args(["--recipe", str(tmp_path / "r.yaml")]).optim.lr_wsd_decay_iters == 90  # the recipe's length
+
+
 def test_sentence_level_data_fails_before_any_work(capsys, tmp_path):
     prefix = str(tmp_path / "sentences")
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)

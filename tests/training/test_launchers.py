@@ -109,6 +109,23 @@ def test_tiny_on_own_data_then_a_rerun_resumes_or_says_it_is_complete(tmp_path, 
     assert (tmp_path / "ckpt/latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
 
+def test_a_shortened_recipe_anneals_over_the_same_share_of_the_run(tmp_path, own_data):
+    """Issue 27, item 8: TRAIN_ITERS=20 on the tiny recipe (300 steps, the last 91 annealed) annealed over the
+    whole run (only the demo rescaled); now over its last ceil(91 x 20 / 300) = 7 steps, as the log says."""
+    prefix, tokenizer = own_data
+    done = launch(tmp_path, DATA_PATH=prefix, TOKENIZER=tokenizer, TRAIN_ITERS="20", MICRO_BATCH="4",
+                  GLOBAL_BATCH_SIZE="8", EXTRA_ARGS="--log-interval 1 --eval-iters 0 --num-workers 0")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ("LR schedule: 1-step warm-up to 3.00e-03, then stable, and a minus_sqrt anneal to 3.00e-04 over the "
+            "last 7 of 20 steps") in done.stdout.splitlines()
+    lrs = [float(lr) for lr in re.findall(r"^step +\d+/20 \| loss \S+ \| lr (\S+)", done.stdout, re.M)]
+    assert len(lrs) == 20 and set(lrs[:13]) == {3e-3} and lrs[-1] == pytest.approx(3e-4)
+    assert all(a > b for a, b in zip(lrs[12:], lrs[13:]))  # the anneal: steps 14 to 20
+    ettin = launch(tmp_path, "encoder", "--validate-only", MODEL_SIZE="17m", DATA_PATH=prefix, TOKENIZER=tokenizer,
+                   TRAIN_ITERS="30", EXTRA_ARGS="--eval-iters 0")  # refused before, on --lr-warmup-tokens
+    assert ettin.returncode == 0 and not ettin.stderr.strip(), ettin.stderr
+
+
 @pytest.mark.parametrize("killed", ["launcher", "torchrun"])
 def test_ranks_end_when_their_launcher_is_killed(tmp_path, own_data, killed):
     """Issue 27, item 6: kill -9 of the launcher left its training process orphaned, burning CPU. Every
