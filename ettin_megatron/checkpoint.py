@@ -54,6 +54,24 @@ def latest_iteration(root: str | os.PathLike) -> int | None:
     return int(text)
 
 
+def saved_iterations(root: str | os.PathLike) -> list[Path]:
+    """The complete iteration directories of a checkpoint root, oldest first: ``iter_N`` with its
+    ettin_config.json, which a save writes last, before the rename (never an ``iter_N.tmp`` or a
+    re-save's ``iter_N.old``)."""
+    found = [(int(d.name[5:]), d) for d in Path(root).glob("iter_*")
+             if d.name[5:].isdigit() and (d / CONFIG_FILE).is_file()]
+    return [directory for _, directory in sorted(found)]
+
+
+def training_position(directory: str | os.PathLike) -> dict | None:
+    """Where the run stood at a checkpoint: {"iteration", "consumed_samples", "consumed_tokens"} from its
+    training state (None for weights only, an import or an average). Reads the small common state, no weights."""
+    state = dist_checkpointing.load_common_state_dict(str(directory)).get("training_state")
+    if state is None:
+        return None
+    return {key: state.get(key) for key in ("iteration", "consumed_samples", "consumed_tokens")}
+
+
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """Accept either a checkpoint root (use its latest iteration) or an ``iter_N`` directory."""
     path = Path(path)
