@@ -36,6 +36,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || { echo "error: PYTHON: $PYTHON is not a command; set it to a Python 3 interpreter" >&2; exit 2; }
+case "${FINETUNE:-0}" in 0|1) ;; *) echo "error: FINETUNE must be 1 (start from LOAD's weights) or 0 (got $FINETUNE)" >&2; exit 2 ;; esac
 # First run on a fresh machine: install the package into ./.venv (torch pinned to 2.13.0 so pip keeps
 # an existing or local CPU build rather than fetching a newer CUDA one).
 if ! "$PYTHON" -c "import ettin_megatron, megatron.core" 2>/dev/null; then
@@ -56,6 +58,9 @@ MODEL_SIZE="${MODEL_SIZE:-tiny}"
 TP="${TP:-1}"; PP="${PP:-1}"; VPP="${VPP:-}"
 NPROC_PER_NODE="${NPROC_PER_NODE:-1}"; NNODES="${NNODES:-1}"; NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"; MASTER_PORT="${MASTER_PORT:-29500}"
+for count in NPROC_PER_NODE NNODES; do  # bash arithmetic below multiplies them
+  [[ "${!count}" =~ ^[0-9]+$ ]] || { echo "error: $count: must be a positive integer, got ${!count}" >&2; exit 2; }
+done
 WORK_DIR="${WORK_DIR:-./runs/demo}"
 KIND=$([ "$OBJECTIVE" = clm ] && echo decoder || echo encoder)
 HAS_GPU=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))")
@@ -81,7 +86,7 @@ case "$PRECISION" in
          echo "PRECISION=fp8 needs Transformer Engine: pip install -e \".[gpu]\", or use PRECISION=bf16" >&2; exit 2; }
        ARGS+=(--bf16 --fp8-format hybrid) ;;
   fp32) ARGS+=(--no-bf16) ;;  # overrides the recipes' bf16: true
-  *) echo "PRECISION must be bf16, fp8 or fp32 (got $PRECISION)" >&2; exit 2 ;;
+  *) echo "error: PRECISION must be bf16, fp8 or fp32 (got $PRECISION)" >&2; exit 2 ;;
 esac
 
 if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]; then
@@ -91,7 +96,7 @@ if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]
     echo "error: the demo trains phase 1 of the tiny recipe only; unset PHASE / RECIPE, or set DATA_PATH or DATA_MIX" >&2
     exit 2
   fi
-  mkdir -p "$WORK_DIR"
+  mkdir -p "$WORK_DIR" 2>/dev/null || { echo "error: WORK_DIR: cannot create $WORK_DIR; choose a writable location" >&2; exit 2; }
   [ -f "$WORK_DIR/corpus.jsonl" ] || "$PYTHON" "$REPO/tools/build_sample_corpus.py" --output "$WORK_DIR/corpus.jsonl"
   [ -f "$WORK_DIR/tokenizer/tokenizer.json" ] || \
     "$PYTHON" "$REPO/tools/train_tokenizer.py" --input "$WORK_DIR/corpus.jsonl" --output-dir "$WORK_DIR/tokenizer" --vocab-size 4096
@@ -104,7 +109,12 @@ if [ -z "${DATA_MIX:-}" ] && [ -z "${DATA_PATH:-}" ] && [ "$MODEL_SIZE" = tiny ]
 else
   DEMO=0
 fi
-RECIPE="${RECIPE:-$REPO/examples/recipes/$KIND/$MODEL_SIZE/phase${PHASE:-1}.yaml}"
+SIZE_RECIPES="$REPO/examples/recipes/$KIND/$MODEL_SIZE"
+if [ -z "${RECIPE:-}" ] && [ -d "$SIZE_RECIPES" ] && [ ! -f "$SIZE_RECIPES/phase${PHASE:-1}.yaml" ]; then
+  echo "error: PHASE=${PHASE:-1}: the $MODEL_SIZE $KIND has phases $(cd "$SIZE_RECIPES" && ls phase*.yaml | tr -dc '0-9\n' | paste -sd ' '); choose one, or set RECIPE" >&2
+  exit 2
+fi
+RECIPE="${RECIPE:-$SIZE_RECIPES/phase${PHASE:-1}.yaml}"
 GLOBAL_BATCH_SIZE="${GLOBAL_BATCH_SIZE:-${GLOBAL_BATCH:-}}"  # GLOBAL_BATCH is read too, as a synonym
 if [ "${FINETUNE:-0}" != 1 ]; then
   LOAD="${LOAD:-${SAVE:-}}"  # Megatron-LM's convention: a relaunch continues its own checkpoints
@@ -132,6 +142,13 @@ export ETTIN_LAUNCHER_FLAGS="$LAUNCHER_FLAGS"
 # shellcheck disable=SC2086  # EXTRA_ARGS: free-form extra flags
 WORLD_SIZE=$(( NPROC_PER_NODE * NNODES )) "$PYTHON" -m ettin_megatron.pretrain --validate-only "${ARGS[@]}" ${EXTRA_ARGS:-} "$@"
 unset ETTIN_LAUNCHER_FLAGS
+# torchrun's own variables, which pretrain never sees: refused here rather than by torchrun's traceback.
+if ! [[ "$NODE_RANK" =~ ^[0-9]+$ ]] || (( 10#$NODE_RANK >= NNODES )); then
+  echo "error: NODE_RANK must be a node number from 0 to NNODES - 1 = $(( NNODES - 1 )) (got $NODE_RANK)" >&2; exit 2
+fi
+if ! [[ "$MASTER_PORT" =~ ^[0-9]+$ ]] || (( 10#$MASTER_PORT < 1 || 10#$MASTER_PORT > 65535 )); then
+  echo "error: MASTER_PORT must be a port number from 1 to 65535 (got $MASTER_PORT)" >&2; exit 2
+fi
 for arg in "$@"; do [ "$arg" = --validate-only ] && exit 0; done   # checked, as asked: nothing to train
 
 # The ranks end themselves if this script dies without a word (kill -9): training/stopping.py.

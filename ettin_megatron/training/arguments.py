@@ -326,7 +326,8 @@ def read_recipe(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     """A recipe's flat {field: value}, after its ``inherit:`` base(s) (a path or a list, applied in order)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist; see examples/recipes/ for the available ones.")
+        named = f"--recipe {path}" if not _seen else f"recipe {path} (inherited)"
+        raise ConfigError(f"{named} does not exist; see examples/recipes/ for the available ones.")
     if path.resolve() in _seen:
         raise ConfigError(f"recipe {path} inherits from itself.")
     data = yaml.safe_load(path.read_text()) or {}

@@ -154,6 +154,9 @@ def check_load(plan: RunPlan, model: dict) -> Path | None:
     if not args.run.load or not has_checkpoint(args.run.load):
         if args.run.load and args.run.finetune:
             raise ConfigError(f"--load {args.run.load} holds no checkpoint to fine-tune from; fix --load.")
+        if args.run.load and not _same_root(args.run.load, args.run.save):  # a typo would start from scratch
+            raise ConfigError(f"--load {args.run.load} holds no checkpoint; fix --load, or leave it out (or make "
+                              "it --save) to start from scratch.")
         return None
     directory = resolve_checkpoint_dir(args.run.load)
     description = read_checkpoint_config(directory)

@@ -38,8 +38,8 @@ def own_data(tmp_path_factory):
 
 
 def launch(tmp_path, kind="encoder", *argv, **variables):
-    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()), WORK_DIR=str(tmp_path / "demo"),
-               **variables)
+    env = {**os.environ, "PYTHON": sys.executable, "MASTER_PORT": str(free_port()), "WORK_DIR": str(tmp_path / "demo"),
+           **variables}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return subprocess.run(["bash", f"examples/pretrain_ettin_{kind}.sh", *argv], env=env, capture_output=True,
                           text=True, timeout=560)
@@ -73,22 +73,63 @@ def test_errors_are_checked_once_and_name_the_launcher_variable(tmp_path, own_da
     assert not (tmp_path / "demo").exists()
 
 
-@pytest.mark.parametrize("variable, value, message", [
+BAD_VALUES = [  # (variable, one bad value, the start of its one-line refusal); {prefix}: the user's data
+    ("MODEL_SIZE", "2b", "MODEL_SIZE: invalid choice: '2b'"),
+    ("PHASE", "4", "PHASE=4: the tiny encoder has phases 1; choose one, or set RECIPE"),
+    ("RECIPE", "/nope.yaml", "RECIPE /nope.yaml does not exist"),
+    ("TP", "0", "TP: must be a positive integer, got 0"),
+    ("PP", "abc", "PP: must be a positive integer, got abc"),
+    ("VPP", "0", "VPP: must be a positive integer, got 0"),
+    ("NPROC_PER_NODE", "0", "0 processes (NPROC_PER_NODE x NNODES): both must be positive."),
+    ("NNODES", "abc", "NNODES: must be a positive integer, got abc"),
+    ("NODE_RANK", "3", "NODE_RANK must be a node number from 0 to NNODES - 1 = 0 (got 3)"),
+    ("MASTER_PORT", "70000", "MASTER_PORT must be a port number from 1 to 65535 (got 70000)"),
+    ("PRECISION", "fp16", "PRECISION must be bf16, fp8 or fp32 (got fp16)"),
+    ("DATA_MIX", "/nope.yaml", "DATA_MIX /nope.yaml does not exist."),
+    ("DATA_PATH", "-1 {prefix} 0.3 {prefix}", "DATA_PATH weight -1 of {prefix} must be a positive number"),
+    ("TOKENIZER", "/nope", "TOKENIZER /nope does not exist."),
+    ("SAVE", "/sys/ettin", "SAVE: cannot write in /sys"),
+    ("LOAD", "/nope", "LOAD /nope holds no checkpoint; fix LOAD"),
+    ("FINETUNE", "yes", "FINETUNE must be 1 (start from LOAD's weights) or 0 (got yes)"),
     ("TRAIN_ITERS", "0", "TRAIN_ITERS: must be a positive integer, got 0"),
     ("TRAIN_ITERS", "-3", "TRAIN_ITERS: must be a positive integer, got -3"),
     ("TRAIN_TOKENS", "0", "TRAIN_TOKENS: must be a positive integer, got 0"),
     ("MICRO_BATCH", "0", "MICRO_BATCH: must be a positive integer, got 0"),
     ("MICRO_BATCH", "-4", "MICRO_BATCH: must be a positive integer, got -4"),
     ("GLOBAL_BATCH_SIZE", "0", "GLOBAL_BATCH_SIZE: must be a positive integer, got 0"),
-    ("TP", "0", "TP: must be a positive integer, got 0"),
-    ("NPROC_PER_NODE", "0", "0 processes (NPROC_PER_NODE x NNODES): both must be positive."),
-    ("DATA_PATH", "-1 {prefix} 0.3 {prefix}", "DATA_PATH weight -1 of {prefix} must be a positive number"),
-])
+    ("GLOBAL_BATCH", "0", "GLOBAL_BATCH_SIZE: must be a positive integer, got 0"),
+    ("RAMPUP_BATCH_SIZE", "8 8", "RAMPUP_BATCH_SIZE takes three numbers: START INCREMENT SAMPLES."),
+    ("RAMPUP_BATCH_SIZE_TOKENS", "a b c", "RAMPUP_BATCH_SIZE_TOKENS: must be a positive integer, got a"),
+    ("SEQ_LENGTH", "abc", "SEQ_LENGTH: must be a positive integer, got abc"),
+    ("LR", "-1", "LR: must be a positive number, got -1"),
+    ("TENSORBOARD_DIR", "/sys/ettin", "TENSORBOARD_DIR: cannot write in /sys"),
+    ("WORK_DIR", "/sys/ettin", "WORK_DIR: cannot create /sys/ettin; choose a writable location"),
+    ("EXTRA_ARGS", "--no-such-flag", "unrecognized arguments: --no-such-flag"),
+    ("PYTHON", "/nope", "PYTHON: /nope is not a command; set it to a Python 3 interpreter"),
+]
+"""Every variable a user sets for the launcher but MASTER_ADDR (any host name is one until torchrun meets it)."""
+
+
+def launcher_variables() -> set:
+    text = Path("examples/pretrain_ettin_common.sh").read_text()
+    return set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-?]", text)) | set(re.findall(r"^pass ([A-Z_]+)", text, re.M))
+
+
+def test_the_bad_value_table_covers_every_launcher_variable():
+    set_elsewhere = {"OBJECTIVE", "SLURM_JOB_ID"}  # by the wrappers, by SLURM
+    assert launcher_variables() - set_elsewhere - {"MASTER_ADDR"} == {variable for variable, _, _ in BAD_VALUES}
+
+
+@pytest.mark.parametrize("variable, value, message", BAD_VALUES)
 def test_each_variable_refuses_a_bad_value_in_one_line(tmp_path, own_data, variable, value, message):
-    """Issue 27: these values reached torchrun and died there (a ZeroDivisionError, a bare AssertionError),
-    or, TRAIN_ITERS=0, trained nothing and saved an iter_0000000 that every later run into SAVE crashed on."""
+    """Issue 27: the README promises one line naming the variable, exit status 2, for every variable. Some
+    values reached torchrun and died there (a ZeroDivisionError, a bare AssertionError, torchrun's own
+    traceback for a port or node rank); TRAIN_ITERS=0 trained nothing and saved an iter_0000000 that every
+    later run into SAVE crashed on; FINETUNE=yes and a mistyped LOAD silently started from scratch."""
     prefix, tokenizer = own_data
     variables = dict(DATA_PATH=prefix, TOKENIZER=tokenizer, SAVE=str(tmp_path / "ckpt"))
+    if variable in ("DATA_MIX", "WORK_DIR"):  # the other data source (DATA_MIX), or the demo (WORK_DIR)
+        variables["DATA_PATH"] = ""
     variables[variable] = value.format(prefix=prefix)
     assert refusal(launch(tmp_path, **variables)).startswith("error: " + message.format(prefix=prefix))
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "demo").exists()
