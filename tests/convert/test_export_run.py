@@ -204,6 +204,22 @@ def test_watch_exports_a_checkpoint_saved_while_it_runs(run, exported, tmp_path)
     assert record(out / "step4")["source"] == str((watched / "iter_0000004").resolve())
 
 
+def test_ctrl_c_stops_a_watch_in_one_line(run, exported):
+    """SIGINT as a terminal sends it (the default handler restored: a background pytest ignores it)."""
+    job = subprocess.Popen(tool("--load", run[0], "--output", exported[0], "--watch", "--poll-seconds", 0.2),
+                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        Lines(job).wait_for("skipped step8")
+        job.send_signal(signal.SIGINT)
+        assert job.wait(timeout=120) == 130
+        err = job.stderr.read().strip()
+        assert err.splitlines() == ["error: interrupted after 0 exported; the folder in progress was discarded, "
+                                    "a rerun exports it."], err
+    finally:
+        job.kill()
+
+
 @pytest.mark.parametrize("limit, handled, ended_by", [
     (["--stop-after-iteration", "3"], NAMES[:2], "iteration 3 reached"),
     (["--idle-timeout", "0.5"], NAMES, "no new checkpoint for 0.5 s"),
