@@ -11,8 +11,9 @@ A folder already exported is skipped; one a killed export left half-written is r
 
 --watch keeps polling RUN and exports each checkpoint as training saves it: a separate process that
 only reads the run, on the CPU (it hides the GPUs from itself, so it takes no memory training needs).
-It stops on SIGTERM once the export in flight is done (exit 0), at --stop-after-iteration or after
---idle-timeout; Ctrl-C stops at once, discarding the folder in progress (exit 130).
+It stops on SIGTERM once the export in flight is done (exit 0: how a watcher is told to stop; an export
+without --watch cut short so exits 143), at --stop-after-iteration or after --idle-timeout; Ctrl-C stops
+at once, discarding the folder in progress (exit 130).
 """
 
 from __future__ import annotations
