@@ -1,6 +1,8 @@
 """The package's command lines, one module each, installed as ``ettin-*`` commands (setup.cfg) and run as
 ``python tools/NAME.py`` too. Each turns a user's mistake into one line and exit status 2 (cli.py)."""
 
+import warnings
+
 from ettin_megatron.cli import command_parser
 
 
@@ -11,3 +13,15 @@ def model_and_text_parser(doc: str, model_help: str, text_help: str, text_name: 
     parser.add_argument("model_dir", help=model_help)
     parser.add_argument("text", metavar=text_name, help=text_help)
     return parser
+
+
+def quiet_conversion_notices() -> None:
+    """Silence what transformers and megatron print around a checkpoint conversion: the per-tensor loading
+    bar, transformers' warnings (errors are ours, in one line) and megatron's import-time notices (no TE /
+    Apex, deprecations), which say nothing about the conversion. Called before megatron is imported."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.")
