@@ -3,7 +3,7 @@
 
 import warnings
 
-from ettin_megatron.cli import command_parser
+from ettin_megatron.cli import command_parser, run_command
 
 
 def model_and_text_parser(doc: str, model_help: str, text_help: str, text_name: str = "text"):
@@ -15,13 +15,15 @@ def model_and_text_parser(doc: str, model_help: str, text_help: str, text_name: 
     return parser
 
 
-def quiet_conversion_notices() -> None:
-    """Silence what transformers and megatron print around a checkpoint conversion: the per-tensor loading
-    bar, transformers' warnings (errors are ours, in one line) and megatron's import-time notices (no TE /
-    Apex, deprecations), which say nothing about the conversion. Called before megatron is imported."""
+def run_conversion(run, parser, argv) -> int:
+    """``run(parser().parse_args(argv))`` through run_command, for a command that converts checkpoints: the
+    per-tensor loading bar, transformers' warnings (errors are ours, in one line) and megatron's import-time
+    notices (no TE / Apex, deprecations), which say nothing about a conversion, are silenced first, before
+    megatron is imported."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.")
+    return run_command(lambda: run(parser().parse_args(argv)))

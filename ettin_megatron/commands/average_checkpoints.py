@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ettin_megatron.cli import command_parser, positive_float, positive_int, run_command
-from ettin_megatron.commands import quiet_conversion_notices
+from ettin_megatron.cli import command_parser, positive_float, positive_int
+from ettin_megatron.commands import run_conversion
 
 NAMED_WEIGHTS = ("uniform", "exponential")
 
@@ -98,8 +98,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    quiet_conversion_notices()
-    return run_command(lambda: run(parser().parse_args(argv)))
+    return run_conversion(run, parser, argv)
 
 
 if __name__ == "__main__":  # dist_checkpointing's writer spawns a process that re-imports __main__

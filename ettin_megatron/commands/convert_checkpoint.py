@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ettin_megatron.cli import command_parser, non_negative_float, non_negative_int, positive_int, run_command
-from ettin_megatron.commands import quiet_conversion_notices
+from ettin_megatron.cli import command_parser, non_negative_float, non_negative_int, positive_int
+from ettin_megatron.commands import run_conversion
 
 
 def parser() -> argparse.ArgumentParser:
@@ -104,8 +104,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    quiet_conversion_notices()
-    return run_command(lambda: run(parser().parse_args(argv)))
+    return run_conversion(run, parser, argv)
 
 
 if __name__ == "__main__":  # dist_checkpointing's writer spawns a process that re-imports __main__

@@ -31,8 +31,14 @@ from ..files import write_json
 from .export_hf import finish_output, megatron_to_hf, prepare_output
 from .hf_files import resolve_tokenizer, tokenizer_ids
 from .import_hf import prepare_save
-from .megatron_side import build_model, checkpoint_dtype, conversion_config, load_megatron_model, read_description, \
-    tensors_metadata
+from .megatron_side import (
+    build_model,
+    checkpoint_dtype,
+    conversion_config,
+    load_megatron_model,
+    read_description,
+    tensors_metadata,
+)
 
 HF_RECORD = "ettin_average.json"
 """The provenance of an averaged Hugging Face export, beside its config.json."""
@@ -50,7 +56,9 @@ class Source:
 
 def last_checkpoints(run: str | os.PathLike, count: int) -> list[Path]:
     """The newest ``count`` complete iterations of the run saved under ``run``, oldest first."""
-    found = saved_iterations(run) if Path(run).is_dir() else []
+    if not Path(run).is_dir():
+        raise ConfigError(f"--run {run} is not a directory; pass the --save directory of a run.")
+    found = saved_iterations(run)
     if len(found) < count:
         raise ConfigError(f"--run {run} holds {len(found)} complete checkpoint(s), fewer than --last {count}.")
     return found[-count:]

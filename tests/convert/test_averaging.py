@@ -203,6 +203,9 @@ def test_one_line_errors_before_any_work(capsys, run, tmp_path):
     expect_error(capsys, "holds 3 complete checkpoint(s), fewer than --last 4.", "--run", run["run"], "--last", 4,
                  "--save", out)
     expect_error(capsys, "--run needs --last K", "--run", run["run"], "--save", out)
+    expect_error(capsys, "is not a directory; pass the --save directory of a run", "--run", tmp_path / "nope",
+                 "--last", 2, "--save", out)
+    expect_error(capsys, "--last counts the checkpoints of --run", "--load", a, b, "--last", 2, "--save", out)
     expect_error(capsys, "is given twice", "--load", run["run"], c, "--save", out)
     rope = edited_copy(b, tmp_path / "rope", **{"model.global_rope_theta": 160000.0})
     expect_error(capsys, f"{rope} is another model than {a} (global_rope_theta 160000.0 vs 10000.0)",
