@@ -132,9 +132,15 @@ def sources_tokenizer(sources: list[Source], tokenizer: str | None = None) -> st
 
 
 def _named_tokenizer(source: Source) -> str | None:
-    """The absolute path of the tokenizer ``source`` names (its path may be relative to where it was saved)."""
+    """The absolute path of the tokenizer ``source`` names (its path may be relative to where it was saved);
+    a name that is no local tokenizer (a hub name) as it is, which only an export must resolve."""
     name = source.description.get("tokenizer")
-    return str(resolve_tokenizer(name, relative_to=source.directory).resolve()) if name else None
+    if not name:
+        return None
+    try:
+        return str(resolve_tokenizer(name, relative_to=source.directory).resolve())
+    except ConfigError:
+        return name
 
 
 def provenance(sources: list[Source], weights: list[float], weighting: str) -> dict:

@@ -148,8 +148,7 @@ def test_explicit_weights(capsys, run, tmp_path):
 def test_same_average_from_checkpoints_saved_at_tp2_and_pp2(capsys, run, tmp_path):
     """{iteration 4 saved at TP=2, iteration 6 saved at PP=2} averages to exactly {4, 6} at TP=1."""
     for name in LAYOUTS:  # written by both ranks: a sharded save, not a copy
-        assert {p.name for p in (run[name] / f"iter_{run['iters'][1 if name == 'tp2' else 2].name[5:]}").glob(
-            "__1_*.distcp")}, name
+        assert list(run[name].glob("iter_*/__1_*.distcp")), name
     average(capsys, "--load", run["tp2"], run["pp2"], "--save", tmp_path / "parallel")
     average(capsys, "--load", *run["iters"][1:], "--save", tmp_path / "single")
     parallel = export(capsys, tmp_path / "parallel", tmp_path / "hf_parallel")
@@ -212,6 +211,11 @@ def test_one_line_errors_before_any_work(capsys, run, tmp_path):
                  "--load", a, rope, "--save", out)
     mntp = edited_copy(b, tmp_path / "mntp", training_objective="mntp")
     expect_error(capsys, "(training_objective mntp vs mlm)", "--load", a, mntp, "--save", out)
+    elsewhere = edited_copy(b, tmp_path / "elsewhere", tokenizer="other/tokenizer.json")
+    expect_error(capsys, "the checkpoints name different tokenizers", "--load", a, elsewhere, "--save", out)
+    untokenized = [edited_copy(c, tmp_path / f"untokenized{i}", tokenizer=None) for i, c in enumerate((a, b))]
+    expect_error(capsys, "no tokenizer is known for this checkpoint; pass --tokenizer DIR", "--load", *untokenized,
+                 "--output", out)
     expect_error(capsys, "--weights lists 3 numbers for 2 checkpoints", "--load", a, b, "--weights", 1, 2, 3,
                  "--save", out)
     expect_error(capsys, "weights must be >= 0", "--load", a, b, "--weights", 1, -1, "--save", out)
