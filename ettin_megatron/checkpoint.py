@@ -11,7 +11,8 @@ one TP / PP / VPP loads at any other::
                                                  older checkpoints name the attention "objective"),
                                                  the tokenizer it was trained with and its training
                                                  objective (mlm, clm or mntp: an MNTP encoder's
-                                                 output at i predicts token i + 1, see export_hf)
+                                                 output at i predicts token i + 1, see export_hf);
+                                                 an average adds "averaged_from" (convert/averaging.py)
 
 A save goes to ``iter_N.tmp`` and is renamed once every rank has finished; only then does the
 ``latest`` file move (written to a temp file and renamed). A save killed midway leaves the previous
@@ -129,10 +130,13 @@ def _aside(directory: Path) -> Path:
 
 
 def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, extra: dict | None = None,
-                    tokenizer: str | None = None, training_objective: str | None = None) -> Path:
+                    tokenizer: str | None = None, training_objective: str | None = None,
+                    provenance: dict | None = None) -> Path:
     """Save model chunks (+ ``extra`` sharded entries) as iteration ``iteration``; collective over all ranks.
     ``training_objective`` is recorded beside the model fields (default: the one a model of this attention
-    is pretrained with, clm for a causal model and mlm for a bidirectional one, as for a Hugging Face import)."""
+    is pretrained with, clm for a causal model and mlm for a bidirectional one, as for a Hugging Face import).
+    ``provenance`` adds entries to ettin_config.json that say where weights not trained as such come from
+    (an average names its sources and their weights)."""
     final = iteration_dir(root, iteration)
     staging, aside = final.with_name(final.name + ".tmp"), _aside(final)
     marker = Path(root) / LATEST
@@ -145,7 +149,8 @@ def save_checkpoint(root, iteration: int, model_chunks, config: EttinConfig, ext
         dist_checkpointing.save(state, str(staging))
         if is_writer():
             description = {"model": model_fields(config), "tokenizer": tokenizer, "iteration": iteration,
-                           "training_objective": training_objective or ("clm" if config.causal else "mlm")}
+                           "training_objective": training_objective or ("clm" if config.causal else "mlm"),
+                           **(provenance or {})}
             (staging / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
             if final.exists():  # else an existing aside may be the only copy left by a killed re-save
                 shutil.rmtree(aside, ignore_errors=True)

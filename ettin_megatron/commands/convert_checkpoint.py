@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
-from ettin_megatron.cli import command_parser, non_negative_float, non_negative_int, positive_int, run_command
+from ettin_megatron.cli import command_parser, non_negative_float, non_negative_int, positive_int
+from ettin_megatron.commands import run_conversion
 
 
 def parser() -> argparse.ArgumentParser:
@@ -104,15 +104,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the per-tensor loading bar is noise for a CLI
-    hf_logging.set_verbosity_error()  # errors are ours, in one line
-    # Megatron's import-time notices (no TE / Apex, deprecations) say nothing about a conversion.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\.")
-
-    return run_command(lambda: run(parser().parse_args(argv)))
+    return run_conversion(run, parser, argv)
 
 
 if __name__ == "__main__":  # dist_checkpointing's writer spawns a process that re-imports __main__

@@ -104,7 +104,8 @@ def _load_weights(model, weights: HFWeights, source_config) -> None:
                 target.copy_(value.load())
 
 
-def _prepare_save(save: Path) -> None:
+def prepare_save(save: Path) -> None:
+    """Refuse, before any work, a --save that holds anything or cannot be written."""
     if save.exists() and (not save.is_dir() or any(save.iterdir())):
         raise ConfigError(f"--save {save} exists and is not an empty directory; choose a new checkpoint directory.")
     check_writable(save, "--save")
@@ -132,7 +133,7 @@ def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, attention
                           "text with it).")
     if tokenizer_path is not None:
         tokenizer_ids(tokenizer_path, fields["vocab_size"])
-    _prepare_save(save)
+    prepare_save(save)
 
     embedding = "model.embeddings.tok_embeddings.weight"
     dtype = weights.dtype(embedding) if embedding in weights else torch.float32
@@ -157,4 +158,4 @@ def hf_to_megatron(hf_dir: str | os.PathLike, save: str | os.PathLike, attention
         raise
 
 
-__all__ = ["hf_to_megatron", "read_hf_model_fields"]
+__all__ = ["hf_to_megatron", "prepare_save", "read_hf_model_fields"]
