@@ -92,7 +92,8 @@ def heldout_set(given: dict, checkpoints: list[Checkpoint]) -> HeldOut:
         if "objective" not in given and checkpoint.description.get("training_objective") != first.get("training_objective"):
             raise ConfigError(f"{checkpoint.name} was trained with another objective than {checkpoints[0].name}; "
                               "pass --objective to score them all with one.")
-    values = {"objective": first.get("training_objective") or "mlm", "tokenizer_model": first.get("tokenizer"),
+    recorded = first.get("training_objective") or ("clm" if first["model"]["attention"] == "causal" else "mlm")
+    values = {"objective": recorded, "tokenizer_model": first.get("tokenizer"),
               **given, "vocab_size": first["model"]["vocab_size"],
               "max_position_embeddings": first["model"]["max_position_embeddings"]}
     args = make_arguments(**values)

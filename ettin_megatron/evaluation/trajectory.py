@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, read_checkpoint_config, saved_iterations, training_position
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 
 AVERAGED_FROM = "averaged_from"
 """The ettin_config.json key listing an averaged checkpoint's source checkpoints (their directories)."""
@@ -69,10 +69,13 @@ def placed(directory: Path) -> Checkpoint:
 
 
 def _position(directory: Path) -> dict | None:
+    """training_position of ``directory``; None for an average's source that is no longer there."""
+    if not directory.is_dir():
+        return None
     try:
         return training_position(directory)
-    except Exception:  # a source that is gone, or unreadable: the average then has no position
-        return None
+    except Exception as exc:  # dist_checkpointing and torch.load raise many types
+        raise ConfigError(f"{directory} is incomplete or damaged ({one_line(exc)}); leave it out of --load.") from None
 
 
 def _source(directory: Path, source: str) -> Path:
