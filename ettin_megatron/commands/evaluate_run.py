@@ -52,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ettin_megatron.errors import ConfigError
     from ettin_megatron.evaluation.heldout import HELDOUT_FLAGS, heldout_set, score
     from ettin_megatron.evaluation.plot import plot_available, plot_losses
     from ettin_megatron.evaluation.table import Row, write_table
@@ -63,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
     checkpoints = find_checkpoints(args.load)
     heldout = heldout_set({name: getattr(args, name) for name in HELDOUT_FLAGS if hasattr(args, name)},
                           checkpoints)
+    if not args.no_sanity and not heldout.args.data.tokenizer_model:
+        raise ConfigError("the sanity line exports each checkpoint with its tokenizer, and none is known: pass "
+                          "--tokenizer-model, or --no-sanity.")
     objective = heldout.args.model.objective
-    print(f"scoring {len(checkpoints)} checkpoints ({objective}) on {heldout.describe()}", flush=True)
+    print(f"scoring {len(checkpoints)} checkpoint{'s' * (len(checkpoints) != 1)} ({objective}) on "
+          f"{heldout.describe()}", flush=True)
     rows = []
     for checkpoint in checkpoints:
         result = score(checkpoint, heldout)

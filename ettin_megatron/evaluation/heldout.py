@@ -24,6 +24,8 @@ from typing import Iterator
 import torch
 
 from ..checkpoint import CONFIG_FILE
+from ..config import attention_of
+from ..convert.hf_files import resolve_tokenizer
 from ..convert.megatron_side import load_megatron_model
 from ..data.datasets import build_datasets
 from ..data.tokenizer import tokenizer_fingerprint
@@ -92,9 +94,16 @@ def heldout_set(given: dict, checkpoints: list[Checkpoint]) -> HeldOut:
         if "objective" not in given and checkpoint.description.get("training_objective") != first.get("training_objective"):
             raise ConfigError(f"{checkpoint.name} was trained with another objective than {checkpoints[0].name}; "
                               "pass --objective to score them all with one.")
-    recorded = first.get("training_objective") or ("clm" if first["model"]["attention"] == "causal" else "mlm")
-    values = {"objective": recorded, "tokenizer_model": first.get("tokenizer"),
-              **given, "vocab_size": first["model"]["vocab_size"],
+    attention = first["model"]["attention"]
+    objective = given.get("objective") or first.get("training_objective") or ("clm" if attention == "causal" else "mlm")
+    if attention_of(objective) != attention:
+        raise ConfigError(f"{checkpoints[0].name} is a {attention} model, which --objective {objective} does not "
+                          f"train; score it with its own objective ({first.get('training_objective')}).")
+    if given.get("tokenizer_model"):
+        _check_tokenizer(given["tokenizer_model"], checkpoints[0])
+    else:
+        given = {**given, "tokenizer_model": _recorded_tokenizer(checkpoints[0])}
+    values = {**given, "objective": objective, "vocab_size": first["model"]["vocab_size"],
               "max_position_embeddings": first["model"]["max_position_embeddings"]}
     args = make_arguments(**values)
     d = args.data
@@ -103,19 +112,36 @@ def heldout_set(given: dict, checkpoints: list[Checkpoint]) -> HeldOut:
     if d.global_batch_size % d.micro_batch_size:
         raise ConfigError(f"--global-batch-size {d.global_batch_size} is not divisible by --micro-batch-size "
                           f"{d.micro_batch_size}; change one of them.")
-    _check_tokenizer(args, checkpoints[0])
     data = plan_data(args, training=False)
     _, valid, _ = build_datasets(dataset_config(args, data.blend, data.token_ids),
                                  [0, args.run.eval_iters * d.global_batch_size, 0])
     return HeldOut(args, data, valid)
 
 
-def _check_tokenizer(args: Arguments, checkpoint: Checkpoint) -> None:
-    """A --tokenizer-model other than the one the checkpoint recorded (when that one is still there)."""
-    recorded, given = checkpoint.description.get("tokenizer"), args.data.tokenizer_model
-    if not (recorded and given and recorded != given) or not (Path(recorded).exists() and Path(given).exists()):
-        return  # a missing --tokenizer-model is plan_data's to report
-    if tokenizer_fingerprint(recorded) != tokenizer_fingerprint(given):
+def _recorded_tokenizer(checkpoint: Checkpoint) -> str | None:
+    """The tokenizer the checkpoint was trained with, found as the export finds it (also relative to the
+    checkpoint); None for a run without --tokenizer-model (ModernBERT's, as pretrain assumes)."""
+    recorded = checkpoint.description.get("tokenizer")
+    if not recorded:
+        return None
+    try:
+        return str(resolve_tokenizer(recorded, relative_to=checkpoint.directory))
+    except ConfigError:
+        raise ConfigError(f"{checkpoint.name} was trained with the tokenizer {recorded}, which is not there; pass "
+                          "--tokenizer-model (the tokenizer the data was made with).") from None
+
+
+def _check_tokenizer(given: str, checkpoint: Checkpoint) -> None:
+    """Refuse a --tokenizer-model other than the one the checkpoint was trained with (when that one can
+    still be found to compare; a missing --tokenizer-model is plan_data's to report)."""
+    recorded = checkpoint.description.get("tokenizer")
+    if not recorded or not Path(given).exists():
+        return
+    try:
+        recorded = resolve_tokenizer(recorded, relative_to=checkpoint.directory)
+    except ConfigError:
+        return
+    if tokenizer_fingerprint(str(recorded)) != tokenizer_fingerprint(given):
         raise ConfigError(f"--tokenizer-model {given} is not the tokenizer {checkpoint.name} was trained with "
                           f"({recorded}, in its {CONFIG_FILE}); leave the flag out to use that one.")
 

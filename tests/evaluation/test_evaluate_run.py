@@ -10,6 +10,7 @@ through TensorBoard's own EventAccumulator), independently of the tool.
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -184,4 +185,13 @@ def test_user_errors_are_one_line_before_any_work(capsys, tmp_path, mlm_run, tok
     # A --tokenizer-model other than the one the checkpoint was trained with.
     line = _error(capsys, ["--load", str(root), *common, "--tokenizer-model", tokenizer_dir])
     assert "is not the tokenizer run/iter_0000002 was trained with" in line
+    assert "is a bidirectional model, which --objective clm does not train" in _error(
+        capsys, ["--load", str(root), *common, "--objective", "clm"])
+    # A checkpoint whose recorded tokenizer is gone.
+    moved = tmp_path / "moved" / "iter_0000002"
+    shutil.copytree(root / "iter_0000002", moved)
+    description = json.loads((moved / "ettin_config.json").read_text())
+    (moved / "ettin_config.json").write_text(json.dumps({**description, "tokenizer": "/gone/tokenizer.json"}))
+    line = _error(capsys, ["--load", str(moved), *common])
+    assert "moved/iter_0000002 was trained with the tokenizer /gone/tokenizer.json, which is not there" in line
     assert not (tmp_path / "out").exists()
