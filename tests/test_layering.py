@@ -6,7 +6,8 @@ function counts as much as one at the top.
     1  config, runtime, cli
     2  model, data, checkpoint
     3  prep, training, convert
-    4  pretrain, commands (the command lines)
+    4  pretrain, evaluation (scoring a run's checkpoints)
+    5  commands (the command lines)
 """
 
 import ast
@@ -14,7 +15,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ettin_megatron"
 FLOORS = {"": 0, "errors": 0, "vocab": 0, "files": 0, "mcore_compat": 0, "cli": 1, "config": 1, "runtime": 1, "model": 2, "data": 2,
-          "checkpoint": 2, "prep": 3, "training": 3, "convert": 3, "pretrain": 4, "commands": 4}
+          "checkpoint": 2, "prep": 3, "training": 3, "convert": 3, "pretrain": 4,
+          "evaluation": 4, "commands": 5}
 
 
 def _module(path: Path) -> str:

@@ -20,14 +20,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     def run():
         args = parser().parse_args(argv)
-        generate(args.model_dir, args.text, args.max_new_tokens)
+        print(f"{args.text} -> {generate(args.model_dir, args.text, args.max_new_tokens)}")
 
     return run_command(run)
 
 
-def generate(model_dir: str, prompt: str, max_new_tokens: int) -> None:
-    """Print ``prompt`` and its greedy continuation; a directory that is not an exported decoder is
-    refused in one line before transformers would raise its own traceback."""
+def generate(model_dir: str, prompt: str, max_new_tokens: int) -> str:
+    """The greedy continuation of ``prompt`` (its new tokens, decoded); a directory that is not an exported
+    decoder is refused in one line before transformers would raise its own traceback."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ettin_megatron.convert.hf_files import read_exported_config
@@ -37,7 +37,7 @@ def generate(model_dir: str, prompt: str, max_new_tokens: int) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    print(f"{prompt} -> {tokenizer.decode(output[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True)}")
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 if __name__ == "__main__":

@@ -131,15 +131,17 @@ def _sharded_tensors(tree):
             yield from _sharded_tensors(value)
 
 
-def load_megatron_model(path: str | Path, attention: str | None = None) -> tuple[EttinModel, dict]:
-    """The TP = PP = 1 model of a checkpoint saved at any layout, in the checkpoint's dtype.
+def load_megatron_model(path: str | Path, attention: str | None = None,
+                        dtype: torch.dtype | None = None) -> tuple[EttinModel, dict]:
+    """The TP = PP = 1 model of a checkpoint saved at any layout, in the checkpoint's dtype (or ``dtype``:
+    the held-out evaluation scores every checkpoint in float32).
 
     ``attention`` rebuilds it as the other architecture (same weights). Returns (model, description).
     """
     directory, description = read_description(path)
     config_fields = description["model"]
     metadata = tensors_metadata(directory)
-    config = conversion_config(config_fields, attention, checkpoint_dtype(metadata))
+    config = conversion_config(config_fields, attention, dtype or checkpoint_dtype(metadata))
     model = build_model(config)
     check_shapes(model, metadata, directory)
     try:

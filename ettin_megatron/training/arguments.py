@@ -303,19 +303,33 @@ def build_parser() -> argparse.ArgumentParser:
     for group, cls in GROUPS.items():
         section = parser.add_argument_group(group, cls.__doc__)
         for f in fields(cls):
-            base, is_list, _ = _unwrap(f.type)
-            flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
-            help_text = f.metadata["help"].replace("%", "%%")
-            if "default" not in help_text:  # a help that explains its default says it once
-                help_text += f" (default: {f.default if f.default is not MISSING else '[]'})"
-            if base is bool:
-                section.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
-            else:
-                choices = f.metadata.get("choices")
-                section.add_argument(*flags, dest=f.name, type=f.metadata.get("type", base),
-                                     nargs="+" if is_list else None,
-                                     help=help_text, choices=[c for c in choices if c is not None] if choices else None)
+            _add_flag(section, f)
     return parser
+
+
+def add_run_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """Pretrain's flags of the fields ``names`` on another command's parser (e.g. tools/evaluate_run.py's
+    data flags), with pretrain's help, types and choices. Defaults are SUPPRESSed: ``make_arguments``
+    of the given ones gives every other field pretrain's default, so a flag means what it means there."""
+    index = _field_index()
+    for name in names:
+        _add_flag(parser, index[name][1], default=argparse.SUPPRESS)
+
+
+def _add_flag(section, f, **options) -> None:
+    """The argparse flag of dataclass field ``f``, derived from its type."""
+    base, is_list, _ = _unwrap(f.type)
+    flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+    help_text = f.metadata["help"].replace("%", "%%")
+    if "default" not in help_text:  # a help that explains its default says it once
+        help_text += f" (default: {f.default if f.default is not MISSING else '[]'})"
+    if base is bool:
+        section.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text, **options)
+    else:
+        choices = f.metadata.get("choices")
+        section.add_argument(*flags, dest=f.name, type=f.metadata.get("type", base), nargs="+" if is_list else None,
+                             help=help_text, choices=[c for c in choices if c is not None] if choices else None,
+                             **options)
 
 
 PATH_FIELDS = ("data_mix", "tokenizer_model")

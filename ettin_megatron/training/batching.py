@@ -67,15 +67,22 @@ def token_budget_samples(args: Arguments, dataset, consumed_samples: int, consum
     return consumed_samples + math.ceil(left / mean * 1.05) + args.data.global_batch_size
 
 
-def run_datasets(plan: RunPlan, train_samples: int, valid_samples: int):
-    """(train, valid) EttinDatasets of the run's blend, split, layout, objective and token ids."""
-    args, d = plan.args, plan.args.data
-    config = EttinDatasetConfig(
-        random_seed=args.run.seed, sequence_length=d.seq_length, blend=plan.blend, split=d.split,
+def dataset_config(args: Arguments, blend: tuple, token_ids: dict) -> EttinDatasetConfig:
+    """The datasets' config of a run's arguments: its blend, split, seed, layout, objective and token ids.
+    Evaluation (evaluation/heldout.py) builds its validation split from the same config, so that its
+    samples and masks are the run's."""
+    d = args.data
+    return EttinDatasetConfig(
+        random_seed=args.run.seed, sequence_length=d.seq_length, blend=blend, split=d.split,
         path_to_cache=d.data_cache_path, layout=d.data_layout, min_chunk_size=d.min_chunk_size,
         always_skip_size=d.always_skip_size, objective=args.model.objective,
-        mask_rate=d.mask_rate, **plan.token_ids,
+        mask_rate=d.mask_rate, **token_ids,
     )
+
+
+def run_datasets(plan: RunPlan, train_samples: int, valid_samples: int):
+    """(train, valid) EttinDatasets of the run's blend, split, layout, objective and token ids."""
+    config = dataset_config(plan.args, plan.blend, plan.token_ids)
     # 0, not None, for splits the run does not read: megatron's builder refuses a None size with a
     # weighted blend (any --data-mix or "--data-path W1 P1 W2 P2"), and 0 builds nothing to read.
     train, valid, _ = build_datasets(config, [train_samples, valid_samples, 0])

@@ -262,25 +262,37 @@ def train_step(run: Run, step: int, consumed: int, tokens: int) -> tuple[int, in
 
 def evaluate(run: Run, step: int) -> dict:
     """Loss and accuracy on the same first ``eval_iters`` global batches of the valid split every time."""
-    for chunk in run.model:
-        chunk.eval()
     gbs = run.args.data.global_batch_size
     num_micro = gbs // (run.args.data.micro_batch_size * run.dp_size)
-    totals = torch.zeros(len(EvalReport._fields), dtype=torch.float64, device=device())
     batches = iter(_loader(run, run.valid_ds, 0, run.eval_batches * num_micro))
-    with torch.no_grad():
-        for _ in range(run.eval_batches):
-            reports = run.forward_backward(
-                forward_step_func=run.eval_forward, data_iterator=step_iterators(batches, num_micro, len(run.model)),
-                model=run.model, num_microbatches=num_micro, seq_length=run.args.data.seq_length,
-                micro_batch_size=1, forward_only=True)
-            totals += sum_reports(reports, EvalReport)
-    for chunk in run.model:
-        chunk.train()
-    report = EvalReport(*_share(totals).tolist())
+    report = validation_report(run.model, run.eval_forward, batches, run.eval_batches, num_micro,
+                               run.args.data.seq_length, run.forward_backward)
     labelled = max(report.labelled, 1)
     return run.metrics.log_validation(step, report.loss_sum / labelled, report.correct / labelled,
                                       int(report.labelled))
+
+
+def validation_report(model: list[torch.nn.Module], forward_step: Callable, batches: Iterator[dict], steps: int,
+                      num_micro: int, seq_length: int, forward_backward: Callable | None = None) -> EvalReport:
+    """The EvalReport (loss sum, labelled and correct tokens) of ``steps`` forward-only passes of Megatron's
+    schedule over ``num_micro`` micro-batches each of ``batches``, in eval mode, summed over the
+    data-parallel ranks. The loop's validation, and the held-out evaluation of saved checkpoints
+    (evaluation/heldout.py), which thereby scores exactly as the run logged."""
+    forward_backward = forward_backward or get_forward_backward_func()
+    modes = [chunk.training for chunk in model]
+    for chunk in model:
+        chunk.eval()
+    totals = torch.zeros(len(EvalReport._fields), dtype=torch.float64, device=device())
+    with torch.no_grad():
+        for _ in range(steps):
+            reports = forward_backward(
+                forward_step_func=forward_step, data_iterator=step_iterators(batches, num_micro, len(model)),
+                model=model, num_microbatches=num_micro, seq_length=seq_length, micro_batch_size=1,
+                forward_only=True)
+            totals += sum_reports(reports, EvalReport)
+    for chunk, mode in zip(model, modes):
+        chunk.train(mode)
+    return EvalReport(*_share(totals).tolist())
 
 
 def _save(run: Run, iteration: int, consumed: int, tokens: int) -> None:

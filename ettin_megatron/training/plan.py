@@ -112,34 +112,8 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
             _fit_rampup(d, dp, name)
     if o.lr_warmup_fraction is not None and (o.lr_warmup_iters or o.lr_warmup_samples or o.lr_warmup_tokens):
         raise ConfigError("pass --lr-warmup-fraction or --lr-warmup-iters / -samples / -tokens, not both.")
-    if not d.data_path and not d.data_mix:
-        raise ConfigError("no training data: pass --data-path PREFIX (from tools/preprocess_data.py) "
-                          "or --data-mix MIXTURE.yaml.")
-    if d.data_path and d.data_mix:
-        raise ConfigError("pass either --data-path or --data-mix, not both.")
-    if d.data_mix and not Path(d.data_mix).is_file():
-        raise ConfigError(f"--data-mix {d.data_mix} does not exist.")
-    if d.tokenizer_model and not Path(d.tokenizer_model).exists():
-        raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist.")
-    vocabulary = _vocabulary(args)
-    model = plan_model(args, vocabulary.vocab_size)
-    blend = _blend(args)
-    split = _split_bounds(d.split)
-    records = {}
-    for prefix in blend[0]:
-        if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
-            raise ConfigError(f"no dataset at {prefix} (.bin/.idx); run tools/preprocess_data.py or fix "
-                              "--data-path.")
-        dataset = open_dataset(prefix)
-        require_documents(dataset, prefix)
-        records[prefix] = check_dataset(prefix, dataset, model.vocab_size, vocabulary.stamp, vocabulary.flag)
-        _check_split_documents(args, split, prefix, EttinDataset.numel_low_level_dataset(dataset))
-    if d.seq_length > args.model.max_position_embeddings:
-        raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
-                          f"{args.model.max_position_embeddings}; shorten it or raise "
-                          "--max-position-embeddings.")
-    if d.data_layout != "concat":
-        ChunkRules.for_sequence(d.seq_length, d.min_chunk_size, d.always_skip_size)
+    data = plan_data(args, training=True)
+    model = plan_model(args, data.vocab_size)
     if p.virtual_pipeline_model_parallel_size and p.num_layers_per_virtual_pipeline_stage:
         raise ConfigError("pass either --virtual-pipeline-model-parallel-size or "
                           "--num-layers-per-virtual-pipeline-stage, not both.")
@@ -166,8 +140,60 @@ def plan_run(args: Arguments, world_size: int) -> RunPlan:
     if r.wandb_project and importlib.util.find_spec("wandb") is None:
         raise ConfigError("--wandb-project needs the wandb package: pip install 'ettin-megatron[wandb]'.")
     _check_output_directories(args)
-    return RunPlan(args=args, model=model, data_parallel_size=dp, token_ids=vocabulary.token_ids,
-                   tokenizer=vocabulary.stamp, blend=blend, records=records, schedule=schedule_steps(args))
+    return RunPlan(args=args, model=model, data_parallel_size=dp, token_ids=data.token_ids,
+                   tokenizer=data.tokenizer, blend=data.blend, records=data.records, schedule=schedule_steps(args))
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The data a run (or an evaluation, which reads only the validation split) reads, checked against
+    its tokenizer and model vocabulary: what RunPlan holds of it, and the vocabulary size."""
+
+    vocab_size: int
+    token_ids: dict
+    tokenizer: TokenizerStamp
+    blend: tuple[list[str], list[float] | None]
+    records: dict[str, DatasetInfo | None]
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.token_ids.get("pad_token_id", MODERNBERT_IDS.pad)
+
+
+def plan_data(args: Arguments, training: bool) -> DataPlan:
+    """Check the tokenizer, the blend and each prefix (its files, documents, record and token ids, the
+    documents --split leaves it) and the sample length, in one-line ConfigErrors. A run (``training``)
+    needs training documents in every prefix; an evaluation needs validation documents instead, and
+    may hold none for training (a held-out prefix scored whole, --split 0,1,0)."""
+    d = args.data
+    if not d.data_path and not d.data_mix:
+        raise ConfigError(f"no {'training' if training else 'held-out'} data: pass --data-path PREFIX (from "
+                          "tools/preprocess_data.py) or --data-mix MIXTURE.yaml.")
+    if d.data_path and d.data_mix:
+        raise ConfigError("pass either --data-path or --data-mix, not both.")
+    if d.data_mix and not Path(d.data_mix).is_file():
+        raise ConfigError(f"--data-mix {d.data_mix} does not exist.")
+    if d.tokenizer_model and not Path(d.tokenizer_model).exists():
+        raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist.")
+    vocabulary = _vocabulary(args)
+    blend = _blend(args)
+    split = _split_bounds(d.split)
+    records = {}
+    for prefix in blend[0]:
+        if not all(Path(prefix + ext).is_file() for ext in (".bin", ".idx")):
+            raise ConfigError(f"no dataset at {prefix} (.bin/.idx); run tools/preprocess_data.py or fix "
+                              "--data-path.")
+        dataset = open_dataset(prefix)
+        require_documents(dataset, prefix)
+        records[prefix] = check_dataset(prefix, dataset, vocabulary.vocab_size, vocabulary.stamp, vocabulary.flag)
+        _check_split_documents(args, split, prefix, EttinDataset.numel_low_level_dataset(dataset), training)
+    if d.seq_length > args.model.max_position_embeddings:
+        raise ConfigError(f"--seq-length {d.seq_length} exceeds the model's position limit "
+                          f"{args.model.max_position_embeddings}; shorten it or raise "
+                          "--max-position-embeddings.")
+    if d.data_layout != "concat":
+        ChunkRules.for_sequence(d.seq_length, d.min_chunk_size, d.always_skip_size)
+    return DataPlan(vocabulary.vocab_size, vocabulary.token_ids, vocabulary.stamp, blend, records)
 
 
 SPECIAL_TOKEN_FIELDS = {"cls_token_id": "[CLS]", "sep_token_id": "[SEP]", "pad_token_id": "[PAD]",
@@ -243,18 +269,21 @@ def _split_bounds(split: str) -> list[tuple[float, float] | None]:
     return convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
 
 
-def _check_split_documents(args: Arguments, split: list, prefix: str, documents: int) -> None:
+def _check_split_documents(args: Arguments, split: list, prefix: str, documents: int, training: bool) -> None:
     """Refuse a split the run reads that gets none of ``prefix``'s ``documents`` (megatron's rule: a split
     takes its share of the documents, rounded), which megatron's builder would find only after torchrun
-    had started every process. A small corpus's validation split is the usual case."""
+    had started every process. A small corpus's validation split is the usual case. An evaluation
+    (not ``training``) reads the validation split alone, and always."""
 
     def count(bounds: tuple[float, float] | None) -> int:
         return 0 if bounds is None else round(bounds[1] * documents) - round(bounds[0] * documents)
 
     train, valid, _ = split
     where = f"--split {args.data.split} leaves none of the {documents} documents of {prefix}"
-    if not count(train):
+    if training and not count(train):
         raise ConfigError(f"{where} for training: raise its first number, or use more data.")
+    if not training and not count(valid):
+        raise ConfigError(f"{where} for validation: raise its second number (0,1,0 scores the whole prefix).")
     if args.run.eval_iters and valid is not None and not count(valid):
         raise ConfigError(f"{where} for validation: pass --eval-iters 0 (no validation), a --split without "
                           "validation (e.g. 100,0,0), or more data.")
