@@ -34,12 +34,6 @@ def corpus():
     return passages, queries, torch.arange(TOPICS).repeat_interleave(QUERIES_PER_TOPIC)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(name, "1")
-
-
 def top1_accuracy(model, corpus) -> float:
     passages, queries, topics = corpus
     scores = model.similarity(model.encode(queries, convert_to_tensor=True), model.encode(passages, convert_to_tensor=True))
