@@ -43,6 +43,10 @@ from .megatron_side import (
 HF_RECORD = "ettin_average.json"
 """The provenance of an averaged Hugging Face export, beside its config.json."""
 
+AVERAGED_FROM = "averaged_from"
+"""The provenance's key: a list of {"checkpoint": directory, "weight", and the source's training position
+("iteration", "consumed_samples", "consumed_tokens") when it had one}, in the order averaged."""
+
 
 @dataclass(frozen=True)
 class Source:
@@ -148,7 +152,7 @@ def provenance(sources: list[Source], weights: list[float], weighting: str) -> d
     and its weight, and how the weights were chosen."""
     entries = [{"checkpoint": str(source.directory.resolve()), "weight": weight,
                 **(training_position(source.directory) or {})} for source, weight in zip(sources, weights)]
-    return {"averaged_from": entries, "weighting": weighting}
+    return {AVERAGED_FROM: entries, "weighting": weighting}
 
 
 @torch.no_grad()

@@ -1,23 +1,21 @@
 """The checkpoints of a run, in training order, each placed on the tokens-consumed axis.
 
 A training checkpoint says where the run stood (checkpoint.training_position). An averaged checkpoint
-has no training state: its ettin_config.json lists its sources under ``averaged_from``, and it is placed
-at its last source's position, the moment of training at which the average could first be made, so
-that the plot compares it with the last single checkpoint it contains at the same abscissa. A
-checkpoint with neither (a Hugging Face import) has no position: it is scored but not plotted.
+has no training state: its ettin_config.json records its sources and their positions (convert/averaging.py,
+``averaged_from``), and it is placed at its last source's position, the moment of training at which the
+average could first be made, so that the plot compares it with the last single checkpoint it contains at
+the same abscissa. A checkpoint with neither (a Hugging Face import) has no position: it is scored but
+not plotted.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, read_checkpoint_config, saved_iterations, training_position
+from ..convert.averaging import AVERAGED_FROM
 from ..errors import ConfigError, one_line
-
-AVERAGED_FROM = "averaged_from"
-"""The ettin_config.json key listing an averaged checkpoint's source checkpoints (their directories)."""
 
 
 @dataclass(frozen=True)
@@ -59,26 +57,13 @@ def find_checkpoints(paths: list[str]) -> list[Checkpoint]:
 def placed(directory: Path) -> Checkpoint:
     """The checkpoint at ``directory`` with its iteration and tokens consumed (module doc)."""
     description = read_checkpoint_config(directory)
-    position = _position(directory)
-    sources = tuple(_source(directory, source) for source in description.get(AVERAGED_FROM) or ())
-    if position is None and sources:
-        positions = [p for p in map(_position, sources) if p is not None]
-        position = max(positions, key=lambda p: p["iteration"], default=None)
-    iteration = position["iteration"] if position else description.get("iteration")
-    return Checkpoint(directory, description, iteration, position and position.get("consumed_tokens"), sources)
-
-
-def _position(directory: Path) -> dict | None:
-    """training_position of ``directory``; None for an average's source that is no longer there."""
-    if not directory.is_dir():
-        return None
+    sources = description.get(AVERAGED_FROM) or ()
     try:
-        return training_position(directory)
+        position = training_position(directory)
     except Exception as exc:  # dist_checkpointing and torch.load raise many types
         raise ConfigError(f"{directory} is incomplete or damaged ({one_line(exc)}); leave it out of --load.") from None
-
-
-def _source(directory: Path, source: str) -> Path:
-    """An ``averaged_from`` entry: a path as written, or relative to the averaged checkpoint."""
-    source = Path(os.path.expanduser(source))
-    return source if source.is_absolute() or source.exists() else directory / source
+    if position is None and sources:  # as recorded when averaged: the sources may have been deleted since
+        position = max(sources, key=lambda source: source.get("iteration") or -1)
+    iteration = position.get("iteration") if position else description.get("iteration")
+    return Checkpoint(directory, description, iteration, position and position.get("consumed_tokens"),
+                      tuple(Path(source["checkpoint"]) for source in sources))

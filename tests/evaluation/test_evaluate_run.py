@@ -16,7 +16,6 @@ import sys
 
 import pytest
 
-from tests.ranks import run_ranks
 from tests.training.cli import REPO, flags
 from tests.training.training_data import base_args, write_corpus
 
@@ -69,27 +68,13 @@ def mlm_run(tmp_path_factory):
     return _pretrain(tmp_path_factory.mktemp("mlm"), "run")
 
 
-def _average(rank, sources, root):
-    """An averaged checkpoint made independently of any averaging tool: the parameter-wise mean of the
-    sources, saved without training state, its ettin_config.json listing them under averaged_from."""
-    from ettin_megatron.checkpoint import CONFIG_FILE, save_checkpoint
-    from ettin_megatron.convert.megatron_side import load_megatron_model
-
-    models = [load_megatron_model(source)[0] for source in sources]
-    mean = {name: sum(model.state_dict()[name] for model in models) / len(models)
-            for name in models[0].state_dict() if not name.endswith("_extra_state")}
-    models[0].load_state_dict(mean, strict=False)
-    tokenizer = json.loads((sources[0] / CONFIG_FILE).read_text())["tokenizer"]
-    directory = save_checkpoint(root, STEPS, models[0:1], models[0].config, tokenizer=tokenizer)
-    description = json.loads((directory / CONFIG_FILE).read_text())
-    description["averaged_from"] = [str(source) for source in sources]
-    (directory / CONFIG_FILE).write_text(json.dumps(description))
-
-
 @pytest.mark.timeout(600)
 def test_each_checkpoint_scores_the_validation_loss_pretrain_logged(mlm_run, tmp_path):
     root, prefix, logged, stored = mlm_run
-    run_ranks(1, _average, [root / "iter_0000004", root / "iter_0000006"], tmp_path / "averaged")
+    averaging = subprocess.run([sys.executable, "tools/average_checkpoints.py", "--load", str(root / "iter_0000004"),
+                                str(root / "iter_0000006"), "--save", str(tmp_path / "averaged")], cwd=REPO,
+                               capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert averaging.returncode == 0, averaging.stderr[-3000:]
     output = tmp_path / "eval"
     done = evaluate("--load", str(root), str(tmp_path / "averaged"), "--output", str(output),
                     "--sanity-text", "t1 t2 [MASK] t1", *heldout_flags(prefix))
