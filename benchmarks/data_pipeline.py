@@ -9,6 +9,7 @@ micro-batches the loop receives, from the first request (worker start-up include
 
     python -m benchmarks.data_pipeline --tokenizer MODERNBERT_DIR   # writes a table
     python -m benchmarks.data_pipeline --data-path data/sample_text_document --seconds 5
+    python -m benchmarks.data_pipeline --data-path PREFIX --seq-lengths 1024 --workers 2 --steps 0  # GPU check
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="the ModernBERT tokenizer's directory (with the sample corpus)")
     parser.add_argument("--data-path", help="an existing prefix (default: the sample corpus)")
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
-    parser.add_argument("--steps", type=int, default=8, help="training steps per step-time measurement")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per step-time measurement "
+                        "(0: no step-time measurement)")
+    parser.add_argument("--seq-lengths", type=int, nargs="+", default=[1024, 7999])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as workdir:
@@ -83,11 +87,13 @@ def main() -> None:
               f"torch {torch.__version__}, Python {platform.python_version()}")
         print("| layout | seq | micro-batch | workers | delivered tokens/s |\n|---|---|---|---|---|")
         for layout in ("document", "packed"):
-            for seq in (1024, 7999):
-                for workers in (0, 1, 2):
+            for seq in args.seq_lengths:
+                for workers in args.workers:
                     rate = delivered_tokens_per_s(prefix, layout, seq, workers, args.seconds)
                     print(f"| {layout} | {seq} | {max(1, TOKENS_PER_MICRO_BATCH // seq)} | {workers} | {rate:,.0f} |",
                           flush=True)
+        if not args.steps:
+            return
         print("\n| tiny model, seq 1024, 64 x 1024-token steps | workers | median step (s) |\n|---|---|---|")
         for workers in (0, 2):
             print(f"| packed MLM | {workers} | {step_seconds(prefix, workers, args.steps):.3f} |", flush=True)
