@@ -4,8 +4,9 @@
    (``torch.cuda.set_sync_debug_mode("warn")``), for 2, 8 and 32 documents per batch: the count must
    not grow with the documents (RoPE and attention read lengths from the host copy).
 2. Every attention backend that runs here against sdpa on the GPU, forward and backward (fp32).
-3. The Ettin encoder against transformers' ModernBertForMaskedLM on the GPU, same weights, bf16 and
-   fp32 logits.
+3. The Ettin encoder against transformers' ModernBertForMaskedLM on the GPU, same weights: logits within
+   1e-4 relative (of the largest logit) in fp32, 1e-2 in bf16 (issue 29's bounds; bf16 keeps 8 bits of
+   mantissa, ~4e-3 per rounding, and the two implementations round in different places).
 
     python -m benchmarks.gpu_check          # prints a table; exits 1 if a check fails
 """
@@ -108,6 +109,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (dry run)"
     print(f"device: {name}, torch {torch.__version__}, transformers {transformers.__version__}, "
           f"backends {available_backends()}", flush=True)
+    if DEVICE != "cuda":
+        print("skip host syncs per forward+backward: CUDA's sync debugger needs a GPU", flush=True)
     for backend in [b for b in ("sdpa", "flex") if DEVICE == "cuda" and b in available_backends()]:
         counts = host_syncs(backend)
         check(f"host syncs per forward+backward, {backend}", len(set(counts.values())) == 1,
@@ -115,7 +118,7 @@ def main() -> None:
     for backend in [b for b in available_backends() if b != "sdpa"]:
         error = backend_parity(backend)
         check(f"{backend} vs sdpa, forward and backward, fp32", error < 1e-3, f"max relative difference {error:.2e}")
-    for dtype, tolerance in ((torch.float32, 1e-3), (torch.bfloat16, 5e-2)):
+    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 1e-2)):
         error = hf_parity(args.size, dtype)
         check(f"{args.size} encoder vs ModernBertForMaskedLM logits, {dtype}", error < tolerance,
               f"max relative difference {error:.2e}")
