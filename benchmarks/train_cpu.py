@@ -89,7 +89,8 @@ def profiled(step, inputs: list, path: str) -> dict:
 
 
 def ours_step(size: str, batch: int, seq: int, bf16: bool, optimizer_name: str):
-    """Our training step and a function turning (tokens, labelled) into its micro-batch."""
+    """Our training step and a function turning (tokens, labelled) into its micro-batch. The attention
+    backend is pretrain's default (auto: sdpa on the CPU, flex or better on a GPU)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from ettin_megatron.data.batches import collate
@@ -102,7 +103,7 @@ def ours_step(size: str, batch: int, seq: int, bf16: bool, optimizer_name: str):
 
     args = make_arguments(model_size=size, vocab_size=VOCAB, seq_length=seq, micro_batch_size=batch,
                           global_batch_size=batch, attention_output_dropout=0.0, spec="local",
-                          attention_backend="sdpa", weight_decay=0.01, clip_grad=0.0, bf16=bf16,
+                          attention_backend="auto", weight_decay=0.01, clip_grad=0.0, bf16=bf16,
                           optimizer=optimizer_name)
     initialize(ParallelLayout(), seed=0)
     config = build_model_config(plan_model(args))
