@@ -72,7 +72,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to $OUT/NAME.l
 if [ "$DRY" = 1 ]; then  # the wheels are for the GPU machine's Python 3.12; the venv here has its own
   echo "dry run: packages of $(command -v python)"
 else
-  timeout 60 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
+  timeout 60 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .gpu/whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
 step gpu 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -83,8 +84,10 @@ print(f'python {platform.python_version()}, torch {torch.__version__} (CUDA {tor
 # 1. Correctness: host syncs, attention backends against sdpa, logits against transformers (gpu_check.py);
 # then pretrain's step-1 loss here against the CPU's, same seed and batch (device_parity.py).
 step correctness 60 python -m benchmarks.gpu_check --size "$MODEL_150m"
-step parity-cpu 25 env CUDA_VISIBLE_DEVICES= python -m benchmarks.device_parity --work-dir .gpu/mq --out "$OUT/parity_cpu.json"
-step parity-gpu 25 python -m benchmarks.device_parity --work-dir .gpu/mq --out "$OUT/parity_gpu.json" --compare "$OUT/parity_cpu.json"
+step parity-cpu 25 env CUDA_VISIBLE_DEVICES= python -m benchmarks.device_parity --work-dir .gpu/mq \
+  --out "$OUT/parity_cpu.json"
+step parity-gpu 25 python -m benchmarks.device_parity --work-dir .gpu/mq --out "$OUT/parity_gpu.json" \
+  --compare "$OUT/parity_cpu.json"
 
 # 2 and 4. Real training steps (forward, backward, StableAdamW) through pretrain with the Ettin recipe's
 # optimizer and precision flags, the default attention backend (flex here, compiled by its first step)

@@ -3,7 +3,9 @@ goals marked met or missed; printed and written to OUT/table.md.
 
 A number whose step failed, timed out or was skipped reads "-"; a training run cut short still gives the
 windows it logged. tokens/s and MFU of a training run are medians over its logged windows after the
-first (start-up and the first step's allocations), peak memory its highest.
+first (start-up and the first step's allocations), peak memory its highest. The goals read the `packed`
+runs, whose samples are full: a `document` sample is one document, and the sample corpus's documents are
+short (its tokens per step say how short).
 
     python -m benchmarks.gpu_table OUT
 """
@@ -43,13 +45,16 @@ def last_json(text: str) -> dict:
 
 
 def training_run(text: str) -> dict:
-    """Model size, tokens/s, MFU and peak memory of a pretrain log."""
-    windows = [line for line in text.splitlines() if line.startswith("step ")][1:]
+    """Model size, tokens per step, tokens/s, MFU and peak memory of a pretrain log."""
+    logged = [line for line in text.splitlines() if line.startswith("step ")]
+    windows = logged[1:]
+    last = re.match(r"step\s+(\d+).*? tokens ([\d,]+)", logged[-1]) if logged else None
     numbers = {key: [float(m.group(1).replace(",", "")) for line in windows if (m := re.search(pattern, line))]
                for key, pattern in (("tokens_per_s", r"tokens/s ([\d,]+)"), ("mfu", r"MFU ([\d.]+)%"),
                                     ("peak_gb", r"peak mem ([\d.]+) GB"))}
     size = re.search(r"^model (\S+) \(", text, re.M)
     return {"size": size.group(1) if size else None,
+            "tokens_per_step": int(last.group(2).replace(",", "")) / int(last.group(1)) if last else None,
             "tokens_per_s": statistics.median(numbers["tokens_per_s"]) if numbers["tokens_per_s"] else None,
             "mfu": statistics.median(numbers["mfu"]) / 100 if numbers["mfu"] else None,
             "peak_gb": max(numbers["peak_gb"], default=None)}
@@ -98,9 +103,10 @@ def main() -> None:
              ("400m", "packed"): (f">= {GOAL_MFU_400M:.0%} MFU", "mfu", GOAL_MFU_400M)}
     for (size, layout), run in runs.items():
         target, key, bound = goals.get((size, layout), ("", None, None))
-        rows.append((f"train {size} {layout} (model {run['size'] or '-'}): tokens/s, MFU, peak memory",
+        rows.append((f"train {size} {layout} (model {run['size'] or '-'}): tokens/s; MFU; peak memory; tokens/step",
                      f"{number(run['tokens_per_s'])}; {number(run['mfu'], '{:.1%}')}; "
-                     f"{number(run['peak_gb'], '{:.1f} GB')}", target, goal(run[key], bound) if key else ""))
+                     f"{number(run['peak_gb'], '{:.1f} GB')}; {number(run['tokens_per_step'])}",
+                     target, goal(run[key], bound) if key else ""))
 
     hf, ours = last_json(read(out, "hf-150m.log")), last_json(read(out, "ours-150m.log"))
     if hf and ours:
@@ -122,13 +128,13 @@ def main() -> None:
                          f"{tokens_per_s * windowed / peak:.1%})", "", ""))
     for size in ("150m", "400m"):
         profile = last_json(read(out, f"ours-{size}.log"))
-        if "profile_wall_s" in profile and peak:
-            wall, kernel = profile["profile_wall_s"], profile["profile_kernel_s"]
-            rows.append((f"profile {size}: wall / kernels / host gaps per step (profile-{size}.txt)",
-                         f"{wall * 1e3:.1f} / {kernel * 1e3:.1f} / {(wall - kernel) * 1e3:.1f} ms", "", ""))
-        elif "profile_wall_s" in profile:
-            rows.append((f"profile {size}: wall per step (profile-{size}.txt; kernel time needs CUDA)",
-                         f"{profile['profile_wall_s'] * 1e3:.1f} ms", "", ""))
+        if "profile_kernel_s" not in profile:
+            continue
+        wall, kernel = profile["step_s"], profile["profile_kernel_s"]
+        rows.append((f"{size} step, {profile['batch']} x {profile['seq']}: wall / kernels / host gaps "
+                     f"(profile-{size}.txt)", f"{wall * 1e3:.1f} / " + (
+                         f"{kernel * 1e3:.1f} / {(wall - kernel) * 1e3:.1f} ms" if kernel else "- / - ms (no CUDA)"),
+                     "", ""))
 
     delivered = dict(re.findall(r"^\| (\w+) \| \d+ \| \d+ \| 2 \| ([\d,]+) \|", read(out, "data-pipeline.log"), re.M))
     for size in ("17m", "150m"):
