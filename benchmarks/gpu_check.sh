@@ -29,7 +29,9 @@ DRY=${GPU_CHECK_DRY_RUN:-0}
 DATA=.gpu/sample_text_document
 mkdir -p "$OUT"
 : > "$OUT/steps.tsv"
-export PYTHONUNBUFFERED=1  # one rank, no torchrun: runtime.initialize picks a free port itself
+# Unbuffered: a step its timeout ends keeps the lines it printed. One rank without torchrun:
+# runtime.initialize defaults the rank variables and picks a free port itself.
+export PYTHONUNBUFFERED=1
 
 # Sizes as the issue names them, with Ettin's phase-1 micro-batches (examples/recipes/encoder/*/phase1.yaml),
 # so that the throughput runs also give the peak memory of item 4. Each step holds two micro-batches: a
@@ -106,8 +108,8 @@ train 150m document 40
 train 400m packed 45
 train 400m document 45
 # transformers' ModernBertForMaskedLM (+ torch AdamW, BF16 autocast) against our step on the same batches
-# of full-length rows (train_cpu.py; one micro-batch of HF_BATCH rows: HF's unpadded logits of 72 rows
-# would crowd the card). The HF run also counts its FLOPs with torch's FlopCounterMode, the independent
+# of full-length rows (train_cpu.py; one micro-batch of HF_BATCH rows: transformers' logits of every
+# position of 72 rows, ~7 GB in BF16 and twice that upcast for its loss, would crowd the card). The HF run also counts its FLOPs with torch's FlopCounterMode, the independent
 # count the table checks our MFU's against; ours profiles three more steps (kernel time vs host gaps).
 compare() {  # compare IMPL SIZE TIMEOUT [FLAGS]
   local impl=$1 size=$2 model="MODEL_$2" limit=$3
@@ -129,4 +131,4 @@ compare ours 400m 30 --optimizer stableadamw --profile "$OUT/profile-400m.txt"
 
 # The table, last (its log: $OUT/table.log).
 timeout 60 python -m benchmarks.gpu_table "$OUT" > "$OUT/table.log" 2>&1
-cat "$OUT/table.md"
+cat "$OUT/table.md" 2> /dev/null || tail -n 20 "$OUT/table.log"
