@@ -103,7 +103,7 @@ def sanity_line(checkpoint, tokenizer: str | None, text: str | None, new_tokens:
         exported = str(megatron_to_hf(checkpoint.directory, Path(scratch) / "hf", tokenizer=tokenizer))
         if causal:
             prompt = text or DECODER_TEXT
-            return f"{prompt} -> {generate(exported, prompt, new_tokens)}"
+            return f"{prompt} -> {generate(exported, prompt, new_tokens)!r}"  # quoted: one line, even with newlines
         text = text or ENCODER_TEXT
         predictions = fill_mask(exported, text, top_k=3)
         return f"{text} -> " + ", ".join(f"{p['token_str'].strip()!r} {p['score']:.3f}" for p in predictions)

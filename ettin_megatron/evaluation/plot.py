@@ -7,6 +7,7 @@ matplotlib (the ``plot`` extra) draws off-screen (Agg).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -45,11 +46,14 @@ def plot_losses(rows: list[Row], path: Path, title: str, objective: str) -> int:
         axes.scatter([row.checkpoint.consumed_tokens for row in averaged], [row.score.loss for row in averaged],
                      marker="*", s=220, color="tab:orange", edgecolor="black", zorder=3,
                      label="averaged checkpoint (at its last source)")
-        for row in averaged:
-            axes.annotate(f"avg of {len(row.checkpoint.averaged_from)}",
+        # Labels left of their stars, each a line above the one before: averages of one run's last
+        # checkpoints sit at one abscissa, often a hair apart in loss.
+        for i, row in enumerate(sorted(averaged, key=lambda row: row.score.loss)):
+            axes.annotate(f"avg of {len(row.checkpoint.averaged_from)}: {row.score.loss:.3f}",
                           (row.checkpoint.consumed_tokens, row.score.loss), textcoords="offset points",
-                          xytext=(8, 8), fontsize=9)
-    axes.set_title(title)
+                          xytext=(-14, 12 * i), ha="right", va="center", fontsize=9,
+                          arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
+    axes.set_title("\n".join(line for part in title.splitlines() for line in textwrap.wrap(part, 90)), fontsize=10)
     axes.set_xlabel("tokens consumed (input tokens)")
     axes.set_ylabel(f"held-out {OBJECTIVES[objective]} loss (nats / labelled token)")
     axes.xaxis.set_major_formatter(EngFormatter(sep=""))

@@ -135,7 +135,7 @@ def test_a_decoder_scores_the_clm_loss_pretrain_logged(tmp_path):
         step = int(row["iteration"])
         assert float(row["loss"]) == pytest.approx(stored[step], rel=1e-5)
         assert int(row["labelled_tokens"]) == logged[step][1]
-        assert row["sanity"].startswith("t1 t2 -> t")
+        assert row["sanity"].startswith("t1 t2 -> 't")  # the continuation, quoted: one line whatever it holds
 
 
 def _error(capsys, argv) -> str:
