@@ -142,7 +142,9 @@ def _error(capsys, argv) -> str:
     import torch
 
     from ettin_megatron.commands.evaluate_run import main
+    from ettin_megatron.runtime import destroy
 
+    destroy()  # the world an earlier in-process conversion left: this command must make none
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: "), err
