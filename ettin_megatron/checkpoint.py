@@ -59,9 +59,14 @@ def saved_iterations(root: str | os.PathLike) -> list[Path]:
     """The complete iteration directories of a checkpoint root, oldest first: ``iter_N`` with its
     ettin_config.json, which a save writes last, before the rename (never an ``iter_N.tmp`` or a
     re-save's ``iter_N.old``)."""
-    found = [(int(d.name[5:]), d) for d in Path(root).glob("iter_*")
-             if d.name[5:].isdigit() and (d / CONFIG_FILE).is_file()]
-    return [directory for _, directory in sorted(found)]
+    found = [d for d in Path(root).glob("iter_*") if iteration_of(d) is not None and (d / CONFIG_FILE).is_file()]
+    return sorted(found, key=iteration_of)
+
+
+def iteration_of(directory: str | os.PathLike) -> int | None:
+    """The N of an ``iter_N`` directory (iteration_dir's name); None for any other name (``iter_N.tmp``)."""
+    number = Path(directory).name.removeprefix("iter_")
+    return int(number) if Path(directory).name.startswith("iter_") and number.isdigit() else None
 
 
 def training_position(directory: str | os.PathLike) -> dict | None:

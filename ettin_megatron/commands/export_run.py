@@ -74,14 +74,8 @@ def check_output(output: Path) -> None:
 
 
 def run(args) -> int:
-    from ettin_megatron.convert.export_run import (
-        RunCheckpoints,
-        Watch,
-        export_checkpoint,
-        folder_name,
-        is_exported,
-        iteration_of,
-    )
+    from ettin_megatron.checkpoint import iteration_of
+    from ettin_megatron.convert.export_run import RunCheckpoints, Watch, export_checkpoint, folder_name, is_exported
 
     given = [f"--{name.replace('_', '-')}" for name in WATCH_ONLY if getattr(args, name) is not None]
     if given and not args.watch:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..checkpoint import saved_iterations, training_position
+from ..checkpoint import iteration_of, saved_iterations, training_position
 from ..errors import ConfigError
 from ..files import write_json
 from .export_hf import megatron_to_hf
@@ -39,11 +39,6 @@ training state, such as an import). Written last: a folder without it is not a c
 
 PHASE_TAGS = ("step", "ext", "decay")
 """Ettin's revision prefixes: pre-training, context extension, decay."""
-
-
-def iteration_of(directory: Path) -> int:
-    """The N of an ``iter_N`` directory (saved_iterations lists only such names)."""
-    return int(directory.name.removeprefix("iter_"))
 
 
 def folder_name(phase_tag: str, iteration: int) -> str:
